@@ -1,0 +1,3 @@
+//! stompgate: a STOMP-over-WebSocket gateway to RabbitMQ and its Kubernetes operator.
+
+pub mod stomp;
