@@ -1,0 +1,4 @@
+//! The gateway data plane: STOMP sessions bridged to RabbitMQ.
+
+pub mod destination;
+pub mod properties;
