@@ -1,4 +1,6 @@
 //! stompgate: a STOMP-over-WebSocket gateway to RabbitMQ and its Kubernetes operator.
 
+pub mod demo;
 pub mod gateway;
 pub mod stomp;
+pub mod telemetry;

@@ -1,0 +1,4 @@
+//! Transports: bytes between a socket and the connection driver, nothing else.
+
+pub mod tcp;
+pub mod websocket;
