@@ -1144,3 +1144,6 @@ pub fn error_frame(message: &str, detail: &str, receipt: Option<&str>) -> Frame 
     }
     frame.with_body(Bytes::copy_from_slice(detail.as_bytes()))
 }
+
+#[cfg(test)]
+mod tests;
