@@ -13,6 +13,10 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use std::time::Duration;
 
+/// sockjs-client 1.6.1, as vendored for the seed page (the gateway also serves it for SockJS's
+/// iframe transports).
+pub const SOCKJS_CLIENT: &[u8] = include_bytes!("../examples/demo/sockjs.min.js");
+
 /// The seed page and the client libraries it loads, embedded so the binary is self-contained.
 const FILES: &[(&str, &str, &[u8])] = &[
     (

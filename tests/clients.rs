@@ -86,3 +86,53 @@ async fn stomp_py_over_tcp_connects_subscribes_sends_and_receives() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The page's SockJS branch (`WebSocket` removed before its script runs), one transport at a
+/// time, with sockjs-client 1.6 against the gateway's SockJS endpoint.
+async fn seed_over_sockjs(transport: &str) {
+    let gw = support::start_gateway_with(&[], stompgate::demo::routes()).await;
+    let result = browser(
+        "seed",
+        &format!("http://{}/demo/", gw.http_addr),
+        &["--sockjs-transport", transport],
+    )
+    .await;
+    assert_eq!(
+        result["transport"],
+        format!("sockjs:{transport}"),
+        "{result}"
+    );
+}
+
+#[tokio::test]
+async fn seed_page_over_sockjs_xhr_streaming() {
+    seed_over_sockjs("xhr-streaming").await;
+}
+
+#[tokio::test]
+async fn seed_page_over_sockjs_xhr_polling() {
+    seed_over_sockjs("xhr-polling").await;
+}
+
+#[tokio::test]
+async fn seed_page_over_sockjs_eventsource() {
+    seed_over_sockjs("eventsource").await;
+}
+
+#[tokio::test]
+async fn seed_page_without_websocket_takes_the_sockjs_branch() {
+    let gw = support::start_gateway_with(&[], stompgate::demo::routes()).await;
+    let result = browser(
+        "seed",
+        &format!("http://{}/demo/", gw.http_addr),
+        &["--no-websocket"],
+    )
+    .await;
+    assert!(
+        result["transport"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("sockjs"),
+        "{result}"
+    );
+}

@@ -2,8 +2,9 @@
 
 use crate::gateway::broker::{Broker, BrokerConfig};
 use crate::gateway::config::{AuthMode, GatewayArgs};
-use crate::gateway::connection::{ConnectionContext, encode_frame};
+use crate::gateway::connection::{ConnectionContext, Outbound, encode_frame};
 use crate::gateway::session::{SessionConfig, error_frame};
+use crate::gateway::transport::sockjs::{self, SockJsConfig, SockJsSend};
 use crate::gateway::transport::{tcp, websocket};
 use crate::stomp::codec::Limits;
 use crate::stomp::version::HeartBeat;
@@ -33,6 +34,79 @@ pub enum ServerError {
     Broker(#[from] crate::gateway::broker::BrokerError),
     #[error(transparent)]
     Config(#[from] crate::gateway::config::ConfigError),
+    #[error(transparent)]
+    SockJs(#[from] sockjs::SockJsError),
+}
+
+/// Where the gateway serves the sockjs-client it vendors, for SockJS's iframe transports
+/// (which must load the same client version as the page, and must work offline).
+pub const SOCKJS_CLIENT_PATH: &str = "/sockjs-client/1.6.1/sockjs.min.js";
+
+async fn sockjs_client() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/javascript")],
+        crate::demo::SOCKJS_CLIENT,
+    )
+        .into_response()
+}
+
+/// Runs a STOMP session over each SockJS session; SockJS carries text, so frames travel as
+/// UTF-8 strings (binary bodies are not representable over SockJS, as with every SockJS server).
+#[derive(Clone)]
+struct StompOverSockJs {
+    state: AppState,
+}
+
+impl sockjs::SessionHandler for StompOverSockJs {
+    fn start(
+        &self,
+        inbound: futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+        outbound: std::pin::Pin<Box<dyn futures::Sink<SockJsSend, Error = std::io::Error> + Send>>,
+    ) -> futures::future::BoxFuture<'static, ()> {
+        use futures::{FutureExt, SinkExt};
+        let state = self.state.clone();
+        let slot = state.connections.try_acquire();
+        let session = async move {
+            let mut outbound = outbound;
+            let Some(slot) = slot else {
+                state
+                    .ctx
+                    .metrics
+                    .rejected_connections
+                    .get_or_create(&ReasonLabels {
+                        reason: "max_connections".to_string(),
+                    })
+                    .inc();
+                let _ = outbound
+                    .send(SockJsSend::Close(
+                        1013,
+                        "too many connections to this gateway".to_string(),
+                    ))
+                    .await;
+                return;
+            };
+            let outbound = outbound.with(|out: Outbound| async move {
+                Ok::<_, std::io::Error>(match out {
+                    Outbound::Frame(bytes) => {
+                        SockJsSend::Message(String::from_utf8_lossy(&bytes).into_owned())
+                    }
+                    Outbound::Heartbeat => SockJsSend::Message("\n".to_string()),
+                    Outbound::Close(code, reason) => {
+                        SockJsSend::Close(code as u16, reason.to_string())
+                    }
+                })
+            });
+            crate::gateway::connection::run(
+                state.ctx.clone(),
+                "sockjs",
+                inbound,
+                Box::pin(outbound),
+            )
+            .await;
+            drop(slot);
+        };
+        self.state.tracker.track_future(session).boxed()
+    }
 }
 
 /// State shared by every handler.
@@ -210,6 +284,22 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
     let mut router = Router::new()
         .route(&args.ws_path, get(ws_handler))
         .route(&format!("{}/", args.ws_path), get(ws_handler));
+    if args.sockjs_enabled {
+        let config = SockJsConfig {
+            prefix: args.sockjs_path.clone(),
+            max_sessions: args.max_connections,
+            max_incoming_message_bytes: args.max_frame_bytes,
+            allowed_origins: args.allowed_origins.clone(),
+            sockjs_client_url: SOCKJS_CLIENT_PATH.to_string(),
+            ..SockJsConfig::default()
+        };
+        let handler = StompOverSockJs {
+            state: state.clone(),
+        };
+        router = router
+            .merge(sockjs::try_router(config, handler)?)
+            .route(SOCKJS_CLIENT_PATH, get(sockjs_client));
+    }
     let health = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -139,7 +139,7 @@ async fn shutdown_tells_clients_to_reconnect() {
     let _ = Frame::new(Command::Disconnect);
 }
 
-/// Minimal HTTP/1.1 GET (status, body) without another client dependency.
+/// Minimal HTTP/1.0 GET (no chunked bodies) (status, body) without another client dependency.
 pub async fn http_get(url: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").expect("http url");
@@ -150,7 +150,7 @@ pub async fn http_get(url: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
         )
         .await
         .unwrap();
@@ -167,4 +167,89 @@ pub async fn http_get(url: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Minimal HTTP/1.0 POST (status, body).
+pub async fn http_post(url: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
+    stream
+        .write_all(
+            format!(
+                "POST {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn stomp_over_sockjs_raw_websocket() {
+    let gw = start_gateway(&[]).await;
+    let mut c = Client::ws_url(&format!("ws://{}/stomp/websocket", gw.http_addr), None).await;
+    c.send_text("CONNECT\naccept-version:1.2\nlogin:guest\npasscode:guest\n\n\0")
+        .await;
+    assert_eq!(c.recv().await.command, Command::Connected);
+}
+
+#[tokio::test]
+async fn stomp_heartbeats_keep_flowing_over_sockjs_xhr_polling() {
+    let gw = start_gateway(&[]).await;
+    let base = format!("http://{}/stomp/123/{}", gw.http_addr, unique("s"));
+    let (status, open) = http_post(&format!("{base}/xhr"), "").await;
+    assert_eq!((status, open.as_str()), (200, "o\n"));
+    let connect = serde_json::to_string(&[
+        "CONNECT\naccept-version:1.2\nlogin:guest\npasscode:guest\nheart-beat:0,300\n\n\0",
+    ])
+    .unwrap();
+    let (status, _) = http_post(&format!("{base}/xhr_send"), &connect).await;
+    assert_eq!(status, 204);
+    let (_, connected) = http_post(&format!("{base}/xhr"), "").await;
+    assert!(connected.starts_with("a[\"CONNECTED"), "{connected}");
+    assert!(connected.contains("heart-beat:300,0"), "{connected}");
+    // The next poll is answered by a STOMP heart-beat (a SockJS message "\n"), well before
+    // SockJS's own 25 s `h` frame.
+    let started = std::time::Instant::now();
+    let (_, beat) = http_post(&format!("{base}/xhr"), "").await;
+    assert_eq!(beat, "a[\"\\n\"]\n");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn sockjs_info_and_client_script_are_served() {
+    let gw = start_gateway(&[]).await;
+    let (status, info) = http_get(&format!("http://{}/stomp/info", gw.http_addr)).await;
+    assert_eq!(status, 200);
+    assert!(info.contains("\"websocket\":true"), "{info}");
+    let (status, script) = http_get(&format!(
+        "http://{}{}",
+        gw.http_addr,
+        stompgate::gateway::server::SOCKJS_CLIENT_PATH
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert!(script.contains("SockJS"), "served the vendored client");
+    let gw = start_gateway(&["--sockjs-enabled", "false"]).await;
+    let (status, _) = http_get(&format!("http://{}/stomp/info", gw.http_addr)).await;
+    assert_eq!(status, 404);
 }
