@@ -81,10 +81,14 @@ impl PooledConnection {
     }
 }
 
+type PoolSlot = Arc<tokio::sync::Mutex<Vec<Arc<PooledConnection>>>>;
+
 struct Inner {
     config: BrokerConfig,
     salt: [u8; 16],
-    pool: tokio::sync::Mutex<HashMap<PoolKey, Vec<Arc<PooledConnection>>>>,
+    /// One async lock per credential key: a burst of sessions with the same credentials opens
+    /// one connection, while other keys (and a slow broker for one of them) do not wait.
+    pool: Mutex<HashMap<PoolKey, PoolSlot>>,
     server_product: Mutex<Option<String>>,
     metrics: GatewayMetrics,
 }
@@ -129,7 +133,7 @@ impl Broker {
             inner: Arc::new(Inner {
                 config,
                 salt,
-                pool: tokio::sync::Mutex::new(HashMap::new()),
+                pool: Mutex::new(HashMap::new()),
                 server_product: Mutex::new(None),
                 metrics,
             }),
@@ -167,11 +171,20 @@ impl Broker {
             vhost: vhost.to_string(),
             password_hash: self.password_hash(passcode),
         };
-        // The pool lock is held across connection setup so that a burst of sessions with the
-        // same credentials opens one connection, not hundreds.
-        let mut pool = self.inner.pool.lock().await;
-        let entries = pool.entry(key.clone()).or_default();
+        let slot = match self.inner.pool.lock() {
+            Ok(mut pool) => pool.entry(key).or_default().clone(),
+            Err(_) => {
+                return Err(ConnectFailure::Unavailable(
+                    "internal error: connection pool poisoned".to_string(),
+                ));
+            }
+        };
+        let mut entries = slot.lock().await;
+        let before = entries.len();
         entries.retain(|c| c.usable());
+        for _ in entries.len()..before {
+            self.inner.metrics.broker_connections.dec();
+        }
         let candidate = entries
             .iter()
             .find(|c| c.channels.load(Ordering::Acquire) < c.channel_limit)
@@ -199,7 +212,7 @@ impl Broker {
         if let Ok(mut idle) = pooled.idle_since.lock() {
             *idle = None;
         }
-        drop(pool);
+        drop(entries);
         let channel = match pooled.connection.create_channel().await {
             Ok(ch) => ch,
             Err(e) => {
@@ -257,31 +270,50 @@ impl Broker {
         hasher.finalize().into()
     }
 
-    /// Closes pooled connections that have had no session for the idle TTL.
+    /// Closes pooled connections that have had no session for the idle TTL, and forgets
+    /// credential keys with no connection (e.g. after failed logins).
     pub async fn reap_idle(&self) {
         let ttl = self.inner.config.idle_connection_ttl;
+        let slots: Vec<(PoolKey, PoolSlot)> = match self.inner.pool.lock() {
+            Ok(pool) => pool.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Err(_) => return,
+        };
         let mut to_close = Vec::new();
-        {
-            let mut pool = self.inner.pool.lock().await;
-            for entries in pool.values_mut() {
-                entries.retain(|c| {
-                    let idle_for = c
-                        .idle_since
-                        .lock()
-                        .ok()
-                        .and_then(|i| *i)
-                        .map(|since| since.elapsed());
-                    let expired = c.channels.load(Ordering::Acquire) == 0
-                        && idle_for.is_some_and(|d| d >= ttl);
-                    if expired || !c.usable() {
-                        to_close.push(c.clone());
-                        false
-                    } else {
-                        true
-                    }
-                });
+        let mut empty = Vec::new();
+        for (key, slot) in slots {
+            // A slot being used right now is not idle.
+            let Ok(mut entries) = slot.try_lock() else {
+                continue;
+            };
+            entries.retain(|c| {
+                let idle_for = c
+                    .idle_since
+                    .lock()
+                    .ok()
+                    .and_then(|i| *i)
+                    .map(|since| since.elapsed());
+                let expired =
+                    c.channels.load(Ordering::Acquire) == 0 && idle_for.is_some_and(|d| d >= ttl);
+                if expired || !c.usable() {
+                    to_close.push(c.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            if entries.is_empty() {
+                empty.push((key, slot.clone()));
             }
-            pool.retain(|_, entries| !entries.is_empty());
+        }
+        if let Ok(mut pool) = self.inner.pool.lock() {
+            for (key, slot) in empty {
+                // Only forget the key if nobody picked the slot up meanwhile.
+                if Arc::strong_count(&slot) <= 2
+                    && slot.try_lock().map(|e| e.is_empty()).unwrap_or(false)
+                {
+                    pool.remove(&key);
+                }
+            }
         }
         for c in to_close {
             if c.usable() {
@@ -292,8 +324,15 @@ impl Broker {
     }
 
     /// Number of pooled connections (all credentials).
-    pub async fn pooled_connections(&self) -> usize {
-        self.inner.pool.lock().await.values().map(Vec::len).sum()
+    pub fn pooled_connections(&self) -> usize {
+        let slots: Vec<PoolSlot> = match self.inner.pool.lock() {
+            Ok(pool) => pool.values().cloned().collect(),
+            Err(_) => return 0,
+        };
+        slots
+            .iter()
+            .map(|s| s.try_lock().map(|e| e.len()).unwrap_or(0))
+            .sum()
     }
 
     /// True when RabbitMQ accepts TCP connections (readiness).

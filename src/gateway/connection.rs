@@ -3,7 +3,7 @@
 
 use crate::gateway::broker::{self, Broker, SessionChannel};
 use crate::gateway::session::{
-    Action, BrokerFailure, BrokerReply, BrokerRequest, CloseReason, Delivery, Session,
+    Action, BrokerFailure, BrokerReply, BrokerRequest, ChannelOp, CloseReason, Delivery, Session,
     SessionConfig,
 };
 use crate::stomp::codec::{self, Decoded, Decoder, Limits};
@@ -361,87 +361,73 @@ fn start_request(
     >,
     flush_deadline: &mut Option<tokio::time::Instant>,
 ) -> Option<BoxFuture<'static, OpResult>> {
-    let no_channel = || BrokerFailure {
-        name: "Connection to RabbitMQ lost".to_string(),
-        text: "The session has no broker channel.\n".to_string(),
-    };
-    Some(match request {
+    match request {
         BrokerRequest::Connect {
             login,
             passcode,
             vhost,
         } => {
             let broker = ctx.broker.clone();
-            async move { OpResult::Connected(broker.open_channel(&login, &passcode, &vhost).await) }
-                .boxed()
+            Some(
+                async move {
+                    OpResult::Connected(broker.open_channel(&login, &passcode, &vhost).await)
+                }
+                .boxed(),
+            )
         }
         BrokerRequest::Flush => {
             if !confirms.is_empty() {
                 *flush_deadline = Some(tokio::time::Instant::now() + ctx.flush_timeout);
             }
-            return None;
+            None
         }
-        request => {
-            let Some(channel) = channel else {
-                let failure = no_channel();
-                return Some(async move { OpResult::Done(Err(failure)) }.boxed());
-            };
-            match request {
-                BrokerRequest::Subscribe(plan) => async move {
-                    let result = channel.lock().await.subscribe(&plan).await;
-                    OpResult::Subscribed(plan.consumer_tag, result)
-                }
-                .boxed(),
-                BrokerRequest::Unsubscribe {
-                    consumer_tag,
-                    delete_queue,
-                } => async move {
-                    OpResult::Done(
-                        channel
-                            .lock()
-                            .await
-                            .unsubscribe(&consumer_tag, delete_queue.as_deref())
-                            .await,
-                    )
-                }
-                .boxed(),
-                BrokerRequest::Publish(publish) => async move {
-                    let result = channel.lock().await.publish(&publish).await;
-                    OpResult::Published(publish.confirm_id, result)
-                }
-                .boxed(),
-                BrokerRequest::CreateTempQueue(plan) => async move {
-                    let result = channel.lock().await.create_temp_queue(&plan).await;
-                    OpResult::TempQueue(plan.consumer_tag, result)
-                }
-                .boxed(),
-                BrokerRequest::Ack {
-                    delivery_tag,
-                    multiple,
-                } => async move {
-                    OpResult::Done(channel.lock().await.ack(delivery_tag, multiple).await)
-                }
-                .boxed(),
-                BrokerRequest::Nack {
-                    delivery_tag,
-                    multiple,
-                    requeue,
-                } => async move {
-                    OpResult::Done(
-                        channel
-                            .lock()
-                            .await
-                            .nack(delivery_tag, multiple, requeue)
-                            .await,
-                    )
-                }
-                .boxed(),
-                BrokerRequest::Connect { .. } | BrokerRequest::Flush => {
-                    unreachable!("handled above")
-                }
-            }
+        BrokerRequest::Channel(op) => Some(channel_op(channel, op).boxed()),
+    }
+}
+
+/// Runs one operation on the session's channel.
+async fn channel_op(
+    channel: Option<Arc<tokio::sync::Mutex<SessionChannel>>>,
+    op: ChannelOp,
+) -> OpResult {
+    let Some(channel) = channel else {
+        return OpResult::Done(Err(BrokerFailure {
+            name: "Connection to RabbitMQ lost".to_string(),
+            text: "The session has no broker channel.\n".to_string(),
+        }));
+    };
+    let mut channel = channel.lock().await;
+    match op {
+        ChannelOp::Subscribe(plan) => {
+            let result = channel.subscribe(&plan).await;
+            OpResult::Subscribed(plan.consumer_tag, result)
         }
-    })
+        ChannelOp::Unsubscribe {
+            consumer_tag,
+            delete_queue,
+        } => OpResult::Done(
+            channel
+                .unsubscribe(&consumer_tag, delete_queue.as_deref())
+                .await,
+        ),
+        ChannelOp::Publish(publish) => {
+            let result = channel.publish(&publish).await;
+            OpResult::Published(publish.confirm_id, result)
+        }
+        ChannelOp::CreateTempQueue(plan) => {
+            let result = channel.create_temp_queue(&plan).await;
+            OpResult::TempQueue(plan.consumer_tag, result)
+        }
+        ChannelOp::Ack {
+            delivery_tag,
+            multiple,
+        } => OpResult::Done(channel.ack(delivery_tag, multiple).await),
+        ChannelOp::Nack {
+            delivery_tag,
+            multiple,
+            requeue,
+        } => OpResult::Done(channel.nack(delivery_tag, multiple, requeue).await),
+    }
 }
 
 /// A random URL-safe token for session ids.

@@ -93,6 +93,15 @@ pub enum BrokerRequest {
         passcode: String,
         vhost: String,
     },
+    /// An operation on the session's channel.
+    Channel(ChannelOp),
+    /// Wait until every outstanding publish is confirmed (DISCONNECT: nothing is lost).
+    Flush,
+}
+
+/// Operations on the session's AMQP channel.
+#[derive(Debug)]
+pub enum ChannelOp {
     /// Declare/bind as planned and start consuming (the plan holds the consumer tag).
     Subscribe(Box<SubscribePlan>),
     /// Cancel a consumer; delete its queue when it was a durable subscription being ended.
@@ -113,8 +122,6 @@ pub enum BrokerRequest {
         multiple: bool,
         requeue: bool,
     },
-    /// Wait until every outstanding publish is confirmed (DISCONNECT: nothing is lost).
-    Flush,
 }
 
 #[derive(Debug)]
@@ -841,7 +848,9 @@ impl Session {
                         }),
                     });
                     self.actions
-                        .push_back(Action::Broker(BrokerRequest::CreateTempQueue(temp_plan)));
+                        .push_back(Action::Broker(BrokerRequest::Channel(
+                            ChannelOp::CreateTempQueue(temp_plan),
+                        )));
                 }
             }
             return;
@@ -867,15 +876,15 @@ impl Session {
                 .map(|d| d.queue.clone()),
         });
         self.actions
-            .push_back(Action::Broker(BrokerRequest::Publish(Box::new(
-                PublishRequest {
+            .push_back(Action::Broker(BrokerRequest::Channel(ChannelOp::Publish(
+                Box::new(PublishRequest {
                     route: plan.route,
                     properties: plan.properties,
                     body,
                     mandatory: confirm_id.is_some(),
                     confirm_id,
                     declare_queue,
-                },
+                }),
             ))));
     }
 
@@ -933,7 +942,9 @@ impl Session {
             receipt,
         });
         self.actions
-            .push_back(Action::Broker(BrokerRequest::Subscribe(Box::new(plan))));
+            .push_back(Action::Broker(BrokerRequest::Channel(
+                ChannelOp::Subscribe(Box::new(plan)),
+            )));
     }
 
     fn on_unsubscribe(&mut self, frame: Frame) {
@@ -967,10 +978,12 @@ impl Session {
         };
         self.in_flight = Some(InFlight::Unsubscribe { receipt });
         self.actions
-            .push_back(Action::Broker(BrokerRequest::Unsubscribe {
-                consumer_tag,
-                delete_queue,
-            }));
+            .push_back(Action::Broker(BrokerRequest::Channel(
+                ChannelOp::Unsubscribe {
+                    consumer_tag,
+                    delete_queue,
+                },
+            )));
     }
 
     fn on_settle(&mut self, frame: Frame) {
@@ -1017,20 +1030,21 @@ impl Session {
             self.unacked.remove(position);
         }
         let request = if frame.command == Command::Ack {
-            BrokerRequest::Ack {
+            ChannelOp::Ack {
                 delivery_tag,
                 multiple,
             }
         } else {
             let requeue = !matches!(frame.get("requeue"), Some("false" | "False"));
-            BrokerRequest::Nack {
+            ChannelOp::Nack {
                 delivery_tag,
                 multiple,
                 requeue,
             }
         };
         self.in_flight = Some(InFlight::Settle { receipt });
-        self.actions.push_back(Action::Broker(request));
+        self.actions
+            .push_back(Action::Broker(BrokerRequest::Channel(request)));
     }
 
     fn on_transaction(&mut self, frame: Frame) {

@@ -1,6 +1,7 @@
 //! The session state machine without any IO: frames and fake broker results in, actions out.
 
 use super::*;
+
 use crate::stomp::Headers;
 
 fn now() -> Instant {
@@ -208,7 +209,7 @@ fn subscribe_waits_for_the_broker_before_its_receipt() {
         ],
     ));
     let plan = match drain(&mut s).pop() {
-        Some(Action::Broker(BrokerRequest::Subscribe(plan))) => plan,
+        Some(Action::Broker(BrokerRequest::Channel(ChannelOp::Subscribe(plan)))) => plan,
         other => panic!("{other:?}"),
     };
     assert_eq!(plan.consumer_tag, "T_7");
@@ -284,10 +285,10 @@ fn cumulative_ack_settles_older_deliveries_and_rejects_unknown_tags() {
     s.handle_frame(frame(Command::Ack, &[("id", "T_a@@session-test@@2")]));
     match drain(&mut s).as_slice() {
         [
-            Action::Broker(BrokerRequest::Ack {
+            Action::Broker(BrokerRequest::Channel(ChannelOp::Ack {
                 delivery_tag: 2,
                 multiple: true,
-            }),
+            })),
         ] => {}
         other => panic!("{other:?}"),
     }
@@ -307,11 +308,11 @@ fn cumulative_ack_settles_older_deliveries_and_rejects_unknown_tags() {
     ));
     match drain(&mut s).as_slice() {
         [
-            Action::Broker(BrokerRequest::Nack {
+            Action::Broker(BrokerRequest::Channel(ChannelOp::Nack {
                 delivery_tag: 3,
                 requeue: false,
                 ..
-            }),
+            })),
         ] => {}
         other => panic!("{other:?}"),
     }
@@ -342,7 +343,7 @@ fn transactions_buffer_until_commit_and_receipt_follows_the_replay() {
         let mut progressed = false;
         for action in actions {
             match action {
-                Action::Broker(BrokerRequest::Publish(p)) => {
+                Action::Broker(BrokerRequest::Channel(ChannelOp::Publish(p))) => {
                     published.push(p.body.clone());
                     progressed = true;
                 }
@@ -395,7 +396,7 @@ fn send_receipt_waits_for_the_confirm_and_unroutable_becomes_error_with_receipt_
         .with_body("x"),
     );
     let request = match drain(&mut s).pop() {
-        Some(Action::Broker(BrokerRequest::Publish(p))) => p,
+        Some(Action::Broker(BrokerRequest::Channel(ChannelOp::Publish(p)))) => p,
         other => panic!("{other:?}"),
     };
     assert!(request.mandatory);
@@ -421,7 +422,7 @@ fn send_without_receipt_is_not_mandatory_and_queue_declares_once() {
     for _ in 0..2 {
         s.handle_frame(frame(Command::Send, &[("destination", "/queue/jobs")]));
         let request = match drain(&mut s).pop() {
-            Some(Action::Broker(BrokerRequest::Publish(p))) => p,
+            Some(Action::Broker(BrokerRequest::Channel(ChannelOp::Publish(p)))) => p,
             other => panic!("{other:?}"),
         };
         assert!(!request.mandatory);
@@ -443,7 +444,7 @@ fn temp_queue_reply_to_creates_the_queue_once_and_rewrites_reply_to() {
     };
     s.handle_frame(send());
     match drain(&mut s).pop() {
-        Some(Action::Broker(BrokerRequest::CreateTempQueue(plan))) => {
+        Some(Action::Broker(BrokerRequest::Channel(ChannelOp::CreateTempQueue(plan)))) => {
             assert_eq!(plan.consumer_tag, "T_/temp-queue/r")
         }
         other => panic!("{other:?}"),
@@ -452,7 +453,7 @@ fn temp_queue_reply_to_creates_the_queue_once_and_rewrites_reply_to() {
         queue: "amq.gen-1".into(),
     });
     let request = match drain(&mut s).pop() {
-        Some(Action::Broker(BrokerRequest::Publish(p))) => p,
+        Some(Action::Broker(BrokerRequest::Channel(ChannelOp::Publish(p)))) => p,
         other => panic!("{other:?}"),
     };
     assert_eq!(
@@ -463,7 +464,9 @@ fn temp_queue_reply_to_creates_the_queue_once_and_rewrites_reply_to() {
     s.handle_frame(send());
     assert!(matches!(
         drain(&mut s).pop(),
-        Some(Action::Broker(BrokerRequest::Publish(_)))
+        Some(Action::Broker(BrokerRequest::Channel(ChannelOp::Publish(
+            _
+        ))))
     ));
 }
 
