@@ -55,7 +55,7 @@ pub struct DemoArgs {
     /// Seconds between status messages.
     #[arg(long, default_value_t = 3)]
     pub interval_secs: u64,
-    /// Gateway flags (e.g. --listen 127.0.0.1:15674 --amqp-url ...).
+    /// Gateway flags after `--` (e.g. `-- --listen 127.0.0.1:8080 --amqp-url ...`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub gateway_args: Vec<String>,
 }
@@ -86,7 +86,15 @@ fn serve_file(name: &str) -> Response {
 
 /// Runs gateway + page + publisher until Ctrl-C.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let mut argv = vec!["--listen".to_string(), "127.0.0.1:15674".to_string()];
+    // The demo listens on loopback unless the gateway flags say otherwise.
+    let mut argv = Vec::new();
+    if !args
+        .gateway_args
+        .iter()
+        .any(|a| a == "--listen" || a.starts_with("--listen="))
+    {
+        argv.extend(["--listen".to_string(), "127.0.0.1:15674".to_string()]);
+    }
     argv.extend(args.gateway_args.iter().cloned());
     let gateway_args: GatewayArgs = crate::gateway::config::parse_gateway_args(&argv)?;
     let amqp_url = gateway_args.amqp_url.clone();
