@@ -98,6 +98,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     argv.extend(args.gateway_args.iter().cloned());
     let gateway_args: GatewayArgs = crate::gateway::config::parse_gateway_args(&argv)?;
     let amqp_url = gateway_args.amqp_url.clone();
+    // The page subscribes to /exchange/rabbitmq/zjj, which needs the exchange to exist.
+    declare_exchange(&amqp_url).await?;
     let gateway = server::start(gateway_args, routes()).await?;
     let url = format!("http://{}/demo/", gateway.http_addr);
     println!("stompgate demo: open {url}");
@@ -113,6 +115,27 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     publisher.abort();
     gateway.shutdown();
     gateway.wait().await;
+    Ok(())
+}
+
+/// Declares the tutorial's topic exchange (durable), with a clear error when RabbitMQ is down.
+async fn declare_exchange(amqp_url: &str) -> anyhow::Result<()> {
+    let conn = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ ({e}); is it running? scripts/ensure-rabbitmq.sh starts it"))?;
+    let channel = conn.create_channel().await?;
+    channel
+        .exchange_declare(
+            DEMO_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let _ = conn.close(200, "declared".into()).await;
     Ok(())
 }
 

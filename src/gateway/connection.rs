@@ -171,8 +171,8 @@ pub async fn run<I, O>(
                         &mut flush_deadline,
                     );
                     if op.is_none() && flush_deadline.is_none() {
-                        // Flush with nothing outstanding completes at once.
-                        session.handle_broker_reply(BrokerReply::Done);
+                        // Flush with nothing outstanding: go straight to closing the channel.
+                        op = Some(close_channel(channel.clone()));
                     }
                 }
                 Action::Close(reason) => {
@@ -269,13 +269,13 @@ pub async fn run<I, O>(
                 }
                 if flush_deadline.is_some() && confirms.is_empty() {
                     flush_deadline = None;
-                    session.handle_broker_reply(BrokerReply::Done);
+                    op = Some(close_channel(channel.clone()));
                 }
             }
             _ = async { tokio::time::sleep_until(flush_deadline.expect("guarded")).await }, if flush_deadline.is_some() => {
                 tracing::warn!("publisher confirms still outstanding at flush timeout");
                 flush_deadline = None;
-                session.handle_broker_reply(BrokerReply::Done);
+                op = Some(close_channel(channel.clone()));
             }
             Some((tag, item)) = consumers.next(), if !consumers.is_empty() => {
                 match item {
@@ -383,6 +383,23 @@ fn start_request(
         }
         BrokerRequest::Channel(op) => Some(channel_op(channel, op).boxed()),
     }
+}
+
+/// Last step of DISCONNECT: close the channel before the RECEIPT, so that once the client
+/// has its RECEIPT no consumer of its session takes (and auto-acks) another message.
+fn close_channel(
+    channel: Option<Arc<tokio::sync::Mutex<SessionChannel>>>,
+) -> BoxFuture<'static, OpResult> {
+    async move {
+        if let Some(channel) = channel {
+            let channel = channel.lock().await;
+            if channel.channel.status().connected() {
+                let _ = channel.channel.close(200, "DISCONNECT".into()).await;
+            }
+        }
+        OpResult::Done(Ok(()))
+    }
+    .boxed()
 }
 
 /// Runs one operation on the session's channel.

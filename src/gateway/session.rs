@@ -363,6 +363,11 @@ impl Session {
         self.heartbeat
     }
 
+    /// True between DISCONNECT and its RECEIPT.
+    fn disconnecting(&self) -> bool {
+        matches!(self.in_flight, Some(InFlight::Flush { .. }))
+    }
+
     /// The transport received bytes (a frame or a heart-beat).
     pub fn note_received(&mut self, now: Instant) {
         self.last_received = now;
@@ -581,6 +586,10 @@ impl Session {
 
     /// The broker cancelled a consumer (its queue was deleted).
     pub fn handle_consumer_cancelled(&mut self, consumer_tag: &str) {
+        // DISCONNECT closes the channel itself; its consumers ending is no news.
+        if self.disconnecting() {
+            return;
+        }
         if self.subscriptions.remove(consumer_tag).is_none() {
             return;
         }
@@ -600,7 +609,7 @@ impl Session {
 
     /// Turns a delivery into a MESSAGE frame for the client.
     pub fn handle_delivery(&mut self, delivery: Delivery) {
-        if self.phase != Phase::Connected {
+        if self.phase != Phase::Connected || self.disconnecting() {
             return;
         }
         let Some(subscription) = self.subscriptions.get(&delivery.consumer_tag) else {

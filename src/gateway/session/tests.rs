@@ -604,3 +604,32 @@ fn server_cancelled_subscription_is_reported() {
     assert_eq!(s.subscription_count(), 0);
     let _ = Headers::new();
 }
+
+#[test]
+fn consumers_ending_during_disconnect_are_silent() {
+    let mut s = connected("1.2");
+    s.handle_frame(frame(
+        Command::Subscribe,
+        &[("id", "x"), ("destination", "/queue/q")],
+    ));
+    drain(&mut s);
+    s.handle_broker_reply(BrokerReply::Done);
+    drain(&mut s);
+    s.handle_frame(frame(Command::Disconnect, &[("receipt", "bye")]));
+    drain(&mut s);
+    // The driver closes the channel before answering the flush: its consumers end.
+    s.handle_consumer_cancelled("T_x");
+    s.handle_delivery(Delivery {
+        consumer_tag: "T_x".into(),
+        delivery_tag: 1,
+        exchange: String::new(),
+        routing_key: "q".into(),
+        redelivered: false,
+        properties: BasicProperties::default(),
+        body: Bytes::new(),
+    });
+    assert!(drain(&mut s).is_empty());
+    s.handle_broker_reply(BrokerReply::Done);
+    let actions = drain(&mut s);
+    assert_eq!(sent(&actions).len(), 1, "only the RECEIPT");
+}
