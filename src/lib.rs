@@ -1,3 +1,5 @@
 //! stompgate: a STOMP-over-WebSocket gateway to RabbitMQ and its Kubernetes operator.
 
+pub mod crd;
+pub mod operator;
 pub mod stomp;
