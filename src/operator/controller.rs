@@ -32,6 +32,15 @@ use crate::crd::{DeletionPolicy, StompGateway, StompGatewayStatus};
 
 /// Finalizer present only while `deletionPolicy: Delete` asks for broker cleanup.
 pub const FINALIZER: &str = "stompgate.io/topology-cleanup";
+// Ready=False reasons that are normal progress, not worth a Warning event.
+const QUIET_REASONS: [&str; 5] = [
+    "Progressing",
+    "RolloutInProgress",
+    "Unavailable",
+    "ScaledToZero",
+    "Unknown",
+];
+
 /// Label a Secret with this key so its rotation is seen at once (others: at the next resync).
 pub const WATCH_SECRET_LABEL: &str = "stompgate.io/watch";
 
@@ -545,23 +554,17 @@ async fn write_status(
         &Patch::Apply(&patch),
     )
     .await?;
+    // One event per Ready transition: Normal when it becomes True, Warning when it turns
+    // False for a problem (not for an ordinary rollout).
     for c in status::transitions(prev, &new) {
-        let warning = match c.type_.as_str() {
-            status::types::READY => c.status != "True",
-            status::types::STALLED => c.status == "True",
-            _ => continue,
-        };
-        let kind = if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        let reason = if c.type_ == status::types::READY && c.status == "True" {
-            "Ready".to_string()
-        } else {
-            c.reason.clone()
-        };
-        publish(ctx, gw, kind, &reason, c.message.clone()).await;
+        if c.type_ != status::types::READY {
+            continue;
+        }
+        if c.status == "True" {
+            publish(ctx, gw, EventType::Normal, "Ready", c.message.clone()).await;
+        } else if !QUIET_REASONS.contains(&c.reason.as_str()) {
+            publish(ctx, gw, EventType::Warning, &c.reason, c.message.clone()).await;
+        }
     }
     Ok(())
 }

@@ -272,34 +272,34 @@ pub fn conditions(obs: &Observation) -> Vec<Cond> {
         Some(Err(p)) => Cond::new(types::TOPOLOGY_READY, false, p.reason, p.message.clone()),
         None => Cond::unknown(types::TOPOLOGY_READY, "not applied yet"),
     };
-    let problem = obs.stalled.as_ref().or(obs.blocked.as_ref());
-    let reconciling = if let Some(p) = problem.filter(|_| obs.stalled.is_none()) {
-        Cond::new(types::RECONCILING, true, p.reason, p.message.clone())
-    } else if obs.stalled.is_none() && rolling && !obs.paused {
-        Cond::new(
+    // Retryable problems, in pipeline order: before the broker, the broker, the topology.
+    let retryable = obs
+        .blocked
+        .as_ref()
+        .or(obs.broker.as_ref().and_then(|b| b.as_ref().err()))
+        .or(obs.topology.as_ref().and_then(|t| t.as_ref().err()));
+    let reconciling = match (&obs.stalled, retryable) {
+        (None, Some(p)) => Cond::new(types::RECONCILING, true, p.reason, p.message.clone()),
+        (None, None) if rolling && !obs.paused => Cond::new(
             types::RECONCILING,
             true,
             Reason::RolloutInProgress,
             "gateway pods are rolling out",
-        )
-    } else {
-        Cond::new(
+        ),
+        _ => Cond::new(
             types::RECONCILING,
             false,
             Reason::Reconciled,
             "the current generation is applied",
-        )
+        ),
     };
-    let all = [&stalled, &broker, &topology, &gateway, &reconciling];
-    let failing = if let Some(p) = problem {
+    let all = [&broker, &topology, &gateway];
+    let failing = if let Some(p) = &obs.stalled {
         Some((p.reason, p.message.clone()))
-    } else if stalled.status == "True" {
-        Some((stalled.reason, stalled.message.clone()))
     } else if reconciling.status == "True" {
         Some((reconciling.reason, reconciling.message.clone()))
     } else {
         all.iter()
-            .filter(|c| c.type_ != types::STALLED && c.type_ != types::RECONCILING)
             .find(|c| c.status != "True")
             .map(|c| (c.reason, format!("{}: {}", c.type_, c.message)))
     };
