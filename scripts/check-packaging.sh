@@ -19,7 +19,7 @@ PY=python3
 if [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV" >/dev/null 2>&1; then
   PY="$VENV/bin/python"
 fi
-if ! "$PY" -c 'import helm_python, kubernetes_validate, jsonschema, yaml' >/dev/null 2>&1; then
+if ! "$PY" -c 'import helm_python, kubernetes_validate, jsonschema, yaml, lupa' >/dev/null 2>&1; then
   echo "== installing packaging tools"
   if [[ "$PY" == python3 ]]; then
     python3 -m pip install --quiet --user -r scripts/requirements-packaging.txt
@@ -153,5 +153,40 @@ PY
 cargo run -q -- render -f examples/stompgateway.yaml -f examples/stompgateway-full.yaml > "$WORK/render.yaml"
 "${KV[@]}" "$WORK/render.yaml"
 grep -q "kind: Deployment" "$WORK/render.yaml" || { echo "FAIL: render produced no Deployment"; exit 1; }
+
+echo "== docs/argocd-health.lua (Lua via lupa)"
+"$PY" - <<'PY'
+import sys
+from lupa import LuaRuntime
+
+script = open("docs/argocd-health.lua").read()
+lua = LuaRuntime(unpack_returned_tuples=True)
+check = lua.eval("function(obj) " + script + " end")
+
+def obj(gen, observed, conds):
+    o = {"metadata": {"generation": gen}}
+    if observed is not None:
+        o["status"] = {"observedGeneration": observed, "conditions": lua.table_from([
+            lua.table_from({"type": t, "status": s, "reason": r, "message": "m", "observedGeneration": g})
+            for (t, s, r, g) in conds])}
+    return lua.table_from({k: (lua.table_from(v) if isinstance(v, dict) and k == "metadata" else
+                               (lua.table_from(v) if isinstance(v, dict) else v)) for k, v in o.items()})
+
+ready = [("Ready", "True", "Reconciled", 2), ("Reconciling", "False", "Reconciled", 2), ("Stalled", "False", "Reconciled", 2)]
+cases = [
+    ("no status", obj(1, None, []), "Progressing"),
+    ("healthy", obj(2, 2, ready), "Healthy"),
+    ("old generation", obj(3, 2, ready), "Progressing"),
+    ("stalled", obj(2, 2, [("Ready", "False", "ExchangeConflict", 2), ("Stalled", "True", "ExchangeConflict", 2)]), "Degraded"),
+    ("rolling out", obj(2, 2, [("Ready", "False", "RolloutInProgress", 2), ("Reconciling", "True", "RolloutInProgress", 2)]), "Progressing"),
+    ("paused", obj(2, 2, [("Paused", "True", "Paused", 2)]), "Suspended"),
+]
+bad = 0
+for name, o, want in cases:
+    got = check(o)["status"]
+    if got != want:
+        print(f"FAIL: argocd-health.lua {name}: {got} != {want}"); bad += 1
+sys.exit(1 if bad else 0)
+PY
 
 echo "== packaging checks passed"

@@ -680,3 +680,18 @@ fn backoff_is_exponential_with_jitter_and_capped() {
     }
     assert!(backoff_delay(30) <= Duration::from_secs(300));
 }
+
+#[tokio::test]
+async fn a_failing_apply_is_reported_and_retried() {
+    let ex = uniq("applyfail");
+    let env = Env::new(gateway_json(&ex, json!({})));
+    env.api.fail_next("PATCH", DEPLOY, 500);
+    let (r, calls) = env.reconcile().await;
+    assert_eq!(r.expect_err("retry").reason(), "KubeApi");
+    assert!(writes(&calls).contains(&format!("PATCH {GW}/status")));
+    assert_eq!(env.cond("Ready")["reason"], "ApplyFailed");
+    assert_eq!(env.cond("Reconciling")["status"], "True");
+    env.reconcile().await.0.expect("recovers");
+    assert!(env.api.get(DEPLOY).is_some());
+    delete_exchange(&rabbit().await, &ex).await;
+}

@@ -315,6 +315,9 @@ fn crds_dir_matches_stompgate_crd_output() {
     ] {
         let p = format!("{}{copy}", env!("CARGO_MANIFEST_DIR"));
         let have = std::fs::read_to_string(&p).unwrap_or_default();
-        assert!(have == want, "{p} is stale: run scripts/check-packaging.sh --update");
+        assert!(
+            have == want,
+            "{p} is stale: run scripts/check-packaging.sh --update"
+        );
     }
 }

@@ -442,6 +442,7 @@ async fn read_secrets(
         hashed.push((u.name.clone(), data_of(&s)));
     }
     let mut creds = None;
+    let mut ca_pem = None;
     if let Some(c) = &r.credentials_secret_ref {
         let field = "spec.rabbitmq.credentialsSecretRef";
         let s = match get_secret(ctx, ns, &c.name, field).await? {
@@ -462,16 +463,20 @@ async fn read_secrets(
             Ok(s) => s,
             Err(p) => return Ok(Err(p)),
         };
-        if let Err(p) = secret_key(&s, &ca.key, field) {
-            return Ok(Err(p));
+        match secret_key(&s, &ca.key, field) {
+            Ok(pem) => ca_pem = Some(pem),
+            Err(p) => return Ok(Err(p)),
         }
         hashed.push((ca.name.clone(), data_of(&s)));
     }
     let hash = resources::secret_data_hash(hashed.iter().map(|(n, d)| (n.as_str(), d)));
-    let target = match &creds {
+    let mut target = match &creds {
         Some((u, p)) => BrokerTarget::new(&url, Some(u), Some(p)),
         None => BrokerTarget::new(&url, None, None),
     };
+    if let Some(pem) = ca_pem {
+        target = target.with_ca(pem);
+    }
     Ok(Ok(SecretInputs { target, hash }))
 }
 

@@ -111,8 +111,9 @@ async fn readyz(State(a): State<Admin>) -> StatusCode {
     }
 }
 
-/// The admin router: /metrics, /healthz (alive), /readyz (API reachable, CRD installed).
-fn admin_router(metrics: Arc<metrics::Metrics>, ready: Arc<AtomicBool>) -> Router {
+/// The admin router: /metrics, /healthz and /livez (alive), /readyz (running: leader or
+/// standby).
+pub fn admin_router(metrics: Arc<metrics::Metrics>, ready: Arc<AtomicBool>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))

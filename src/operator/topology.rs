@@ -82,6 +82,8 @@ pub struct BrokerTarget {
     uri: String,
     /// The same without user info, for messages.
     display: String,
+    /// PEM CA bundle that signs the broker certificate (amqps with a private CA).
+    ca_pem: Option<String>,
 }
 
 impl std::fmt::Debug for BrokerTarget {
@@ -119,6 +121,7 @@ impl BrokerTarget {
                 return Self {
                     uri: format!("{scheme}://{userinfo}@{hostpart}"),
                     display,
+                    ca_pem: None,
                 };
             }
             Some((_, hostpart)) => hostpart,
@@ -133,12 +136,29 @@ impl BrokerTarget {
             ),
             None => display.clone(),
         };
-        Self { uri, display }
+        Self {
+            uri,
+            display,
+            ca_pem: None,
+        }
     }
 
-    /// A key for pooling: the full URI (never printed).
-    fn key(&self) -> &str {
-        &self.uri
+    /// Trust this PEM CA bundle for amqps.
+    pub fn with_ca(mut self, pem: String) -> Self {
+        self.ca_pem = Some(pem);
+        self
+    }
+
+    /// A key for pooling (never printed): the URI plus the CA, so a new CA reconnects.
+    fn key(&self) -> String {
+        match &self.ca_pem {
+            Some(ca) => format!(
+                "{}#{}",
+                self.uri,
+                crate::operator::resources::object_hash(ca)
+            ),
+            None => self.uri.clone(),
+        }
     }
 }
 
@@ -185,8 +205,21 @@ impl Broker {
     pub async fn connect(target: &BrokerTarget) -> Result<Self, TopologyError> {
         let props =
             ConnectionProperties::default().with_connection_name("stompgate-operator".into());
-        let res = tokio::time::timeout(OP_TIMEOUT, Connection::connect(&target.uri, props)).await;
         let broker = target.display.clone();
+        let connect = async {
+            match &target.ca_pem {
+                None => Connection::connect(&target.uri, props).await,
+                Some(pem) => {
+                    let tls = lapin::tcp::OwnedTLSConfig {
+                        identity: None,
+                        cert_chain: Some(pem.clone()),
+                    };
+                    let rt = lapin::runtime::default_runtime()?;
+                    Connection::connect_with_config(&target.uri, props, tls, rt).await
+                }
+            }
+        };
+        let res = tokio::time::timeout(OP_TIMEOUT, connect).await;
         match res {
             Err(_) => Err(TopologyError::Unreachable {
                 broker,
@@ -636,7 +669,7 @@ impl BrokerPool {
     pub async fn get(&self, target: &BrokerTarget) -> Result<Arc<Broker>, TopologyError> {
         {
             let mut map = self.entries.lock().await;
-            if let Some((_, e)) = map.get_mut(target.key()) {
+            if let Some((_, e)) = map.get_mut(&target.key()) {
                 match &e.broker {
                     Some(b) if b.is_connected() => return Ok(b.clone()),
                     Some(_) => {
@@ -649,7 +682,7 @@ impl BrokerPool {
         }
         let res = Broker::connect(target).await;
         let mut map = self.entries.lock().await;
-        let (_, entry) = map.entry(target.key().to_string()).or_insert_with(|| {
+        let (_, entry) = map.entry(target.key()).or_insert_with(|| {
             (
                 target.clone(),
                 PoolEntry {
@@ -681,7 +714,7 @@ impl BrokerPool {
     /// Forgets a connection that just failed mid-operation, so the next `get` reconnects and
     /// counts as a reconnect.
     pub async fn mark_down(&self, target: &BrokerTarget) {
-        if let Some((_, e)) = self.entries.lock().await.get_mut(target.key()) {
+        if let Some((_, e)) = self.entries.lock().await.get_mut(&target.key()) {
             e.broker = None;
             e.down = true;
         }
@@ -707,7 +740,7 @@ impl BrokerPool {
                         .collect()
                 };
                 for t in targets {
-                    if let Some((_, e)) = pool.entries.lock().await.get_mut(t.key()) {
+                    if let Some((_, e)) = pool.entries.lock().await.get_mut(&t.key()) {
                         e.down = true;
                     }
                     let _ = pool.get(&t).await;

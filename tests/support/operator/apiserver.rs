@@ -110,8 +110,19 @@ impl FakeApi {
                 content_type: content_type.clone(),
                 body: body.clone(),
             });
-            if let Some(code) = st.fail_next.remove(&path) {
-                (code, status(code, "InternalError", "injected failure"))
+            if let Some(code) = st.fail_next.remove(&format!("{method} {path}")) {
+                (
+                    code,
+                    status(
+                        code,
+                        if code == 409 {
+                            "Conflict"
+                        } else {
+                            "InternalError"
+                        },
+                        "injected failure",
+                    ),
+                )
             } else {
                 Self::serve(&mut st, &method, &path, body)
             }
@@ -206,7 +217,14 @@ impl FakeApi {
                                 );
                             }
                         }
-                        if sub {
+                        if method == "PUT" && !sub {
+                            // Replace: the body is the whole object (status is kept).
+                            let status = obj.get("status").cloned();
+                            obj = patch;
+                            if let Some(s) = status {
+                                obj["status"] = s;
+                            }
+                        } else if sub {
                             if let Some(s) = patch.get("status") {
                                 obj["status"] = s.clone();
                             }
@@ -283,13 +301,13 @@ impl FakeApi {
         st.objects.insert(path.to_string(), obj);
     }
 
-    /// Makes the next request to `path` fail with `code`.
-    pub fn fail_next(&self, path: &str, code: u16) {
+    /// Makes the next `method` request to `path` fail with `code` (e.g. a 409 conflict).
+    pub fn fail_next(&self, method: &str, path: &str, code: u16) {
         self.state
             .lock()
             .expect("lock")
             .fail_next
-            .insert(path.to_string(), code);
+            .insert(format!("{method} {path}"), code);
     }
 
     /// Takes the recorded calls.
