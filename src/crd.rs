@@ -139,6 +139,8 @@ pub struct RabbitmqSpec {
     /// Broker AMQP port.
     #[serde(default = "default_amqp_port")]
     #[schemars(range(min = 1, max = 65535))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535")
+        .message("spec.rabbitmq.port must be a TCP port from 1 to 65535, e.g. 5672"))]
     pub port: i32,
     /// Virtual host.
     #[serde(default = "default_vhost")]
@@ -233,6 +235,8 @@ pub struct WebSocketSpec {
     /// Listen port (also serves /healthz, /readyz, /metrics).
     #[serde(default = "default_ws_port")]
     #[schemars(range(min = 1, max = 65535))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535")
+        .message("spec.webSocket.port must be a TCP port from 1 to 65535, e.g. 15674"))]
     pub port: i32,
     /// Raw WebSocket path.
     #[serde(default = "default_ws_path")]
@@ -327,6 +331,8 @@ pub struct StompSpec {
     /// TCP port.
     #[serde(default = "default_stomp_port")]
     #[schemars(range(min = 1, max = 65535))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535")
+        .message("spec.stomp.port must be a TCP port from 1 to 65535, e.g. 61613"))]
     pub port: i32,
 }
 

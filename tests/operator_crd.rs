@@ -321,3 +321,37 @@ fn crds_dir_matches_stompgate_crd_output() {
         );
     }
 }
+
+#[test]
+fn the_structural_check_catches_what_an_api_server_rejects() {
+    let bad = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "untyped": {"description": "no type"},
+            "list": {"type": "array", "items": {"type": "string"}},
+            "mapList": {"type": "array", "x-kubernetes-list-type": "map",
+                        "x-kubernetes-list-map-keys": ["k"],
+                        "items": {"type": "object", "properties": {"k": {"type": "string"}}}},
+            "both": {"type": "object", "properties": {"a": {"type": "string"}},
+                     "additionalProperties": {"type": "string"}},
+            "anyof": {"type": "string", "anyOf": [{"type": "string"}]},
+            "baddefault": {"type": "integer", "default": "x"},
+            "setOld": {"type": "array", "x-kubernetes-list-type": "set",
+                       "items": {"type": "string", "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "m"}]}}
+        }
+    });
+    let mut errs = Vec::new();
+    check(&bad, "", false, &mut errs);
+    let joined = errs.join("\n");
+    for want in [
+        ".untyped: missing type",
+        ".list: missing/bad x-kubernetes-list-type",
+        ".mapList: map key k must be required or defaulted",
+        ".both: properties and additionalProperties together",
+        ".anyof: `anyOf` is not allowed",
+        ".baddefault: default \"x\" does not match type",
+        ".setOld[]: transition rule under a non-map list",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
+    }
+}

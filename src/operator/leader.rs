@@ -90,18 +90,6 @@ pub async fn try_acquire(api: &Api<Lease>, s: &LeaseSettings) -> Result<bool, Le
     }
 }
 
-/// Waits until this replica holds the lease.
-pub async fn acquire(api: &Api<Lease>, s: &LeaseSettings) {
-    loop {
-        match try_acquire(api, s).await {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "leader election"),
-        }
-        tokio::time::sleep(s.renew).await;
-    }
-}
-
 /// Renews until a renewal fails for longer than the lease duration; then returns (leadership
 /// lost: the caller must stop reconciling).
 pub async fn hold(api: &Api<Lease>, s: &LeaseSettings) {

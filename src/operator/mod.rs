@@ -147,7 +147,12 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn")),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+    // Both rustls backends are linked (lapin and kube pull different ones): pick one, or the
+    // first TLS handshake panics.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default().await?;
     let metrics = Arc::new(metrics::Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
@@ -174,17 +179,30 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         duration: Duration::from_secs(args.lease_duration_secs.max(2)),
         renew: Duration::from_secs((args.lease_duration_secs / 3).max(1)),
     };
-    // Standbys are ready (they serve probes) while they wait for the lease.
-    ready.store(true, Ordering::Relaxed);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    // Ready means "the API answers": a standby waiting for the lease is ready too.
+    let wait_for_lease = async {
+        loop {
+            match leader::try_acquire(&lease_api, &lease).await {
+                Ok(true) => break,
+                Ok(false) => ready.store(true, Ordering::Relaxed),
+                Err(e) => {
+                    ready.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "leader election");
+                }
+            }
+            tokio::time::sleep(lease.renew).await;
+        }
+    };
     if args.leader_elect {
         tokio::select! {
-            _ = leader::acquire(&lease_api, &lease) => {},
+            _ = wait_for_lease => {},
             _ = &mut shutdown => return Ok(()),
         }
         tracing::info!(%identity, "acquired the leader lease");
     }
+    ready.store(true, Ordering::Relaxed);
     metrics.set_leader(true);
 
     let (brokers, reconnected) = topology::BrokerPool::new();
@@ -202,7 +220,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         metrics.clone(),
     ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let ctrl = tokio::spawn(controller::run(
+    let mut ctrl = tokio::spawn(controller::run(
         ctx,
         args.watch_namespace.clone(),
         reconnected,
@@ -217,13 +235,26 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             std::future::pending::<()>().await;
         }
     };
-    let lost = tokio::select! {
-        _ = &mut shutdown => false,
-        _ = hold => true,
+    enum End {
+        Signal,
+        LostLease,
+        Controller(Result<Result<(), kube::Error>, tokio::task::JoinError>),
+    }
+    let end = tokio::select! {
+        _ = &mut shutdown => End::Signal,
+        _ = hold => End::LostLease,
+        r = &mut ctrl => End::Controller(r),
     };
     // Graceful: let in-flight reconciles finish, then hand the lease over.
     let _ = stop_tx.send(());
-    let finished = tokio::time::timeout(Duration::from_secs(10), ctrl).await;
+    let lost = matches!(end, End::LostLease);
+    let finished = match end {
+        End::Controller(r) => r,
+        _ => match tokio::time::timeout(Duration::from_secs(10), ctrl).await {
+            Ok(r) => r,
+            Err(_) => Ok(Ok(())),
+        },
+    };
     metrics.set_leader(false);
     if args.leader_elect
         && !lost
@@ -235,7 +266,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         return Err(OperatorError::LostLease);
     }
     match finished {
-        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Err(e)) => Err(e.into()),
         _ => Ok(()),
     }
 }
