@@ -695,3 +695,31 @@ async fn a_failing_apply_is_reported_and_retried() {
     assert!(env.api.get(DEPLOY).is_some());
     delete_exchange(&rabbit().await, &ex).await;
 }
+
+#[tokio::test]
+async fn an_unreadable_object_is_stalled_not_a_dead_watch() {
+    let env = Env::new(json!({
+        "apiVersion": "stompgate.io/v1alpha1", "kind": "StompGateway",
+        "metadata": {"name": "gw", "namespace": NS, "uid": "u", "generation": 4},
+        "spec": {"replicas": 1}
+    }));
+    let guarded: controller::Guarded =
+        serde_json::from_value(env.api.get(GW).expect("gw")).expect("the guard always reads");
+    assert!(guarded.0.is_err());
+    env.api.take_calls();
+    let action = controller::reconcile_guarded(Arc::new(guarded), env.ctx.clone())
+        .await
+        .expect("handled");
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    assert_eq!(
+        writes(&env.api.take_calls()),
+        vec![format!("PATCH {GW}/status")]
+    );
+    let s = env.cond("Stalled");
+    assert_eq!(s["reason"], "InvalidSpec");
+    assert!(
+        s["message"].as_str().expect("m").contains("rabbitmq"),
+        "{s}"
+    );
+    assert_eq!(env.status()["observedGeneration"], 4);
+}

@@ -14,6 +14,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -719,16 +721,82 @@ async fn cleanup(
     }
 }
 
+/// A watched object that may not deserialize: one malformed StompGateway must not stop the
+/// watch of all the others.
+pub type Guarded = DeserializeGuard<StompGateway>;
+
+/// Controller entry point over [`Guarded`] objects: readable ones are reconciled, an unreadable
+/// one gets `Stalled=True` (reason InvalidSpec) and waits for a change.
+pub async fn reconcile_guarded(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match &obj.0 {
+        Ok(gw) => reconcile(Arc::new(gw.clone()), ctx).await,
+        Err(invalid) => {
+            report_unreadable(invalid, &ctx).await?;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// Error policy over [`Guarded`] objects.
+pub fn error_policy_guarded(obj: Arc<Guarded>, err: &Error, ctx: Arc<Context>) -> Action {
+    match &obj.0 {
+        Ok(gw) => error_policy(Arc::new(gw.clone()), err, ctx),
+        Err(_) => Action::requeue(Duration::from_secs(300)),
+    }
+}
+
+async fn report_unreadable(invalid: &InvalidObject, ctx: &Context) -> Result<(), Error> {
+    let (Some(ns), Some(name)) = (
+        invalid.metadata.namespace.as_deref(),
+        invalid.metadata.name.as_deref(),
+    ) else {
+        return Ok(());
+    };
+    let generation = invalid.metadata.generation.unwrap_or(0);
+    let message = format!(
+        "the StompGateway cannot be read by this operator version: {}",
+        invalid.error
+    );
+    let conds = status::merge_conditions(
+        &[],
+        vec![
+            status::Cond::new(
+                status::types::READY,
+                false,
+                Reason::InvalidSpec,
+                message.clone(),
+            ),
+            status::Cond::new(status::types::STALLED, true, Reason::InvalidSpec, message),
+        ],
+        generation,
+    );
+    let patch = json!({
+        "apiVersion": crate::crd::StompGateway::api_version(&()),
+        "kind": "StompGateway",
+        "status": {"observedGeneration": generation, "conditions": conds},
+    });
+    // Guarded: the answer is the same unreadable object, which must not fail the call.
+    let api: Api<Guarded> = Api::namespaced(ctx.client.clone(), ns);
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Maps a Secret event to the StompGateways (from the controller's cache) that reference it.
 fn gateways_for_secret(
-    store: &kube::runtime::reflector::Store<StompGateway>,
+    store: &kube::runtime::reflector::Store<Guarded>,
     secret: &Secret,
-) -> Vec<ObjectRef<StompGateway>> {
+) -> Vec<ObjectRef<Guarded>> {
     let ns = secret.namespace();
     let name = secret.name_any();
     store
         .state()
         .into_iter()
+        .filter_map(|g| g.0.as_ref().ok().cloned())
         .filter(|gw| gw.namespace() == ns)
         .filter(|gw| {
             let r = &gw.spec.rabbitmq;
@@ -741,7 +809,12 @@ fn gateways_for_secret(
                     .and_then(|t| t.ca_secret_ref.as_ref())
                     .is_some_and(|c| c.name == name)
         })
-        .map(|gw| ObjectRef::from_obj(&*gw))
+        .filter_map(|gw| {
+            Some(
+                ObjectRef::new(gw.metadata.name.as_deref()?)
+                    .within(gw.metadata.namespace.as_deref()?),
+            )
+        })
         .collect()
 }
 
@@ -762,7 +835,7 @@ pub async fn run(
             None => Api::all(client.clone()),
         }
     }
-    let gws: Api<StompGateway> = api(&client, &namespace);
+    let gws: Api<Guarded> = api(&client, &namespace);
     // Fail early with a clear message when the CRD is not installed.
     gws.list(&ListParams::default().limit(1)).await?;
     let owned = watcher::Config::default()
@@ -783,7 +856,7 @@ pub async fn run(
         )
         .reconcile_all_on(reconnect_stream)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_guarded, error_policy_guarded, ctx)
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(name = %obj.name, "reconciled"),

@@ -324,8 +324,14 @@ pub fn conditions(obs: &Observation) -> Vec<Cond> {
     out
 }
 
+// Whole seconds: the API server stores metav1.Time at that precision, so what we write reads
+// back equal and an unchanged status compares equal.
 fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
+    let secs = k8s_openapi::jiff::Timestamp::now().as_second();
+    Time(
+        k8s_openapi::jiff::Timestamp::from_second(secs)
+            .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now()),
+    )
 }
 
 /// Merges new condition values into the previous list: lastTransitionTime is kept unless the
