@@ -723,3 +723,24 @@ async fn an_unreadable_object_is_stalled_not_a_dead_watch() {
     );
     assert_eq!(env.status()["observedGeneration"], 4);
 }
+
+#[tokio::test]
+async fn a_hand_edited_child_is_put_back() {
+    let ex = uniq("handedit");
+    let env = Env::new(gateway_json(&ex, json!({})));
+    env.reconcile().await.0.expect("create");
+    env.api.edit(DEPLOY, |d| {
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("evil:latest")
+    });
+    // Server-added fields alone are no drift.
+    env.api
+        .edit(SVC, |s| s["spec"]["clusterIP"] = json!("10.0.0.7"));
+    let (r, calls) = env.reconcile().await;
+    r.expect("repair");
+    assert_eq!(writes(&calls), vec![format!("PATCH {DEPLOY}")]);
+    assert_eq!(
+        env.api.get(DEPLOY).expect("d")["spec"]["template"]["spec"]["containers"][0]["image"],
+        "img:test"
+    );
+    delete_exchange(&rabbit().await, &ex).await;
+}

@@ -482,7 +482,23 @@ async fn read_secrets(
     Ok(Ok(SecretInputs { target, hash }))
 }
 
-/// Server-side applies `obj` unless the live object carries the same applied-hash.
+/// Whether every field of `want` is in `have` with the same value (extra fields in `have`, such
+/// as server defaults, are ignored; lists must match item by item).
+pub fn is_subset(want: &serde_json::Value, have: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (want, have) {
+        (Value::Object(w), Value::Object(h)) => w
+            .iter()
+            .all(|(k, v)| h.get(k).is_some_and(|hv| is_subset(v, hv))),
+        (Value::Array(w), Value::Array(h)) => {
+            w.len() == h.len() && w.iter().zip(h).all(|(a, b)| is_subset(a, b))
+        }
+        _ => want == have,
+    }
+}
+
+/// Server-side applies `obj` unless the live object already has it: same applied-hash and
+/// every field we set still in place (so a hand edit of a child is put back).
 async fn apply_one<K>(api: &Api<K>, obj: &K) -> Result<K, kube::Error>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
@@ -491,6 +507,8 @@ where
     let want = obj.annotations().get(APPLIED_HASH_ANNOTATION);
     if let Some(live) = api.get_opt(&name).await?
         && live.annotations().get(APPLIED_HASH_ANNOTATION) == want
+        && let (Ok(w), Ok(h)) = (serde_json::to_value(obj), serde_json::to_value(&live))
+        && is_subset(&w, &h)
     {
         return Ok(live);
     }
