@@ -792,7 +792,7 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
 }
 
 /// `stompgate crd`.
-pub fn print_crd() -> anyhow::Result<()> {
+pub fn print_crd() -> Result<(), serde_yaml::Error> {
     print!("{}", crd_yaml()?);
     Ok(())
 }
