@@ -1,4 +1,5 @@
 use clap::{Parser, Subcommand};
+use stompgate::gateway::config::{GatewayArgs, parse_gateway_args};
 use stompgate::{crd, operator};
 
 /// STOMP-over-WebSocket gateway to RabbitMQ, and its Kubernetes operator.
@@ -11,8 +12,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Prints the version.
-    Version,
+    /// Data plane: STOMP over WebSocket/SockJS/TCP <-> RabbitMQ.
+    Gateway(Box<GatewayArgs>),
+    /// The founding scenario on this machine: gateway + page + publisher.
+    Demo(stompgate::demo::DemoArgs),
     /// Runs the Kubernetes operator (reconciles StompGateway resources).
     Operator(operator::OperatorArgs),
     /// Prints the StompGateway CustomResourceDefinition YAML.
@@ -27,7 +30,25 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Version => println!("stompgate {}", env!("CARGO_PKG_VERSION")),
+        Cmd::Gateway(args) => {
+            // Re-parse when a config file is given, so file values fill the defaults.
+            let args = if args.config.is_some() {
+                let argv: Vec<String> = std::env::args()
+                    .skip_while(|a| a != "gateway")
+                    .skip(1)
+                    .collect();
+                parse_gateway_args(&argv)?
+            } else {
+                args.validate()?;
+                *args
+            };
+            stompgate::telemetry::init_logging(args.log_json);
+            stompgate::gateway::server::run(args, axum::Router::new()).await?;
+        }
+        Cmd::Demo(args) => {
+            stompgate::telemetry::init_logging(false);
+            stompgate::demo::run(args).await?;
+        }
         Cmd::Operator(args) => operator::run(args).await?,
         Cmd::Crd => crd::print_crd()?,
         Cmd::Render(args) => operator::cli::render(args)?,

@@ -107,10 +107,13 @@ fn full_example_maps_tls_stomp_service_user_uri_secret_and_overrides() {
             .expect("yaml");
     assert_eq!(cfg["stomp-listen"], "0.0.0.0:61613");
     assert_eq!(cfg["auth-mode"], "service-user");
-    assert_eq!(cfg["amqp-tls-ca-file"], "/etc/stompgate/tls/ca.crt");
+    assert!(
+        cfg.get("amqp-tls-ca-file").is_none(),
+        "the CA path is an env var"
+    );
     assert_eq!(
         cfg["allowed-origins"],
-        "https://app.example.com,https://*.example.org:8443"
+        serde_yaml::to_value(["https://app.example.com", "https://*.example.org:8443"]).expect("v")
     );
     assert!(
         cfg.get("amqp-url").is_none(),
@@ -123,10 +126,23 @@ fn full_example_maps_tls_stomp_service_user_uri_secret_and_overrides() {
         [
             "STOMPGATE_AMQP_URL",
             "STOMPGATE_AMQP_USERNAME",
-            "STOMPGATE_AMQP_PASSWORD"
+            "STOMPGATE_AMQP_PASSWORD",
+            "STOMPGATE_AMQP_TLS_CA_FILE"
         ]
     );
-    for e in ctr.env.iter().flatten() {
+    let ca = ctr
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "STOMPGATE_AMQP_TLS_CA_FILE")
+        .expect("ca");
+    assert_eq!(ca.value.as_deref(), Some("/etc/stompgate/tls/ca.crt"));
+    for e in ctr
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| e.name != "STOMPGATE_AMQP_TLS_CA_FILE")
+    {
         assert!(
             e.value.is_none()
                 && e.value_from
@@ -306,4 +322,48 @@ fn vhost_encoding_and_endpoints() {
         resources::selector_string("gw"),
         "app.kubernetes.io/instance=gw,app.kubernetes.io/name=stompgate"
     );
+}
+
+/// The ConfigMap is read by the real gateway's config parser: every key is a gateway flag and
+/// every value parses.
+#[test]
+fn the_gateway_accepts_the_rendered_config_file() {
+    use stompgate::gateway::config::parse_gateway_args;
+    let full = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/stompgateway-full.yaml"
+    ))
+    .expect("example");
+    for gw in [gateway(&fixture("minimal.yaml")), gateway(&full)] {
+        let cfg = gateway_config(&gw.spec).expect("cfg");
+        let dir = std::env::temp_dir().join(format!("stompgate-opcfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("gateway.yaml");
+        std::fs::write(&file, &cfg).expect("write");
+        let argv = vec!["--config".to_string(), file.display().to_string()];
+        let args =
+            parse_gateway_args(&argv).unwrap_or_else(|e| panic!("gateway refused {cfg}: {e}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            args.max_frame_bytes as i64,
+            i64::from(gw.spec.limits.max_frame_bytes)
+        );
+        assert_eq!(
+            args.max_connections as i64,
+            i64::from(gw.spec.limits.max_connections)
+        );
+        assert_eq!(
+            args.heartbeat_server_ms as i64,
+            i64::from(gw.spec.heartbeat.server_ms)
+        );
+        assert_eq!(
+            args.drain_timeout_secs as i64,
+            i64::from(gw.spec.drain_timeout_seconds)
+        );
+        assert_eq!(args.ws_path, gw.spec.web_socket.path);
+        assert_eq!(args.sockjs_enabled, gw.spec.web_socket.sock_js.enabled);
+        assert_eq!(args.allowed_origins, gw.spec.web_socket.allowed_origins);
+        assert_eq!(args.stomp_listen.is_some(), gw.spec.stomp.enabled);
+        assert_eq!(args.listen.port() as i32, gw.spec.web_socket.port);
+    }
 }

@@ -156,14 +156,6 @@ pub fn gateway_config(spec: &StompGatewaySpec) -> Result<String, serde_yaml::Err
     if let Some(url) = amqp_url(spec) {
         m.insert("amqp-url", url.into());
     }
-    if spec
-        .rabbitmq
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.ca_secret_ref.is_some())
-    {
-        m.insert("amqp-tls-ca-file", format!("{CA_DIR}/ca.crt").into());
-    }
     let mode = match spec.auth.mode {
         AuthMode::Passthrough => "passthrough",
         AuthMode::ServiceUser => "service-user",
@@ -185,7 +177,10 @@ pub fn gateway_config(spec: &StompGatewaySpec) -> Result<String, serde_yaml::Err
         "max-frame-bytes",
         i64::from(spec.limits.max_frame_bytes).into(),
     );
-    m.insert("allowed-origins", ws.allowed_origins.join(",").into());
+    // Omitted when empty: an empty value would be one empty origin, not "any".
+    if !ws.allowed_origins.is_empty() {
+        m.insert("allowed-origins", ws.allowed_origins.clone().into());
+    }
     m.insert(
         "drain-timeout-secs",
         i64::from(spec.drain_timeout_seconds).into(),
@@ -411,6 +406,13 @@ fn build_pod_template(
         ..Volume::default()
     }];
     if let Some(ca) = r.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()) {
+        // An env var, not a config key: a gateway without the flag ignores it instead of
+        // refusing the config file.
+        env.push(EnvVar {
+            name: "STOMPGATE_AMQP_TLS_CA_FILE".into(),
+            value: Some(format!("{CA_DIR}/ca.crt")),
+            ..EnvVar::default()
+        });
         mounts.push(VolumeMount {
             name: "broker-ca".into(),
             mount_path: CA_DIR.into(),

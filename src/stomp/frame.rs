@@ -155,6 +155,19 @@ impl Headers {
     pub fn into_vec(self) -> Vec<(String, String)> {
         self.0
     }
+
+    /// Strips leading spaces (only `' '`, as Erlang's `string:strip(V, left)`) from every
+    /// value: RabbitMQ's `trim_headers/1`, applied to every frame of a STOMP 1.0 session
+    /// including its CONNECT. The decoder does this itself for non-CONNECT frames once the
+    /// version is 1.0; the session calls it on a CONNECT/STOMP frame that negotiated 1.0.
+    pub fn trim_start_values(&mut self) {
+        for (_, v) in &mut self.0 {
+            let trimmed = v.len() - v.trim_start_matches(' ').len();
+            if trimmed > 0 {
+                v.drain(..trimmed);
+            }
+        }
+    }
 }
 
 impl From<Vec<(String, String)>> for Headers {

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The project's test command (README): installs/starts what the tests need, then runs every
+# test against the real RabbitMQ and headless Chromium.
+#   scripts/test.sh [extra cargo-nextest / cargo test arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-test-deps.sh
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast "$@"
+  # nextest does not run doctests.
+  cargo test --doc --quiet
+else
+  cargo test --no-fail-fast "$@"
+fi
+if [ -x scripts/check-packaging.sh ]; then
+  scripts/check-packaging.sh
+fi

@@ -1,0 +1,661 @@
+//! RabbitMQ side of the gateway: pooled lapin connections, one channel per STOMP session,
+//! and the AMQP operations behind each session request. Never sees a STOMP frame.
+
+use crate::gateway::destination::{QueueDeclare, SubscribePlan, TempQueuePlan};
+use crate::gateway::session::{BrokerFailure, ConnectFailure, PublishRequest};
+use crate::telemetry::GatewayMetrics;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::uri::{AMQPUri, AMQPUserInfo};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Consumer, ErrorKind};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    #[error("invalid AMQP URL: {0}")]
+    InvalidUrl(String),
+}
+
+/// How the gateway reaches RabbitMQ.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// Host, port, TLS and query options; its credentials serve the service-user mode and
+    /// readiness probes, its vhost is only a default.
+    pub uri: AMQPUri,
+    /// Connections with no session for this long are closed.
+    pub idle_connection_ttl: Duration,
+    /// Upper bound on channels per pooled connection (the broker's `channel_max` may be lower).
+    pub max_channels_per_connection: usize,
+    /// Connection attempt timeout.
+    pub connect_timeout: Duration,
+}
+
+impl BrokerConfig {
+    pub fn from_url(url: &str) -> Result<Self, BrokerError> {
+        let uri = AMQPUri::from_str(url).map_err(BrokerError::InvalidUrl)?;
+        Ok(BrokerConfig {
+            uri,
+            idle_connection_ttl: Duration::from_secs(30),
+            max_channels_per_connection: 2000,
+            connect_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// The credentials in the URL (service-user mode).
+    pub fn url_credentials(&self) -> (String, String) {
+        let info = &self.uri.authority.userinfo;
+        (info.username.clone(), info.password.clone())
+    }
+}
+
+/// Pool key: connections are shared only by sessions with the same user, vhost and
+/// password (a salted hash, so the key reveals nothing).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PoolKey {
+    user: String,
+    vhost: String,
+    password_hash: [u8; 32],
+}
+
+struct PooledConnection {
+    connection: Connection,
+    /// Live channels (sessions) on this connection.
+    channels: AtomicUsize,
+    channel_limit: usize,
+    idle_since: Mutex<Option<Instant>>,
+}
+
+impl PooledConnection {
+    fn usable(&self) -> bool {
+        self.connection.status().connected()
+    }
+}
+
+struct Inner {
+    config: BrokerConfig,
+    salt: [u8; 16],
+    pool: tokio::sync::Mutex<HashMap<PoolKey, Vec<Arc<PooledConnection>>>>,
+    server_product: Mutex<Option<String>>,
+    metrics: GatewayMetrics,
+}
+
+/// Shared handle to the broker side; cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+/// A session's channel. Dropping it closes the channel and releases the pool slot.
+pub struct SessionChannel {
+    pub channel: Channel,
+    pooled: Arc<PooledConnection>,
+    confirms_enabled: bool,
+    metrics: GatewayMetrics,
+}
+
+impl Drop for SessionChannel {
+    fn drop(&mut self) {
+        let left = self.pooled.channels.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left == 0
+            && let Ok(mut idle) = self.pooled.idle_since.lock()
+        {
+            *idle = Some(Instant::now());
+        }
+        self.metrics.broker_channels.dec();
+        let channel = self.channel.clone();
+        if channel.status().connected() {
+            // Close politely; lapin would also close it once the last handle drops.
+            tokio::spawn(async move {
+                let _ = channel.close(200, "session closed".into()).await;
+            });
+        }
+    }
+}
+
+impl Broker {
+    pub fn new(config: BrokerConfig, metrics: GatewayMetrics) -> Self {
+        let salt: [u8; 16] = rand::random();
+        Broker {
+            inner: Arc::new(Inner {
+                config,
+                salt,
+                pool: tokio::sync::Mutex::new(HashMap::new()),
+                server_product: Mutex::new(None),
+                metrics,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.inner.config
+    }
+
+    /// `RabbitMQ/<version>` once learned from the broker.
+    pub fn server_product(&self) -> Option<String> {
+        self.inner
+            .server_product
+            .lock()
+            .ok()
+            .and_then(|p| p.clone())
+    }
+
+    pub fn set_server_product(&self, product: String) {
+        if let Ok(mut p) = self.inner.server_product.lock() {
+            *p = Some(product);
+        }
+    }
+
+    /// Opens a channel for a session on a pooled connection for these credentials.
+    pub async fn open_channel(
+        &self,
+        login: &str,
+        passcode: &str,
+        vhost: &str,
+    ) -> Result<SessionChannel, ConnectFailure> {
+        let key = PoolKey {
+            user: login.to_string(),
+            vhost: vhost.to_string(),
+            password_hash: self.password_hash(passcode),
+        };
+        // The pool lock is held across connection setup so that a burst of sessions with the
+        // same credentials opens one connection, not hundreds.
+        let mut pool = self.inner.pool.lock().await;
+        let entries = pool.entry(key.clone()).or_default();
+        entries.retain(|c| c.usable());
+        let candidate = entries
+            .iter()
+            .find(|c| c.channels.load(Ordering::Acquire) < c.channel_limit)
+            .cloned();
+        let pooled = match candidate {
+            Some(c) => c,
+            None => {
+                let conn = self.connect(login, passcode, vhost).await?;
+                let channel_limit = self
+                    .inner
+                    .config
+                    .max_channels_per_connection
+                    .min(usize::from(conn.configuration().channel_max()).max(1));
+                let pooled = Arc::new(PooledConnection {
+                    connection: conn,
+                    channels: AtomicUsize::new(0),
+                    channel_limit,
+                    idle_since: Mutex::new(None),
+                });
+                entries.push(pooled.clone());
+                pooled
+            }
+        };
+        pooled.channels.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut idle) = pooled.idle_since.lock() {
+            *idle = None;
+        }
+        drop(pool);
+        let channel = match pooled.connection.create_channel().await {
+            Ok(ch) => ch,
+            Err(e) => {
+                pooled.channels.fetch_sub(1, Ordering::AcqRel);
+                return Err(ConnectFailure::Unavailable(describe_error(&e)));
+            }
+        };
+        self.inner.metrics.broker_channels.inc();
+        Ok(SessionChannel {
+            channel,
+            pooled,
+            confirms_enabled: false,
+            metrics: self.inner.metrics.clone(),
+        })
+    }
+
+    async fn connect(
+        &self,
+        login: &str,
+        passcode: &str,
+        vhost: &str,
+    ) -> Result<Connection, ConnectFailure> {
+        let mut uri = self.inner.config.uri.clone();
+        uri.authority.userinfo = AMQPUserInfo {
+            username: login.to_string(),
+            password: passcode.to_string(),
+        };
+        uri.vhost = vhost.to_string();
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("stompgate {login}@{vhost}").into());
+        let attempt = Connection::connect_uri(uri, props);
+        let result = tokio::time::timeout(self.inner.config.connect_timeout, attempt).await;
+        match result {
+            Err(_) => Err(ConnectFailure::Unavailable(
+                "timed out connecting to RabbitMQ".to_string(),
+            )),
+            Ok(Err(e)) => {
+                self.inner.metrics.broker_connect_failures.inc();
+                Err(classify_connect_error(&e))
+            }
+            Ok(Ok(conn)) => {
+                self.inner.metrics.broker_connections.inc();
+                let metrics = self.inner.metrics.clone();
+                let events = conn.events_listener();
+                tokio::spawn(watch_connection(events, metrics));
+                Ok(conn)
+            }
+        }
+    }
+
+    fn password_hash(&self, password: &str) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(self.inner.salt);
+        hasher.update(password.as_bytes());
+        hasher.finalize().into()
+    }
+
+    /// Closes pooled connections that have had no session for the idle TTL.
+    pub async fn reap_idle(&self) {
+        let ttl = self.inner.config.idle_connection_ttl;
+        let mut to_close = Vec::new();
+        {
+            let mut pool = self.inner.pool.lock().await;
+            for entries in pool.values_mut() {
+                entries.retain(|c| {
+                    let idle_for = c
+                        .idle_since
+                        .lock()
+                        .ok()
+                        .and_then(|i| *i)
+                        .map(|since| since.elapsed());
+                    let expired = c.channels.load(Ordering::Acquire) == 0
+                        && idle_for.is_some_and(|d| d >= ttl);
+                    if expired || !c.usable() {
+                        to_close.push(c.clone());
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+            pool.retain(|_, entries| !entries.is_empty());
+        }
+        for c in to_close {
+            if c.usable() {
+                let _ = c.connection.close(200, "idle".into()).await;
+            }
+            self.inner.metrics.broker_connections.dec();
+        }
+    }
+
+    /// Number of pooled connections (all credentials).
+    pub async fn pooled_connections(&self) -> usize {
+        self.inner.pool.lock().await.values().map(Vec::len).sum()
+    }
+
+    /// True when RabbitMQ accepts TCP connections (readiness).
+    pub async fn reachable(&self) -> bool {
+        let authority = &self.inner.config.uri.authority;
+        let addr = format!("{}:{}", authority.host, authority.port);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+                .await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+async fn watch_connection(
+    events: impl futures::Stream<Item = lapin::Event> + Send + 'static,
+    metrics: GatewayMetrics,
+) {
+    use futures::StreamExt;
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        if let lapin::Event::Error(e) = event {
+            tracing::warn!(error = %describe_error(&e), "AMQP connection lost");
+            metrics.broker_connection_errors.inc();
+            break;
+        }
+    }
+}
+
+impl SessionChannel {
+    /// Declares, binds and consumes as planned (declare, qos, bind, consume); a generated
+    /// subscription queue is deleted again when a later step fails.
+    pub async fn subscribe(&self, plan: &SubscribePlan) -> Result<Consumer, BrokerFailure> {
+        let ch = &self.channel;
+        let queue = match &plan.declare {
+            Some(declare) => declare_queue(ch, declare).await?,
+            None => plan.queue.clone(),
+        };
+        let result = async {
+            if let Some(prefetch) = plan.prefetch_count {
+                ch.basic_qos(prefetch, BasicQosOptions::default())
+                    .await
+                    .map_err(to_failure)?;
+            }
+            if let Some(binding) = &plan.binding {
+                ch.queue_bind(
+                    queue.as_str().into(),
+                    binding.exchange.as_str().into(),
+                    binding.routing_key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(to_failure)?;
+            }
+            ch.basic_consume(
+                queue.as_str().into(),
+                plan.consumer_tag.as_str().into(),
+                BasicConsumeOptions {
+                    no_ack: plan.ack.no_ack(),
+                    ..BasicConsumeOptions::default()
+                },
+                plan.consumer_arguments.clone(),
+            )
+            .await
+            .map_err(to_failure)
+        }
+        .await;
+        if result.is_err() && plan.delete_queue_on_failure && ch.status().connected() {
+            let _ = ch
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        result
+    }
+
+    pub async fn unsubscribe(
+        &self,
+        consumer_tag: &str,
+        delete_queue: Option<&str>,
+    ) -> Result<(), BrokerFailure> {
+        self.channel
+            .basic_cancel(consumer_tag.into(), BasicCancelOptions::default())
+            .await
+            .map_err(to_failure)?;
+        if let Some(queue) = delete_queue {
+            self.channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await
+                .map_err(to_failure)?;
+        }
+        Ok(())
+    }
+
+    /// Declares the server-named reply queue of a `/temp-queue/` and consumes it.
+    pub async fn create_temp_queue(
+        &self,
+        plan: &TempQueuePlan,
+    ) -> Result<(String, Consumer), BrokerFailure> {
+        let name = declare_queue(&self.channel, &plan.declare).await?;
+        let consumer = self
+            .channel
+            .basic_consume(
+                name.as_str().into(),
+                plan.consumer_tag.as_str().into(),
+                BasicConsumeOptions {
+                    no_ack: plan.no_ack,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(to_failure)?;
+        Ok((name, consumer))
+    }
+
+    /// Publishes; returns the confirm future (confirm mode is enabled on first publish so
+    /// that broker nacks and channel errors are observed even without receipts).
+    pub async fn publish(
+        &mut self,
+        request: &PublishRequest,
+    ) -> Result<lapin::PublisherConfirm, BrokerFailure> {
+        if !self.confirms_enabled {
+            self.channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(to_failure)?;
+            self.confirms_enabled = true;
+        }
+        if let Some(declare) = &request.declare_queue {
+            declare_queue(&self.channel, declare).await?;
+        }
+        self.channel
+            .basic_publish(
+                request.route.exchange.as_str().into(),
+                request.route.routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: request.mandatory,
+                    ..BasicPublishOptions::default()
+                },
+                &request.body,
+                request.properties.clone(),
+            )
+            .await
+            .map_err(to_failure)
+    }
+
+    pub async fn ack(&self, delivery_tag: u64, multiple: bool) -> Result<(), BrokerFailure> {
+        self.channel
+            .basic_ack(delivery_tag, BasicAckOptions { multiple })
+            .await
+            .map_err(to_failure)
+    }
+
+    pub async fn nack(
+        &self,
+        delivery_tag: u64,
+        multiple: bool,
+        requeue: bool,
+    ) -> Result<(), BrokerFailure> {
+        self.channel
+            .basic_nack(delivery_tag, BasicNackOptions { multiple, requeue })
+            .await
+            .map_err(to_failure)
+    }
+}
+
+async fn declare_queue(ch: &Channel, declare: &QueueDeclare) -> Result<String, BrokerFailure> {
+    let queue = ch
+        .queue_declare(
+            ShortString::from(declare.queue.as_str()),
+            // Always wait for declare-ok so errors are reported against this frame.
+            QueueDeclareOptions {
+                passive: declare.passive,
+                durable: declare.durable,
+                exclusive: declare.exclusive,
+                auto_delete: declare.auto_delete,
+                nowait: false,
+            },
+            declare.arguments.clone(),
+        )
+        .await
+        .map_err(to_failure)?;
+    Ok(queue.name().to_string())
+}
+
+/// Maps a confirm to what the session reports.
+pub fn confirm_outcome(confirmation: Confirmation) -> crate::gateway::session::ConfirmOutcome {
+    use crate::gateway::session::ConfirmOutcome;
+    match confirmation {
+        Confirmation::Ack(None) | Confirmation::NotRequested => ConfirmOutcome::Ack,
+        Confirmation::Ack(Some(returned)) => ConfirmOutcome::Unroutable {
+            reply_text: returned.reply_text.to_string(),
+        },
+        Confirmation::Nack(_) => ConfirmOutcome::Nack,
+    }
+}
+
+/// RabbitMQ's error atom for an AMQP reply code.
+fn error_name(code: u16) -> &'static str {
+    match code {
+        311 => "content_too_large",
+        312 => "no_route",
+        313 => "no_consumers",
+        320 => "connection_forced",
+        402 => "invalid_path",
+        403 => "access_refused",
+        404 => "not_found",
+        405 => "resource_locked",
+        406 => "precondition_failed",
+        501 => "frame_error",
+        502 => "syntax_error",
+        503 => "command_invalid",
+        504 => "channel_error",
+        505 => "unexpected_frame",
+        506 => "resource_error",
+        530 => "not_allowed",
+        540 => "not_implemented",
+        541 => "internal_error",
+        _ => "amqp_error",
+    }
+}
+
+/// Converts a lapin error on a channel operation into the session's failure report.
+pub fn to_failure(error: lapin::Error) -> BrokerFailure {
+    match error.kind() {
+        ErrorKind::ProtocolError(amqp) => BrokerFailure {
+            name: error_name(amqp.get_id()).to_string(),
+            text: amqp.get_message().to_string(),
+        },
+        ErrorKind::InvalidChannelState(..) | ErrorKind::InvalidConnectionState(_) => {
+            BrokerFailure {
+                name: "Connection to RabbitMQ lost".to_string(),
+                text: format!("{}\n", describe_error(&error)),
+            }
+        }
+        _ => BrokerFailure {
+            name: "Connection to RabbitMQ lost".to_string(),
+            text: format!("{}\n", describe_error(&error)),
+        },
+    }
+}
+
+fn classify_connect_error(error: &lapin::Error) -> ConnectFailure {
+    match error.kind() {
+        ErrorKind::ProtocolError(amqp) => match amqp.get_id() {
+            403 => ConnectFailure::AccessRefused,
+            530 | 402 => ConnectFailure::VhostDenied,
+            _ => ConnectFailure::Unavailable(amqp.get_message().to_string()),
+        },
+        _ => ConnectFailure::Unavailable(describe_error(error)),
+    }
+}
+
+/// Error text safe for clients and logs: never contains credentials (lapin errors carry
+/// no URI).
+pub fn describe_error(error: &lapin::Error) -> String {
+    error.to_string()
+}
+
+/// Reads RabbitMQ's `product/version` from the `connection.start` server properties
+/// (lapin does not expose them), for the CONNECTED `server` header. Best effort.
+pub async fn probe_server_product(config: &BrokerConfig) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = &config.uri.authority;
+    let addr = format!("{}:{}", authority.host, authority.port);
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream.write_all(b"AMQP\x00\x00\x09\x01").await.ok()?;
+        let mut header = [0u8; 7];
+        stream.read_exact(&mut header).await.ok()?;
+        let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+        if header[0] != 1 || size > 64 * 1024 {
+            return None;
+        }
+        let mut payload = vec![0u8; size];
+        stream.read_exact(&mut payload).await.ok()?;
+        parse_start_product(&payload)
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Extracts `product/version` from a connection.start method payload.
+fn parse_start_product(payload: &[u8]) -> Option<String> {
+    // class 10, method 10, version-major, version-minor, then the properties table.
+    if payload.len() < 10 || payload[0..4] != [0, 10, 0, 10] {
+        return None;
+    }
+    let table_len = u32::from_be_bytes(payload[6..10].try_into().ok()?) as usize;
+    let table = payload.get(10..10 + table_len)?;
+    let mut product = None;
+    let mut version = None;
+    let mut i = 0;
+    while i < table.len() {
+        let key_len = *table.get(i)? as usize;
+        let key = std::str::from_utf8(table.get(i + 1..i + 1 + key_len)?).ok()?;
+        i += 1 + key_len;
+        let kind = *table.get(i)?;
+        i += 1;
+        let value_len = match kind {
+            b't' | b'b' | b'B' => 1,
+            b's' | b'u' => 2,
+            b'I' | b'i' | b'f' => 4,
+            b'l' | b'L' | b'd' | b'T' => 8,
+            b'D' => 5,
+            b'V' => 0,
+            b'S' | b'A' | b'F' | b'x' => {
+                let len = u32::from_be_bytes(table.get(i..i + 4)?.try_into().ok()?) as usize;
+                if kind == b'S' {
+                    let text = std::str::from_utf8(table.get(i + 4..i + 4 + len)?).ok()?;
+                    match key {
+                        "product" => product = Some(text.to_string()),
+                        "version" => version = Some(text.to_string()),
+                        _ => {}
+                    }
+                }
+                4 + len
+            }
+            _ => return None,
+        };
+        i += value_len;
+    }
+    Some(format!("{}/{}", product?, version?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_product_and_version_from_connection_start() {
+        let mut table = Vec::new();
+        for (k, v) in [("product", "RabbitMQ"), ("version", "3.10.8")] {
+            table.push(k.len() as u8);
+            table.extend_from_slice(k.as_bytes());
+            table.push(b'S');
+            table.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            table.extend_from_slice(v.as_bytes());
+        }
+        table.push(4);
+        table.extend_from_slice(b"flag");
+        table.push(b't');
+        table.push(1);
+        let mut payload = vec![0, 10, 0, 10, 0, 9];
+        payload.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        payload.extend_from_slice(&table);
+        assert_eq!(
+            parse_start_product(&payload).as_deref(),
+            Some("RabbitMQ/3.10.8")
+        );
+        assert_eq!(parse_start_product(&payload[..12]), None);
+        assert_eq!(parse_start_product(b"garbage"), None);
+    }
+
+    #[test]
+    fn error_names_match_rabbitmq_atoms() {
+        assert_eq!(error_name(404), "not_found");
+        assert_eq!(error_name(403), "access_refused");
+        assert_eq!(error_name(406), "precondition_failed");
+        assert_eq!(error_name(405), "resource_locked");
+    }
+}

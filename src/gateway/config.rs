@@ -1,0 +1,321 @@
+//! Gateway settings: command-line flags, `STOMPGATE_*` environment variables and an
+//! optional YAML file (the ConfigMap the operator renders), in that order of precedence.
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not a YAML mapping of flag names to values: {source}")]
+    Parse {
+        path: String,
+        source: serde_yaml::Error,
+    },
+    #[error(
+        "config file {path}: unknown key '{key}' (keys are the gateway's flag names, e.g. max-frame-bytes)"
+    )]
+    UnknownKey { path: String, key: String },
+    #[error("config file {path}: key '{key}' must be a scalar or a list of scalars")]
+    BadValue { path: String, key: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// STOMP login/passcode are RabbitMQ credentials (as with Web-STOMP).
+    Passthrough,
+    /// Every session uses the gateway's own credentials (--amqp-url or --amqp-username).
+    ServiceUser,
+}
+
+/// `stompgate gateway` flags. Every flag also reads `STOMPGATE_<FLAG>`.
+#[derive(Args, Clone, Debug)]
+pub struct GatewayArgs {
+    /// WebSocket, SockJS and health endpoints.
+    #[arg(long, env = "STOMPGATE_LISTEN", default_value = "0.0.0.0:15674")]
+    pub listen: SocketAddr,
+    /// Path of the STOMP-over-WebSocket endpoint (also served with a trailing slash).
+    #[arg(long, env = "STOMPGATE_WS_PATH", default_value = "/ws")]
+    pub ws_path: String,
+    /// Path prefix of the SockJS endpoint.
+    #[arg(long, env = "STOMPGATE_SOCKJS_PATH", default_value = "/stomp")]
+    pub sockjs_path: String,
+    /// Serve SockJS at --sockjs-path.
+    #[arg(long, env = "STOMPGATE_SOCKJS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sockjs_enabled: bool,
+    /// Plain STOMP over TCP listener (off unless given), e.g. 0.0.0.0:61613.
+    #[arg(long, env = "STOMPGATE_STOMP_LISTEN")]
+    pub stomp_listen: Option<SocketAddr>,
+    /// Separate listener for /metrics, /healthz and /readyz (default: served on --listen).
+    #[arg(long, env = "STOMPGATE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// RabbitMQ address; credentials in it serve service-user mode and default logins.
+    #[arg(
+        long,
+        env = "STOMPGATE_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    /// Overrides the user in --amqp-url.
+    #[arg(long, env = "STOMPGATE_AMQP_USERNAME")]
+    pub amqp_username: Option<String>,
+    /// Overrides the password in --amqp-url.
+    #[arg(long, env = "STOMPGATE_AMQP_PASSWORD", hide_env_values = true)]
+    pub amqp_password: Option<String>,
+    /// How STOMP sessions authenticate to RabbitMQ.
+    #[arg(
+        long,
+        env = "STOMPGATE_AUTH_MODE",
+        value_enum,
+        default_value = "passthrough"
+    )]
+    pub auth_mode: AuthMode,
+    /// Login used when CONNECT has none (RabbitMQ's stomp.default_user). Off by default:
+    /// anonymous clients are refused.
+    #[arg(long, env = "STOMPGATE_DEFAULT_LOGIN")]
+    pub default_login: Option<String>,
+    /// Passcode for --default-login.
+    #[arg(long, env = "STOMPGATE_DEFAULT_PASSCODE", hide_env_values = true)]
+    pub default_passcode: Option<String>,
+    /// Smallest interval (ms) at which the server sends heart-beats (0: as the client asks).
+    #[arg(long, env = "STOMPGATE_HEARTBEAT_SERVER_MS", default_value_t = 0)]
+    pub heartbeat_server_ms: u64,
+    /// Smallest interval (ms) the server accepts between client heart-beats (0: as asked).
+    #[arg(long, env = "STOMPGATE_HEARTBEAT_CLIENT_MS", default_value_t = 0)]
+    pub heartbeat_client_ms: u64,
+    /// Most concurrent client connections (all transports); more get HTTP 503 / an ERROR.
+    #[arg(long, env = "STOMPGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Largest STOMP frame accepted after CONNECT (before CONNECT: 64 KiB).
+    #[arg(long, env = "STOMPGATE_MAX_FRAME_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_frame_bytes: usize,
+    /// Most subscriptions per session.
+    #[arg(long, env = "STOMPGATE_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
+    pub max_subscriptions: usize,
+    /// Allowed Origin headers for browser connections (comma-separated; empty = any).
+    #[arg(long, env = "STOMPGATE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Seconds a client has to send CONNECT.
+    #[arg(long, env = "STOMPGATE_LOGIN_TIMEOUT_SECS", default_value_t = 10)]
+    pub login_timeout_secs: u64,
+    /// Seconds to wait for sessions to finish after SIGTERM.
+    #[arg(long, env = "STOMPGATE_DRAIN_TIMEOUT_SECS", default_value_t = 25)]
+    pub drain_timeout_secs: u64,
+    /// Omit the CONNECTED `server` header.
+    #[arg(long, env = "STOMPGATE_HIDE_SERVER_INFO", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub hide_server_info: bool,
+    /// Log as JSON lines.
+    #[arg(long, env = "STOMPGATE_LOG_JSON", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub log_json: bool,
+    /// YAML file of flag values (keys = flag names, e.g. `max-frame-bytes: 1048576`).
+    #[arg(long, env = "STOMPGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl GatewayArgs {
+    /// Checks values clap cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, path) in [
+            ("ws-path", &self.ws_path),
+            ("sockjs-path", &self.sockjs_path),
+        ] {
+            if !path.starts_with('/') || path.len() < 2 || path.ends_with('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "--{name} must start with '/', not end with '/', and not be '/' (got '{path}')"
+                )));
+            }
+        }
+        if self.ws_path == self.sockjs_path {
+            return Err(ConfigError::Invalid(
+                "--ws-path and --sockjs-path must differ".to_string(),
+            ));
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "--max-frame-bytes must be at least 1024".to_string(),
+            ));
+        }
+        if self.default_login.is_some() != self.default_passcode.is_some() {
+            return Err(ConfigError::Invalid(
+                "--default-login and --default-passcode go together".to_string(),
+            ));
+        }
+        for origin in &self.allowed_origins {
+            if !(origin == "*" || origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "--allowed-origins entry '{origin}' must be '*' or start with http:// or https://"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Standalone parser used to apply a config file to `gateway` flags.
+#[derive(Parser, Debug)]
+#[command(name = "stompgate gateway", no_binary_name = true)]
+struct GatewayCli {
+    #[command(flatten)]
+    args: GatewayArgs,
+}
+
+/// Parses gateway flags from `argv` (without the program and subcommand names), then fills
+/// every flag still at its default from the `--config` file, if any.
+pub fn parse_gateway_args(argv: &[String]) -> Result<GatewayArgs, ConfigError> {
+    let matches = GatewayCli::command().try_get_matches_from(argv)?;
+    let cli = GatewayCli::from_arg_matches(&matches)?;
+    let Some(path) = cli.args.config.clone() else {
+        cli.args.validate()?;
+        return Ok(cli.args);
+    };
+    let path_text = path.display().to_string();
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        path: path_text.clone(),
+        source,
+    })?;
+    let extra = config_file_args(&text, &path_text, &matches)?;
+    let mut argv = argv.to_vec();
+    argv.extend(extra);
+    let matches = GatewayCli::command().try_get_matches_from(&argv)?;
+    let cli = GatewayCli::from_arg_matches(&matches)?;
+    cli.args.validate()?;
+    Ok(cli.args)
+}
+
+/// Turns the YAML mapping into `--key=value` arguments for keys not set on the command
+/// line or in the environment.
+fn config_file_args(
+    text: &str,
+    path: &str,
+    matches: &clap::ArgMatches,
+) -> Result<Vec<String>, ConfigError> {
+    let map: std::collections::BTreeMap<String, serde_yaml::Value> = if text.trim().is_empty() {
+        Default::default()
+    } else {
+        serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_string(),
+            source,
+        })?
+    };
+    let command = GatewayCli::command();
+    let mut out = Vec::new();
+    for (key, value) in map {
+        let id = key.replace('-', "_");
+        if id == "config" || !command.get_arguments().any(|a| a.get_id() == id.as_str()) {
+            return Err(ConfigError::UnknownKey {
+                path: path.to_string(),
+                key,
+            });
+        }
+        let explicit = matches!(
+            matches.value_source(&id),
+            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+        );
+        if explicit {
+            continue;
+        }
+        let rendered = match &value {
+            serde_yaml::Value::Sequence(items) => items
+                .iter()
+                .map(scalar)
+                .collect::<Option<Vec<_>>>()
+                .map(|v| v.join(",")),
+            other => scalar(other),
+        };
+        let Some(rendered) = rendered else {
+            return Err(ConfigError::BadValue {
+                path: path.to_string(),
+                key,
+            });
+        };
+        out.push(format!("--{key}={rendered}"));
+    }
+    Ok(out)
+}
+
+fn scalar(value: &serde_yaml::Value) -> Option<String> {
+    match value {
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_match_web_stomp() {
+        let args = parse_gateway_args(&[]).unwrap();
+        assert_eq!(args.listen.port(), 15674);
+        assert_eq!(args.ws_path, "/ws");
+        assert_eq!(args.sockjs_path, "/stomp");
+        assert_eq!(args.max_frame_bytes, 4 * 1024 * 1024);
+        assert!(args.stomp_listen.is_none());
+    }
+
+    #[test]
+    fn config_file_fills_defaults_but_flags_win() {
+        let dir = std::env::temp_dir().join(format!("stompgate-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gw.yaml");
+        std::fs::write(
+            &file,
+            "max-frame-bytes: 65536\nws-path: /stomp-ws\nallowed-origins: [https://a.example, https://b.example]\n",
+        )
+        .unwrap();
+        let args = parse_gateway_args(&argv(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--ws-path",
+            "/ws2",
+        ]))
+        .unwrap();
+        assert_eq!(args.max_frame_bytes, 65536);
+        assert_eq!(args.ws_path, "/ws2");
+        assert_eq!(
+            args.allowed_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
+    }
+
+    #[test]
+    fn config_file_unknown_key_is_named() {
+        let dir = std::env::temp_dir().join(format!("stompgate-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gw.yaml");
+        std::fs::write(&file, "max-frame-byte: 1\n").unwrap();
+        let err = parse_gateway_args(&argv(&["--config", file.to_str().unwrap()])).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown key 'max-frame-byte'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_values_are_rejected_with_the_flag_name() {
+        let err = parse_gateway_args(&argv(&["--ws-path", "ws"])).unwrap_err();
+        assert!(err.to_string().contains("--ws-path"), "{err}");
+        let err = parse_gateway_args(&argv(&["--allowed-origins", "example.com"])).unwrap_err();
+        assert!(err.to_string().contains("--allowed-origins"), "{err}");
+        let err = parse_gateway_args(&argv(&["--max-frame-bytes", "nope"])).unwrap_err();
+        assert!(err.to_string().contains("max-frame-bytes"), "{err}");
+    }
+}

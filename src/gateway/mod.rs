@@ -1,0 +1,10 @@
+//! The data plane: STOMP clients over WebSocket/SockJS/TCP bridged to RabbitMQ.
+
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod destination;
+pub mod properties;
+pub mod server;
+pub mod session;
+pub mod transport;

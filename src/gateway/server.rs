@@ -1,0 +1,543 @@
+//! Listeners, limits, drain, health and metrics wiring for `stompgate gateway`.
+
+use crate::gateway::broker::{Broker, BrokerConfig};
+use crate::gateway::config::{AuthMode, GatewayArgs};
+use crate::gateway::connection::{ConnectionContext, Outbound, encode_frame};
+use crate::gateway::session::{SessionConfig, error_frame};
+use crate::gateway::transport::sockjs::{self, SockJsConfig, SockJsSend};
+use crate::gateway::transport::{tcp, websocket};
+use crate::stomp::codec::Limits;
+use crate::stomp::version::HeartBeat;
+use crate::telemetry::{GatewayMetrics, ReasonLabels, SharedRegistry};
+use axum::Router;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Broker(#[from] crate::gateway::broker::BrokerError),
+    #[error(transparent)]
+    Config(#[from] crate::gateway::config::ConfigError),
+    #[error(transparent)]
+    SockJs(#[from] sockjs::SockJsError),
+}
+
+/// Where the gateway serves the sockjs-client it vendors, for SockJS's iframe transports
+/// (which must load the same client version as the page, and must work offline).
+pub const SOCKJS_CLIENT_PATH: &str = "/sockjs-client/1.6.1/sockjs.min.js";
+
+async fn sockjs_client() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/javascript")],
+        crate::demo::SOCKJS_CLIENT,
+    )
+        .into_response()
+}
+
+/// Runs a STOMP session over each SockJS session; SockJS carries text, so frames travel as
+/// UTF-8 strings (binary bodies are not representable over SockJS, as with every SockJS server).
+#[derive(Clone)]
+struct StompOverSockJs {
+    state: AppState,
+}
+
+impl sockjs::SessionHandler for StompOverSockJs {
+    fn start(
+        &self,
+        inbound: futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+        outbound: std::pin::Pin<Box<dyn futures::Sink<SockJsSend, Error = std::io::Error> + Send>>,
+    ) -> futures::future::BoxFuture<'static, ()> {
+        use futures::{FutureExt, SinkExt};
+        let state = self.state.clone();
+        let slot = state.connections.try_acquire();
+        let session = async move {
+            let mut outbound = outbound;
+            let Some(slot) = slot else {
+                state
+                    .ctx
+                    .metrics
+                    .rejected_connections
+                    .get_or_create(&ReasonLabels {
+                        reason: "max_connections".to_string(),
+                    })
+                    .inc();
+                let _ = outbound
+                    .send(SockJsSend::Close(
+                        1013,
+                        "too many connections to this gateway".to_string(),
+                    ))
+                    .await;
+                return;
+            };
+            let outbound = outbound.with(|out: Outbound| async move {
+                Ok::<_, std::io::Error>(match out {
+                    Outbound::Frame(bytes) => {
+                        SockJsSend::Message(String::from_utf8_lossy(&bytes).into_owned())
+                    }
+                    Outbound::Heartbeat => SockJsSend::Message("\n".to_string()),
+                    Outbound::Close(code, reason) => {
+                        SockJsSend::Close(code as u16, reason.to_string())
+                    }
+                })
+            });
+            crate::gateway::connection::run(
+                state.ctx.clone(),
+                "sockjs",
+                inbound,
+                Box::pin(outbound),
+            )
+            .await;
+            drop(slot);
+        };
+        self.state.tracker.track_future(session).boxed()
+    }
+}
+
+/// State shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub ctx: ConnectionContext,
+    pub allowed_origins: Arc<Vec<String>>,
+    pub connections: Arc<ConnectionLimit>,
+    pub tracker: TaskTracker,
+    pub registry: SharedRegistry,
+    pub draining: Arc<AtomicBool>,
+}
+
+/// Counts open connections against `--max-connections`.
+pub struct ConnectionLimit {
+    open: AtomicUsize,
+    max: usize,
+}
+
+/// Releases a connection slot when dropped.
+pub struct ConnectionSlot(Arc<ConnectionLimit>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(ConnectionLimit {
+            open: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    pub fn try_acquire(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let previous = self.open.fetch_add(1, Ordering::AcqRel);
+        if previous >= self.max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionSlot(self.clone()))
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// A running gateway (what `stompgate gateway` and the tests start).
+pub struct Gateway {
+    pub http_addr: SocketAddr,
+    pub stomp_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub state: AppState,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Starts draining: listeners stop accepting, sessions are told to reconnect and closed.
+    pub fn shutdown(&self) {
+        self.state.draining.store(true, Ordering::Release);
+        self.shutdown.cancel();
+    }
+
+    /// Waits until every listener and connection has finished (after [`Gateway::shutdown`]),
+    /// at most the drain timeout.
+    pub async fn wait(self) {
+        self.state.tracker.close();
+        let drained = tokio::time::timeout(self.drain_timeout, self.state.tracker.wait()).await;
+        if drained.is_err() {
+            tracing::warn!(
+                open = self.state.connections.open(),
+                "drain timeout: closing remaining connections"
+            );
+        }
+        for server in self.servers {
+            server.abort();
+        }
+    }
+
+    pub fn metrics_text(&self) -> String {
+        self.state.registry.encode()
+    }
+}
+
+/// Builds the session settings from flags.
+pub fn session_config(args: &GatewayArgs, broker: &BrokerConfig) -> SessionConfig {
+    let (url_user, url_pass) = broker.url_credentials();
+    let service_user = (
+        args.amqp_username.clone().unwrap_or(url_user),
+        args.amqp_password.clone().unwrap_or(url_pass),
+    );
+    SessionConfig {
+        heartbeat_min: HeartBeat {
+            send_ms: args.heartbeat_server_ms,
+            expect_ms: args.heartbeat_client_ms,
+        },
+        server_header: (!args.hide_server_info)
+            .then(|| format!("stompgate/{}", env!("CARGO_PKG_VERSION"))),
+        default_credentials: args
+            .default_login
+            .clone()
+            .zip(args.default_passcode.clone()),
+        forced_credentials: (args.auth_mode == AuthMode::ServiceUser).then_some(service_user),
+        default_vhost: "/".to_string(),
+        login_timeout: Duration::from_secs(args.login_timeout_secs),
+        max_subscriptions: args.max_subscriptions,
+        default_topic_exchange: "amq.topic".to_string(),
+    }
+}
+
+/// Binds every listener and starts serving. `extra` routes are merged into the HTTP
+/// router (the demo page).
+pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway, ServerError> {
+    args.validate()?;
+    let mut broker_config = BrokerConfig::from_url(&args.amqp_url)?;
+    if let Some(user) = &args.amqp_username {
+        broker_config.uri.authority.userinfo.username = user.clone();
+    }
+    if let Some(pass) = &args.amqp_password {
+        broker_config.uri.authority.userinfo.password = pass.clone();
+    }
+    let metrics = GatewayMetrics::default();
+    let registry = SharedRegistry::default();
+    if let Ok(mut r) = registry.0.lock() {
+        metrics.register(&mut r);
+    }
+    let broker = Broker::new(broker_config.clone(), metrics.clone());
+    let shutdown = CancellationToken::new();
+    let ctx = ConnectionContext {
+        session: session_config(&args, &broker_config),
+        limits: Limits {
+            max_frame_bytes: args.max_frame_bytes,
+            ..Limits::default()
+        },
+        broker: broker.clone(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+        flush_timeout: Duration::from_secs(10),
+    };
+    let state = AppState {
+        ctx,
+        allowed_origins: Arc::new(args.allowed_origins.clone()),
+        connections: ConnectionLimit::new(args.max_connections),
+        tracker: TaskTracker::new(),
+        registry,
+        draining: Arc::new(AtomicBool::new(false)),
+    };
+
+    // Learn RabbitMQ's product/version for the CONNECTED `server` header, and reap idle
+    // pooled connections; both stop with the gateway.
+    {
+        let broker = broker.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if let Some(product) =
+                crate::gateway::broker::probe_server_product(broker.config()).await
+            {
+                broker.set_server_product(product);
+            }
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => broker.reap_idle().await,
+                }
+            }
+        });
+    }
+
+    let mut router = Router::new()
+        .route(&args.ws_path, get(ws_handler))
+        .route(&format!("{}/", args.ws_path), get(ws_handler));
+    if args.sockjs_enabled {
+        let config = SockJsConfig {
+            prefix: args.sockjs_path.clone(),
+            max_sessions: args.max_connections,
+            max_incoming_message_bytes: args.max_frame_bytes,
+            allowed_origins: args.allowed_origins.clone(),
+            sockjs_client_url: SOCKJS_CLIENT_PATH.to_string(),
+            ..SockJsConfig::default()
+        };
+        let handler = StompOverSockJs {
+            state: state.clone(),
+        };
+        router = router
+            .merge(sockjs::try_router(config, handler)?)
+            .route(SOCKJS_CLIENT_PATH, get(sockjs_client));
+    }
+    let health = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler));
+    if args.metrics_listen.is_none() {
+        router = router.merge(health.clone());
+    }
+    let router = router.merge(extra).with_state(state.clone());
+
+    let mut servers = Vec::new();
+    let listener = bind(args.listen).await?;
+    let http_addr = local_addr(&listener, args.listen)?;
+    servers.push(spawn_http(listener, router, shutdown.clone()));
+
+    let metrics_addr = match args.metrics_listen {
+        Some(addr) => {
+            let listener = bind(addr).await?;
+            let bound = local_addr(&listener, addr)?;
+            servers.push(spawn_http(
+                listener,
+                health.with_state(state.clone()),
+                shutdown.clone(),
+            ));
+            Some(bound)
+        }
+        None => None,
+    };
+
+    let stomp_addr = match args.stomp_listen {
+        Some(addr) => {
+            let listener = bind(addr).await?;
+            let bound = local_addr(&listener, addr)?;
+            servers.push(tokio::spawn(accept_tcp(listener, state.clone())));
+            Some(bound)
+        }
+        None => None,
+    };
+
+    tracing::info!(%http_addr, ws_path = %args.ws_path, ?stomp_addr, ?metrics_addr, "gateway listening");
+    Ok(Gateway {
+        http_addr,
+        stomp_addr,
+        metrics_addr,
+        state,
+        shutdown,
+        drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        servers,
+    })
+}
+
+/// `stompgate gateway`: serve until SIGTERM/SIGINT, then drain.
+pub async fn run(args: GatewayArgs, extra: Router<AppState>) -> Result<(), ServerError> {
+    let gateway = start(args, extra).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining sessions");
+    gateway.shutdown();
+    gateway.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServerError> {
+    listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+fn spawn_http(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, router.into_make_service())
+            .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP listener failed");
+        }
+    })
+}
+
+async fn accept_tcp(listener: TcpListener, state: AppState) {
+    let shutdown = state.ctx.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match state.connections.try_acquire() {
+            Some(slot) => {
+                let ctx = state.ctx.clone();
+                state.tracker.spawn(async move {
+                    tcp::serve(stream, ctx).await;
+                    drop(slot);
+                });
+            }
+            None => {
+                state
+                    .ctx
+                    .metrics
+                    .rejected_connections
+                    .get_or_create(&ReasonLabels {
+                        reason: "max_connections".to_string(),
+                    })
+                    .inc();
+                let frame = encode_frame(&error_frame(
+                    "Connection refused",
+                    "Too many connections to this gateway; try again later.\n",
+                    None,
+                ));
+                tokio::spawn(tcp::refuse(stream, frame));
+            }
+        }
+    }
+}
+
+async fn ws_handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let metrics = &state.ctx.metrics;
+    let reject = |reason: &str| {
+        metrics
+            .rejected_connections
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    };
+    if !origin_allowed(&state.allowed_origins, &headers) {
+        reject("origin");
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
+    if state.draining.load(Ordering::Acquire) {
+        reject("draining");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "gateway is shutting down\n",
+        )
+            .into_response();
+    }
+    let Some(slot) = state.connections.try_acquire() else {
+        reject("max_connections");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections to this gateway\n",
+        )
+            .into_response();
+    };
+    let ctx = state.ctx.clone();
+    let tracker = state.tracker.clone();
+    let max_message = ctx.limits.max_frame_bytes + 1024;
+    upgrade
+        .protocols(websocket::SUBPROTOCOLS)
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_message * 2)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                websocket::serve(socket, ctx).await;
+                drop(slot);
+            })
+        })
+}
+
+/// Browsers always send Origin; non-browser clients may not, and are not subject to
+/// cross-site WebSocket hijacking, so a missing Origin is allowed.
+pub fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() || allowed.iter().any(|a| a == "*") {
+        return true;
+    }
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(origin) => allowed
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin)),
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.draining.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    if state.ctx.broker.reachable().await {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "RabbitMQ unreachable\n").into_response()
+    }
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.registry.encode(),
+    )
+        .into_response()
+}

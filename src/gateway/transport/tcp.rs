@@ -1,0 +1,44 @@
+//! Plain STOMP over TCP (RabbitMQ's STOMP plugin port 61613).
+
+use crate::gateway::connection::{self, ConnectionContext, Outbound};
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::{BytesCodec, Encoder, FramedRead, FramedWrite};
+
+/// Bytes read per syscall; small, because most STOMP frames are.
+const READ_CHUNK: usize = 4096;
+
+/// Writes outbound frames into the socket's write buffer; a close only flushes, the
+/// driver then closes the sink (which shuts the socket down).
+struct OutboundEncoder;
+
+impl Encoder<Outbound> for OutboundEncoder {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, item: Outbound, dst: &mut BytesMut) -> Result<(), Self::Error> {
+        match item {
+            Outbound::Frame(bytes) => dst.extend_from_slice(&bytes),
+            Outbound::Heartbeat => dst.extend_from_slice(b"\n"),
+            Outbound::Close(..) => {}
+        }
+        Ok(())
+    }
+}
+
+pub async fn serve(stream: TcpStream, ctx: ConnectionContext) {
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let inbound = FramedRead::with_capacity(read, BytesCodec::new(), READ_CHUNK)
+        .map(|chunk| chunk.map(BytesMut::freeze));
+    let mut outbound = FramedWrite::new(write, OutboundEncoder);
+    connection::run(ctx, "tcp", Box::pin(inbound), &mut outbound).await;
+    let _ = outbound.close().await;
+}
+
+/// Answers a connection refused before a session starts (limit reached) and closes it.
+pub async fn refuse(mut stream: TcpStream, error: Bytes) {
+    let _ = stream.write_all(&error).await;
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,181 @@
+//! Logging setup and the Prometheus metrics shared by the gateway's modules.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::{Arc, Mutex};
+
+/// Installs the tracing subscriber (RUST_LOG or `info`; JSON when `json` is set).
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // try_init: tests may install a subscriber more than once.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionLabels {
+    pub version: String,
+    pub transport: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub command: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageLabels {
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    pub transport: String,
+}
+
+/// Gateway metrics. Labels are low-cardinality by construction: commands outside the
+/// STOMP set are counted as `UNKNOWN`, error messages come from a fixed catalogue.
+#[derive(Clone, Default)]
+pub struct GatewayMetrics {
+    pub connections: Family<TransportLabels, Gauge>,
+    pub sessions: Family<SessionLabels, Gauge>,
+    pub subscriptions: Gauge,
+    pub frames_in: Family<CommandLabels, Counter>,
+    pub frames_out: Family<CommandLabels, Counter>,
+    pub errors: Family<MessageLabels, Counter>,
+    pub closes: Family<ReasonLabels, Counter>,
+    pub rejected_connections: Family<ReasonLabels, Counter>,
+    pub broker_connections: Gauge,
+    pub broker_channels: Gauge,
+    pub broker_connect_failures: Counter,
+    pub broker_connection_errors: Counter,
+}
+
+impl GatewayMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("stompgate");
+        r.register(
+            "connections",
+            "Open client connections by transport",
+            self.connections.clone(),
+        );
+        r.register(
+            "sessions",
+            "Logged-in STOMP sessions by protocol version and transport",
+            self.sessions.clone(),
+        );
+        r.register(
+            "subscriptions",
+            "Active STOMP subscriptions",
+            self.subscriptions.clone(),
+        );
+        r.register(
+            "frames_received",
+            "STOMP frames received from clients by command",
+            self.frames_in.clone(),
+        );
+        r.register(
+            "frames_sent",
+            "STOMP frames sent to clients by command",
+            self.frames_out.clone(),
+        );
+        r.register(
+            "errors",
+            "ERROR frames sent to clients by message",
+            self.errors.clone(),
+        );
+        r.register(
+            "session_closes",
+            "Sessions closed by reason",
+            self.closes.clone(),
+        );
+        r.register(
+            "rejected_connections",
+            "Connections refused before a session started, by reason",
+            self.rejected_connections.clone(),
+        );
+        r.register(
+            "broker_connections",
+            "Open AMQP connections to RabbitMQ",
+            self.broker_connections.clone(),
+        );
+        r.register(
+            "broker_channels",
+            "Open AMQP channels (one per logged-in session)",
+            self.broker_channels.clone(),
+        );
+        r.register(
+            "broker_connect_failures",
+            "Failed AMQP connection attempts",
+            self.broker_connect_failures.clone(),
+        );
+        r.register(
+            "broker_connection_errors",
+            "AMQP connections lost after being established",
+            self.broker_connection_errors.clone(),
+        );
+    }
+
+    pub fn frame_in(&self, command: &str) {
+        self.frames_in
+            .get_or_create(&CommandLabels {
+                command: command_label(command).to_string(),
+            })
+            .inc();
+    }
+
+    pub fn frame_out(&self, command: &str) {
+        self.frames_out
+            .get_or_create(&CommandLabels {
+                command: command_label(command).to_string(),
+            })
+            .inc();
+    }
+
+    pub fn error_sent(&self, message: &str) {
+        self.errors
+            .get_or_create(&MessageLabels {
+                message: message.to_string(),
+            })
+            .inc();
+    }
+}
+
+fn command_label(command: &str) -> &str {
+    match command {
+        "CONNECT" | "STOMP" | "CONNECTED" | "SEND" | "SUBSCRIBE" | "UNSUBSCRIBE" | "ACK"
+        | "NACK" | "BEGIN" | "COMMIT" | "ABORT" | "DISCONNECT" | "MESSAGE" | "RECEIPT"
+        | "ERROR" => command,
+        _ => "UNKNOWN",
+    }
+}
+
+/// A registry shared between the HTTP handler and the modules that register into it.
+#[derive(Clone, Default)]
+pub struct SharedRegistry(pub Arc<Mutex<Registry>>);
+
+impl SharedRegistry {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(registry) = self.0.lock() {
+            // Encoding into a String cannot fail.
+            let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        }
+        out
+    }
+}

@@ -1,0 +1,138 @@
+//! Real client libraries against the gateway: the founding page (stomp.js 2.3.3) and an
+//! @stomp/stompjs 7 page in headless Chromium, and Python's stomp.py over plain TCP.
+//! Needs `scripts/ensure-test-deps.sh` (node_modules, Chromium, pip packages), which the
+//! README's test command runs first.
+
+#[path = "support/mod.rs"]
+mod support;
+
+fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> String {
+    std::env::var("STOMPGATE_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+/// Runs the browser runner and returns its JSON result line; panics with its output when
+/// the scenario fails.
+async fn browser(scenario: &str, page_url: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "tests/browser/run.mjs".to_string(),
+        scenario.to_string(),
+        "--page-url".to_string(),
+        page_url.to_string(),
+        "--amqp-url".to_string(),
+        support::amqp_url(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let output = tokio::process::Command::new("node")
+        .args(&args)
+        .current_dir(repo_root())
+        .output()
+        .await
+        .expect("node runs (scripts/ensure-test-deps.sh installs the browser test deps)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{scenario} {extra:?} failed:\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    let result: serde_json::Value = serde_json::from_str(last).expect("runner prints JSON");
+    assert_eq!(result["ok"], true, "{result}");
+    eprintln!("{scenario} {extra:?}: {result}");
+    result
+}
+
+#[tokio::test]
+async fn seed_page_with_stomp_js_2_shows_the_published_message() {
+    let gw = support::start_gateway_with(&[], stompgate::demo::routes()).await;
+    let result = browser("seed", &format!("http://{}/demo/", gw.http_addr), &[]).await;
+    assert_eq!(result["transport"], "websocket");
+}
+
+#[tokio::test]
+async fn stompjs_7_page_shows_the_published_message() {
+    let gw = support::start_gateway_with(&[], stompgate::demo::routes()).await;
+    browser(
+        "stompjs7",
+        &format!("http://{}/demo/stompjs7.html", gw.http_addr),
+        &[],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn stomp_py_over_tcp_connects_subscribes_sends_and_receives() {
+    let gw = support::start_gateway(&[]).await;
+    let port = gw.stomp_addr.expect("tcp listener").port().to_string();
+    let output = tokio::process::Command::new(python())
+        .args([
+            "tests/python/stomp_tcp_check.py",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+        ])
+        .current_dir(repo_root())
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "stomp.py check failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The page's SockJS branch (`WebSocket` removed before its script runs), one transport at a
+/// time, with sockjs-client 1.6 against the gateway's SockJS endpoint.
+async fn seed_over_sockjs(transport: &str) {
+    let gw = support::start_gateway_with(&[], stompgate::demo::routes()).await;
+    let result = browser(
+        "seed",
+        &format!("http://{}/demo/", gw.http_addr),
+        &["--sockjs-transport", transport],
+    )
+    .await;
+    assert_eq!(
+        result["transport"],
+        format!("sockjs:{transport}"),
+        "{result}"
+    );
+}
+
+#[tokio::test]
+async fn seed_page_over_sockjs_xhr_streaming() {
+    seed_over_sockjs("xhr-streaming").await;
+}
+
+#[tokio::test]
+async fn seed_page_over_sockjs_xhr_polling() {
+    seed_over_sockjs("xhr-polling").await;
+}
+
+#[tokio::test]
+async fn seed_page_over_sockjs_eventsource() {
+    seed_over_sockjs("eventsource").await;
+}
+
+#[tokio::test]
+async fn seed_page_without_websocket_takes_the_sockjs_branch() {
+    let gw = support::start_gateway_with(&[], stompgate::demo::routes()).await;
+    let result = browser(
+        "seed",
+        &format!("http://{}/demo/", gw.http_addr),
+        &["--no-websocket"],
+    )
+    .await;
+    assert!(
+        result["transport"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("sockjs"),
+        "{result}"
+    );
+}

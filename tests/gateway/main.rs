@@ -1,0 +1,10 @@
+//! Gateway integration tests against the real RabbitMQ (127.0.0.1:5672, guest/guest, or
+//! STOMPGATE_TEST_AMQP_URL). Modules mirror src/gateway.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod destinations;
+mod errors;
+mod session;
+mod transport;
