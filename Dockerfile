@@ -1,6 +1,6 @@
 # One image for both planes: `stompgate operator` and `stompgate gateway`.
 #   docker build -t stompgate/stompgate:0.1.0 .
-FROM rust:1.88-bookworm AS build
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin stompgate \

@@ -133,3 +133,26 @@ async fn admin_endpoints_serve_metrics_health_and_readiness() {
         assert!(body.contains(m), "missing {m} in\n{body}");
     }
 }
+
+#[tokio::test]
+async fn the_controller_stops_with_a_clear_error_when_the_crd_is_missing() {
+    use stompgate::operator::controller::{Context, Settings, run};
+    use stompgate::operator::topology::BrokerPool;
+    let (client, _fake) = FakeApi::start();
+    let (pool, rx) = BrokerPool::new();
+    let ctx = Arc::new(Context::new(
+        client,
+        Settings::default(),
+        pool,
+        Arc::new(Metrics::new()),
+    ));
+    let res = tokio::time::timeout(
+        Duration::from_secs(5),
+        run(ctx, None, rx, std::future::pending()),
+    )
+    .await;
+    let err = res
+        .expect("returns at once")
+        .expect_err("no CRD, no controller");
+    assert!(err.to_string().contains("not found"), "{err}");
+}

@@ -80,6 +80,11 @@ pub enum OperatorError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The StompGateway CRD is not installed.
+    #[error(
+        "the StompGateway CRD is not installed ({0}); install it with `stompgate crd | kubectl apply --server-side -f -`"
+    )]
+    CrdMissing(kube::Error),
     /// Another replica took the lease.
     #[error("lost the leader lease; exiting so a fresh start can compete again")]
     LostLease,
@@ -266,6 +271,9 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         return Err(OperatorError::LostLease);
     }
     match finished {
+        Ok(Err(kube::Error::Api(s))) if s.code == 404 => {
+            Err(OperatorError::CrdMissing(kube::Error::Api(s)))
+        }
         Ok(Err(e)) => Err(e.into()),
         _ => Ok(()),
     }
