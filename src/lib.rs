@@ -1,6 +1,8 @@
 //! stompgate: a STOMP-over-WebSocket gateway to RabbitMQ and its Kubernetes operator.
 
+pub mod crd;
 pub mod demo;
 pub mod gateway;
+pub mod operator;
 pub mod stomp;
 pub mod telemetry;

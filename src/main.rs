@@ -1,5 +1,6 @@
 use clap::{Parser, Subcommand};
 use stompgate::gateway::config::{GatewayArgs, parse_gateway_args};
+use stompgate::{crd, operator};
 
 /// STOMP-over-WebSocket gateway to RabbitMQ, and its Kubernetes operator.
 #[derive(Parser)]
@@ -15,6 +16,14 @@ enum Cmd {
     Gateway(Box<GatewayArgs>),
     /// The founding scenario on this machine: gateway + page + publisher.
     Demo(stompgate::demo::DemoArgs),
+    /// Runs the Kubernetes operator (reconciles StompGateway resources).
+    Operator(operator::OperatorArgs),
+    /// Prints the StompGateway CustomResourceDefinition YAML.
+    Crd,
+    /// Prints the Kubernetes objects the operator would apply for StompGateway manifests.
+    Render(operator::cli::RenderArgs),
+    /// Validates StompGateway manifests offline (schema and CEL rules).
+    Lint(operator::cli::LintArgs),
 }
 
 #[tokio::main]
@@ -40,6 +49,10 @@ async fn main() -> anyhow::Result<()> {
             stompgate::telemetry::init_logging(false);
             stompgate::demo::run(args).await?;
         }
+        Cmd::Operator(args) => operator::run(args).await?,
+        Cmd::Crd => crd::print_crd()?,
+        Cmd::Render(args) => operator::cli::render(args)?,
+        Cmd::Lint(args) => operator::cli::lint(args)?,
     }
     Ok(())
 }

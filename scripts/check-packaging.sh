@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Packaging checks with real tools from PyPI:
+#   - `helm lint --strict` and `helm template` (Helm v4 library, helm-python-sdk) for several
+#     value sets, then `kubernetes-validate --strict` on every rendered manifest;
+#   - deploy/ (kubectl kustomize) in sync with the chart and valid;
+#   - `stompgate crd` equal to crds/, the chart's crds/ and deploy/crds/;
+#   - `stompgate render` of every example valid; examples valid against the CRD schema
+#     (jsonschema) and its CEL rules (`stompgate lint`).
+# Usage: scripts/check-packaging.sh [--update]   (--update rewrites the generated files)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+UPDATE=0
+[[ "${1:-}" == "--update" ]] && UPDATE=1
+K8S_VERSION="${K8S_VERSION:-1.33.0}"
+
+# Tools: a venv under the gitignored .venv/, or the user site when venv is unavailable.
+VENV=.venv/packaging
+PY=python3
+if [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV" >/dev/null 2>&1; then
+  PY="$VENV/bin/python"
+fi
+if ! "$PY" -c 'import helm_python, kubernetes_validate, jsonschema, yaml, lupa' >/dev/null 2>&1; then
+  echo "== installing packaging tools"
+  if [[ "$PY" == python3 ]]; then
+    python3 -m pip install --quiet --user -r scripts/requirements-packaging.txt
+  else
+    "$PY" -m pip install --quiet -r scripts/requirements-packaging.txt
+  fi
+fi
+KV=("$PY" -m kubernetes_validate --strict --quiet -k "$K8S_VERSION")
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+echo "== stompgate crd"
+cargo run -q -- crd > "$WORK/crd.yaml"
+for f in crds/stompgate.io_stompgateways.yaml charts/stompgate/crds/stompgate.io_stompgateways.yaml deploy/crds/stompgate.io_stompgateways.yaml; do
+  if [[ $UPDATE == 1 ]]; then mkdir -p "$(dirname "$f")"; cp "$WORK/crd.yaml" "$f"; fi
+  diff -q "$WORK/crd.yaml" "$f" >/dev/null || { echo "FAIL: $f differs from 'stompgate crd' (run $0 --update)"; exit 1; }
+done
+"${KV[@]}" "$WORK/crd.yaml"
+
+echo "== helm lint and template"
+UPDATE=$UPDATE "$PY" - "$WORK" <<'PY'
+import os, sys, json, yaml
+import helm_python as helm
+
+work = sys.argv[1]
+chart_dir = "charts/stompgate"
+variants = {
+    "default": {},
+    "namespaced-ha": {"watchNamespace": "apps", "replicaCount": 2,
+                      "metrics": {"serviceMonitor": {"enabled": True}},
+                      "image": {"digest": "sha256:" + "a" * 64}},
+    "no-rbac": {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "ops"}},
+}
+failed = False
+for name, values in variants.items():
+    report = helm.lint(chart_dir, values, strict=True, namespace="stompgate-system")
+    bad = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2] + report.get("errors", [])
+    if bad:
+        print(f"FAIL: helm lint ({name}): {bad}")
+        failed = True
+    chart = helm.Chart.load(chart_dir)
+    chart.validate_schema(values)
+    rendered = chart.render(values, name="stompgate", namespace="stompgate-system", is_install=True)
+    out = os.path.join(work, f"helm-{name}.yaml")
+    with open(out, "w") as f:
+        for path, text in sorted(rendered.items()):
+            if path.endswith("NOTES.txt") or not text.strip():
+                continue
+            for doc in yaml.safe_load_all(text):
+                if doc and doc.get("kind") != "ServiceMonitor":  # a CRD kind: not in the k8s schemas
+                    f.write("---\n" + yaml.safe_dump(doc, sort_keys=False))
+    print(f"   {name}: lint ok, rendered {out}")
+# A value outside values.schema.json must be refused.
+try:
+    helm.Chart.load(chart_dir).validate_schema({"replicaCount": "two"})
+    print("FAIL: values.schema.json accepted replicaCount: two"); failed = True
+except helm.HelmError:
+    pass
+
+# deploy/operator.yaml is the default render without Helm's own labels.
+lines = []
+for l in open(os.path.join(work, "helm-default.yaml")).read().splitlines():
+    if "helm.sh/chart:" in l:
+        continue
+    lines.append(l.replace("app.kubernetes.io/managed-by: Helm", "app.kubernetes.io/managed-by: kubectl"))
+plain = "# Generated from charts/stompgate by scripts/check-packaging.sh --update; do not edit.\n" + "\n".join(lines) + "\n"
+target = "deploy/operator.yaml"
+if os.environ.get("UPDATE") == "1":
+    open(target, "w").write(plain)
+if not os.path.exists(target) or open(target).read() != plain:
+    print(f"FAIL: {target} is out of sync with the chart (run scripts/check-packaging.sh --update)")
+    failed = True
+sys.exit(1 if failed else 0)
+PY
+for f in "$WORK"/helm-*.yaml; do "${KV[@]}" "$f"; done
+
+echo "== deploy/ (kubectl kustomize)"
+if command -v kubectl >/dev/null; then
+  kubectl kustomize deploy > "$WORK/deploy.yaml"
+else
+  # Without kubectl, validate the files the kustomization lists.
+  cat deploy/namespace.yaml deploy/crds/stompgate.io_stompgateways.yaml deploy/operator.yaml > "$WORK/deploy.yaml"
+fi
+"${KV[@]}" "$WORK/deploy.yaml"
+
+echo "== examples: lint, CRD schema, render"
+cargo run -q -- lint -f examples/stompgateway.yaml -f examples/stompgateway-full.yaml
+"$PY" - "$WORK/crd.yaml" examples/stompgateway.yaml examples/stompgateway-full.yaml <<'PY'
+import sys, yaml, jsonschema
+
+crd = yaml.safe_load(open(sys.argv[1]))
+schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+def to_jsonschema(s):
+    """OpenAPI v3 (Kubernetes flavour) to JSON Schema: nullable, int-or-string, extensions."""
+    if not isinstance(s, dict):
+        return s
+    out = {}
+    for k, v in s.items():
+        if k.startswith("x-kubernetes-"):
+            continue
+        if k == "properties":
+            out[k] = {p: to_jsonschema(x) for p, x in v.items()}
+        elif k in ("items", "additionalProperties"):
+            out[k] = to_jsonschema(v)
+        elif k != "nullable":
+            out[k] = v
+    if s.get("x-kubernetes-int-or-string"):
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if s.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    if s.get("type") == "object" and "properties" in s and not s.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+js = to_jsonschema(schema)
+for k in ("apiVersion", "kind"):
+    js["properties"][k] = {"type": "string"}
+js["properties"]["metadata"] = {"type": "object"}
+n = 0
+for path in sys.argv[2:]:
+    for doc in yaml.safe_load_all(open(path)):
+        if doc and doc.get("kind") == "StompGateway":
+            jsonschema.validate(doc, js)
+            n += 1
+if n == 0:
+    sys.exit("FAIL: no StompGateway in the examples")
+print(f"   {n} example StompGateway(s) valid against the CRD schema")
+PY
+cargo run -q -- render -f examples/stompgateway.yaml -f examples/stompgateway-full.yaml > "$WORK/render.yaml"
+"${KV[@]}" "$WORK/render.yaml"
+grep -q "kind: Deployment" "$WORK/render.yaml" || { echo "FAIL: render produced no Deployment"; exit 1; }
+
+echo "== docs/argocd-health.lua (Lua via lupa)"
+"$PY" - <<'PY'
+import sys
+from lupa import LuaRuntime
+
+script = open("docs/argocd-health.lua").read()
+lua = LuaRuntime(unpack_returned_tuples=True)
+check = lua.eval("function(obj) " + script + " end")
+
+def obj(gen, observed, conds):
+    o = {"metadata": {"generation": gen}}
+    if observed is not None:
+        o["status"] = {"observedGeneration": observed, "conditions": lua.table_from([
+            lua.table_from({"type": t, "status": s, "reason": r, "message": "m", "observedGeneration": g})
+            for (t, s, r, g) in conds])}
+    return lua.table_from({k: (lua.table_from(v) if isinstance(v, dict) and k == "metadata" else
+                               (lua.table_from(v) if isinstance(v, dict) else v)) for k, v in o.items()})
+
+ready = [("Ready", "True", "Reconciled", 2), ("Reconciling", "False", "Reconciled", 2), ("Stalled", "False", "Reconciled", 2)]
+cases = [
+    ("no status", obj(1, None, []), "Progressing"),
+    ("healthy", obj(2, 2, ready), "Healthy"),
+    ("old generation", obj(3, 2, ready), "Progressing"),
+    ("stalled", obj(2, 2, [("Ready", "False", "ExchangeConflict", 2), ("Stalled", "True", "ExchangeConflict", 2)]), "Degraded"),
+    ("rolling out", obj(2, 2, [("Ready", "False", "RolloutInProgress", 2), ("Reconciling", "True", "RolloutInProgress", 2)]), "Progressing"),
+    ("paused", obj(2, 2, [("Paused", "True", "Paused", 2)]), "Suspended"),
+]
+bad = 0
+for name, o, want in cases:
+    got = check(o)["status"]
+    if got != want:
+        print(f"FAIL: argocd-health.lua {name}: {got} != {want}"); bad += 1
+sys.exit(1 if bad else 0)
+PY
+
+echo "== packaging checks passed"

@@ -1,0 +1,219 @@
+//! `stompgate render` and `stompgate lint`: offline tools over StompGateway manifests.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::resources::{self, BuildInputs};
+use super::validate::{Finding, validate_value};
+use crate::crd::StompGateway;
+
+/// Errors of the offline tools.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A document is not YAML.
+    #[error("{path}: document {doc} is not valid YAML: {source}")]
+    Yaml {
+        /// The file.
+        path: String,
+        /// 1-based document index.
+        doc: usize,
+        /// Cause.
+        source: serde_yaml::Error,
+    },
+    /// Validation failed.
+    #[error("{0} problem(s) found")]
+    Invalid(usize),
+    /// No StompGateway in the input.
+    #[error("no StompGateway found in the input")]
+    Empty,
+    /// A builder failed.
+    #[error(transparent)]
+    Build(#[from] resources::BuildError),
+    /// Output serialization failed.
+    #[error("cannot print the result: {0}")]
+    Print(String),
+}
+
+/// `stompgate render`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RenderArgs {
+    /// StompGateway manifest(s); `-` reads standard input. Other kinds are skipped.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Namespace for manifests that do not set one.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Image used when spec.image is empty (same flag as the operator's).
+    #[arg(long, env = "STOMPGATE_GATEWAY_IMAGE", default_value = super::DEFAULT_GATEWAY_IMAGE)]
+    pub gateway_image: String,
+}
+
+/// `stompgate lint`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LintArgs {
+    /// StompGateway manifest(s); `-` reads standard input. Other kinds are skipped.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// The previous version of the manifests (e.g. from the main branch): also runs the
+    /// update-only rules, such as exchange immutability, matching objects by namespace/name.
+    #[arg(long)]
+    pub old: Vec<PathBuf>,
+}
+
+/// One YAML document with where it came from.
+#[derive(Debug, Clone)]
+pub struct Doc {
+    /// Source file.
+    pub path: String,
+    /// 1-based document index.
+    pub index: usize,
+    /// The document.
+    pub value: Value,
+}
+
+/// Reads every YAML document of the given files (`-` = stdin), skipping empty ones.
+pub fn read_docs(files: &[PathBuf]) -> Result<Vec<Doc>, CliError> {
+    let mut out = Vec::new();
+    for f in files {
+        let path = f.display().to_string();
+        let text = if path == "-" {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|source| CliError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+            s
+        } else {
+            std::fs::read_to_string(f).map_err(|source| CliError::Read {
+                path: path.clone(),
+                source,
+            })?
+        };
+        for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let value = Value::deserialize(de).map_err(|source| CliError::Yaml {
+                path: path.clone(),
+                doc: i + 1,
+                source,
+            })?;
+            if !value.is_null() {
+                out.push(Doc {
+                    path: path.clone(),
+                    index: i + 1,
+                    value,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn is_gateway(v: &Value) -> bool {
+    v.get("kind").and_then(Value::as_str) == Some("StompGateway")
+}
+
+fn key(v: &Value) -> (String, String) {
+    let s = |p: &str| {
+        v.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    (s("/metadata/namespace"), s("/metadata/name"))
+}
+
+/// Lints documents; returns the findings per document (only documents with findings).
+pub fn lint_docs(docs: &[Doc], old: &[Doc]) -> Vec<(String, Vec<Finding>)> {
+    let mut out = Vec::new();
+    for d in docs.iter().filter(|d| is_gateway(&d.value)) {
+        let prev = old
+            .iter()
+            .find(|o| is_gateway(&o.value) && key(&o.value) == key(&d.value))
+            .map(|o| &o.value);
+        let f = validate_value(&d.value, prev);
+        if !f.is_empty() {
+            let (_, name) = key(&d.value);
+            out.push((format!("{} (document {}, {name})", d.path, d.index), f));
+        }
+    }
+    out
+}
+
+/// `stompgate lint -f FILE...`: prints each problem as `file (document N, name): field: message`.
+pub fn lint(args: LintArgs) -> Result<(), CliError> {
+    let docs = read_docs(&args.files)?;
+    let old = read_docs(&args.old)?;
+    let count = docs.iter().filter(|d| is_gateway(&d.value)).count();
+    if count == 0 {
+        return Err(CliError::Empty);
+    }
+    let results = lint_docs(&docs, &old);
+    let mut n = 0;
+    for (what, findings) in &results {
+        for f in findings {
+            n += 1;
+            eprintln!("{what}: {f}");
+        }
+    }
+    if n > 0 {
+        return Err(CliError::Invalid(n));
+    }
+    println!("{count} StompGateway(s) valid");
+    Ok(())
+}
+
+/// Renders the children of every StompGateway in `docs` as one multi-document YAML stream.
+pub fn render_docs(docs: &[Doc], namespace: &str, gateway_image: &str) -> Result<String, CliError> {
+    let mut out = String::new();
+    let mut found = false;
+    let inputs = BuildInputs {
+        default_image: gateway_image.to_string(),
+        secret_hash: String::new(),
+    };
+    for d in docs.iter().filter(|d| is_gateway(&d.value)) {
+        found = true;
+        let findings = validate_value(&d.value, None);
+        if !findings.is_empty() {
+            for f in &findings {
+                eprintln!("{} (document {}): {f}", d.path, d.index);
+            }
+            return Err(CliError::Invalid(findings.len()));
+        }
+        let mut gw: StompGateway =
+            serde_json::from_value(d.value.clone()).map_err(|e| CliError::Print(e.to_string()))?;
+        if gw.metadata.namespace.is_none() {
+            gw.metadata.namespace = Some(namespace.to_string());
+        }
+        let children = resources::build(&gw, &inputs)?;
+        for v in resources::to_values(&children).map_err(|e| CliError::Print(e.to_string()))? {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml::to_string(&v).map_err(|e| CliError::Print(e.to_string()))?);
+        }
+    }
+    if !found {
+        return Err(CliError::Empty);
+    }
+    Ok(out)
+}
+
+/// `stompgate render -f FILE...`.
+pub fn render(args: RenderArgs) -> Result<(), CliError> {
+    let docs = read_docs(&args.files)?;
+    print!(
+        "{}",
+        render_docs(&docs, &args.namespace, &args.gateway_image)?
+    );
+    Ok(())
+}

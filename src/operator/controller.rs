@@ -1,0 +1,891 @@
+//! The reconcile pipeline: read -> validate -> build -> apply -> topology -> status.
+//!
+//! Steady state is quiet: children are applied only when their applied-hash annotation
+//! differs, status is written only when it changed, and events are sent only on condition
+//! transitions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::metrics::Metrics;
+use super::resources::{self, APPLIED_HASH_ANNOTATION, BuildInputs, FIELD_MANAGER};
+use super::status::{self, Observation, Problem, Reason};
+use super::topology::{self, BrokerPool, BrokerTarget, TopologyError};
+use super::validate;
+use crate::crd::{DeletionPolicy, StompGateway, StompGatewayStatus};
+
+/// Finalizer present only while `deletionPolicy: Delete` asks for broker cleanup.
+pub const FINALIZER: &str = "stompgate.io/topology-cleanup";
+// Ready=False reasons that are normal progress, not worth a Warning event.
+const QUIET_REASONS: [&str; 5] = [
+    "Progressing",
+    "RolloutInProgress",
+    "Unavailable",
+    "ScaledToZero",
+    "Unknown",
+];
+
+/// Label a Secret with this key so its rotation is seen at once (others: at the next resync).
+pub const WATCH_SECRET_LABEL: &str = "stompgate.io/watch";
+
+/// Operator settings the reconciler needs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Image when spec.image is empty.
+    pub default_image: String,
+    /// Give up broker cleanup this long after deletion was requested.
+    pub finalizer_timeout: Duration,
+    /// Name reported on events.
+    pub reporter: String,
+    /// Pod name reported on events.
+    pub instance: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            default_image: super::DEFAULT_GATEWAY_IMAGE.into(),
+            finalizer_timeout: Duration::from_secs(300),
+            reporter: "stompgate-operator".into(),
+            instance: None,
+        }
+    }
+}
+
+/// Shared reconcile state.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Settings.
+    pub settings: Settings,
+    /// Broker connections.
+    pub brokers: Arc<BrokerPool>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    // Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<StompGateway>, u32>>,
+}
+
+impl Context {
+    /// A context.
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        brokers: Arc<BrokerPool>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            client,
+            settings,
+            brokers,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn reset_failures(&self, r: &ObjectRef<StompGateway>) {
+        if let Ok(mut m) = self.failures.lock() {
+            m.remove(r);
+        }
+    }
+
+    fn bump_failures(&self, r: &ObjectRef<StompGateway>) -> u32 {
+        match self.failures.lock() {
+            Ok(mut m) => {
+                let n = m.entry(r.clone()).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            }
+            Err(_) => 1,
+        }
+    }
+
+    fn recorder(&self) -> Recorder {
+        Recorder::new(
+            self.client.clone(),
+            Reporter {
+                controller: self.settings.reporter.clone(),
+                instance: self.settings.instance.clone(),
+            },
+        )
+    }
+}
+
+/// Reconcile failures; each maps to a low-cardinality reason for metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A retryable condition (Secret missing, broker down, binding pending); already in status.
+    #[error("{}: {message}", reason.as_str())]
+    Retry {
+        /// The condition reason.
+        reason: Reason,
+        /// Message.
+        message: String,
+    },
+    /// The object lacks name or namespace.
+    #[error(transparent)]
+    Build(#[from] resources::BuildError),
+}
+
+impl Error {
+    /// Metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "KubeApi",
+            Self::Retry { reason, .. } => reason.as_str(),
+            Self::Build(_) => "Build",
+        }
+    }
+}
+
+/// Delay before retry number `attempt` (1-based): 1 s doubling to 5 min, with jitter in
+/// [50 %, 100 %] so many failing objects do not retry in lockstep.
+pub fn backoff_delay(attempt: u32) -> Duration {
+    let base = 2f64
+        .powi(attempt.saturating_sub(1).min(16) as i32)
+        .min(300.0);
+    let jitter = 0.5 + rand::random::<f64>() * 0.5;
+    Duration::from_secs_f64((base * jitter).max(0.5))
+}
+
+/// The controller's error policy: per-object exponential backoff with jitter.
+pub fn error_policy(gw: Arc<StompGateway>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(err.reason());
+    let n = ctx.bump_failures(&ObjectRef::from_obj(&*gw));
+    tracing::warn!(name = %gw.name_any(), namespace = ?gw.namespace(), attempt = n, error = %err, "reconcile failed");
+    Action::requeue(backoff_delay(n))
+}
+
+/// Reconciles one StompGateway (the `Controller` entry point).
+pub async fn reconcile(gw: Arc<StompGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = Instant::now();
+    let res = reconcile_inner(&gw, &ctx).await;
+    let result = if res.is_ok() { "ok" } else { "error" };
+    ctx.metrics.reconciled(result, start.elapsed());
+    if res.is_ok() {
+        ctx.reset_failures(&ObjectRef::from_obj(&*gw));
+    }
+    res
+}
+
+fn resync(gw: &StompGateway) -> Duration {
+    Duration::from_secs(u64::try_from(gw.spec.topology.resync_interval_seconds).unwrap_or(300))
+}
+
+async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Error> {
+    let ns = gw
+        .namespace()
+        .ok_or(resources::BuildError::MissingMeta("namespace"))?;
+    let name = gw
+        .metadata
+        .name
+        .clone()
+        .ok_or(resources::BuildError::MissingMeta("name"))?;
+    let api: Api<StompGateway> = Api::namespaced(ctx.client.clone(), &ns);
+    if gw.metadata.deletion_timestamp.is_some() {
+        return cleanup(gw, ctx, &api).await;
+    }
+    ensure_finalizer(
+        gw,
+        &api,
+        gw.spec.topology.deletion_policy == DeletionPolicy::Delete,
+    )
+    .await?;
+
+    let mut obs = Observation {
+        generation: gw.metadata.generation.unwrap_or(0),
+        paused: gw.spec.paused,
+        desired_replicas: gw.spec.replicas,
+        selector: resources::selector_string(&name),
+        endpoints: Some(resources::endpoints(gw)),
+        image: Some(resources::effective_image(
+            &gw.spec,
+            &BuildInputs {
+                default_image: ctx.settings.default_image.clone(),
+                secret_hash: String::new(),
+            },
+        )),
+        ..Observation::default()
+    };
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+
+    // validate
+    let value = serde_json::to_value(gw).unwrap_or_default();
+    let findings = validate::validate_value(&value, None);
+    if !findings.is_empty() {
+        let msg = findings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        obs.stalled = Some(Problem::new(Reason::InvalidSpec, msg));
+        obs.deployment = deployments.get_opt(&name).await?;
+        write_status(gw, ctx, &api, &obs).await?;
+        // Non-retryable: wait for a spec change (or the slow resync), no retry storm.
+        return Ok(Action::requeue(resync(gw)));
+    }
+
+    // read referenced Secrets
+    let secrets = match read_secrets(gw, ctx, &ns).await? {
+        Ok(s) => s,
+        Err(p) => {
+            obs.blocked = Some(p.clone());
+            obs.deployment = deployments.get_opt(&name).await?;
+            write_status(gw, ctx, &api, &obs).await?;
+            return Err(Error::Retry {
+                reason: p.reason,
+                message: p.message,
+            });
+        }
+    };
+
+    // build and apply
+    let inputs = BuildInputs {
+        default_image: ctx.settings.default_image.clone(),
+        secret_hash: secrets.hash.clone(),
+    };
+    let children = resources::build(gw, &inputs)?;
+    if gw.spec.paused {
+        obs.deployment = deployments.get_opt(&name).await?;
+    } else {
+        match apply_children(ctx, &ns, &children).await {
+            Ok(d) => obs.deployment = Some(d),
+            Err(e) => {
+                let p = Problem::new(
+                    Reason::ApplyFailed,
+                    format!("applying the gateway objects failed: {e}"),
+                );
+                obs.blocked = Some(p);
+                obs.deployment = deployments.get_opt(&name).await.ok().flatten();
+                write_status(gw, ctx, &api, &obs).await?;
+                return Err(e.into());
+            }
+        }
+    }
+
+    // broker and topology
+    let mut retry: Option<Problem> = None;
+    match ctx.brokers.get(&secrets.target).await {
+        Err(e) => {
+            let p = broker_problem(&e);
+            ctx.metrics.broker_op("connect", false);
+            obs.broker = Some(Err(p.clone()));
+            obs.topology = Some(Err(p.clone()));
+            retry = Some(p);
+        }
+        Ok(broker) => {
+            obs.broker = Some(Ok(()));
+            if !gw.spec.paused {
+                let prev = gw.status.as_ref().and_then(|s| s.topology.as_ref());
+                match broker.apply(&gw.spec.topology, prev).await {
+                    Ok(outcome) => {
+                        for (op, ok) in &outcome.ops {
+                            ctx.metrics.broker_op(op, *ok);
+                        }
+                        for _ in &outcome.conflicts {
+                            ctx.metrics.conflict();
+                        }
+                        if !outcome.recreated.is_empty() {
+                            publish(
+                                ctx,
+                                gw,
+                                EventType::Warning,
+                                "Recreated",
+                                format!(
+                                    "exchange(s) {} were missing in RabbitMQ and were declared again",
+                                    outcome.recreated.join(", ")
+                                ),
+                            )
+                            .await;
+                        }
+                        if !outcome.conflicts.is_empty() {
+                            let p = Problem::new(
+                                Reason::ExchangeConflict,
+                                outcome.conflicts.join("; "),
+                            );
+                            obs.stalled = Some(p.clone());
+                            obs.topology = Some(Err(p));
+                        } else if !outcome.pending.is_empty() {
+                            let p =
+                                Problem::new(Reason::BindingPending, outcome.pending.join("; "));
+                            obs.topology = Some(Err(p.clone()));
+                            retry = Some(p);
+                        } else {
+                            obs.topology = Some(Ok(()));
+                        }
+                        obs.ledger = Some(outcome.status);
+                    }
+                    Err(e) => {
+                        let p = broker_problem(&e);
+                        if matches!(e, TopologyError::Lost { .. }) {
+                            ctx.brokers.mark_down(&secrets.target).await;
+                            obs.broker = Some(Err(p.clone()));
+                        }
+                        obs.topology = Some(Err(p.clone()));
+                        retry = Some(p);
+                    }
+                }
+            } else if let Some(prev) =
+                status::condition(gw.status.as_ref(), status::types::TOPOLOGY_READY)
+            {
+                // Paused: keep the last topology verdict rather than inventing one.
+                obs.topology = Some(if prev.status == "True" {
+                    Ok(())
+                } else {
+                    Err(Problem::new(Reason::Paused, prev.message.clone()))
+                });
+            }
+        }
+    }
+    write_status(gw, ctx, &api, &obs).await?;
+    match retry {
+        Some(p) => Err(Error::Retry {
+            reason: p.reason,
+            message: p.message,
+        }),
+        None => Ok(Action::requeue(resync(gw))),
+    }
+}
+
+fn broker_problem(e: &TopologyError) -> Problem {
+    let reason = match e {
+        TopologyError::Unreachable { .. } | TopologyError::Lost { .. } => Reason::BrokerUnreachable,
+        TopologyError::AuthFailed { .. } => Reason::AuthFailed,
+        TopologyError::Refused { .. } => Reason::BrokerRefused,
+    };
+    Problem::new(reason, e.to_string())
+}
+
+/// What the referenced Secrets yield.
+struct SecretInputs {
+    target: BrokerTarget,
+    hash: String,
+}
+
+async fn get_secret(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    field: &str,
+) -> Result<Result<Secret, Problem>, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(match api.get_opt(name).await? {
+        Some(s) => Ok(s),
+        None => Err(Problem::new(
+            Reason::SecretNotFound,
+            format!(
+                "Secret {ns}/{name} (referenced by {field}) not found; create it or fix the reference"
+            ),
+        )),
+    })
+}
+
+fn secret_key(s: &Secret, key: &str, field: &str) -> Result<String, Problem> {
+    let name = s.name_any();
+    s.data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| String::from_utf8_lossy(&b.0).trim_end_matches(['\n', '\r']).to_string())
+        .ok_or_else(|| {
+            Problem::new(
+                Reason::SecretKeyMissing,
+                format!("Secret {name} has no key {key:?} (referenced by {field}); add the key or fix the reference"),
+            )
+        })
+}
+
+fn data_of(s: &Secret) -> BTreeMap<String, Vec<u8>> {
+    s.data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect()
+}
+
+async fn read_secrets(
+    gw: &StompGateway,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Result<SecretInputs, Problem>, Error> {
+    let r = &gw.spec.rabbitmq;
+    let mut hashed: Vec<(String, BTreeMap<String, Vec<u8>>)> = Vec::new();
+    let mut url = resources::amqp_url(&gw.spec).unwrap_or_default();
+    if let Some(u) = &r.uri_secret_ref {
+        let field = "spec.rabbitmq.uriSecretRef";
+        let s = match get_secret(ctx, ns, &u.name, field).await? {
+            Ok(s) => s,
+            Err(p) => return Ok(Err(p)),
+        };
+        url = match secret_key(&s, &u.key, field) {
+            Ok(v) => v,
+            Err(p) => return Ok(Err(p)),
+        };
+        hashed.push((u.name.clone(), data_of(&s)));
+    }
+    let mut creds = None;
+    let mut ca_pem = None;
+    if let Some(c) = &r.credentials_secret_ref {
+        let field = "spec.rabbitmq.credentialsSecretRef";
+        let s = match get_secret(ctx, ns, &c.name, field).await? {
+            Ok(s) => s,
+            Err(p) => return Ok(Err(p)),
+        };
+        let user = secret_key(&s, &c.username_key, field);
+        let pass = secret_key(&s, &c.password_key, field);
+        match (user, pass) {
+            (Ok(u), Ok(p)) => creds = Some((u, p)),
+            (Err(p), _) | (_, Err(p)) => return Ok(Err(p)),
+        }
+        hashed.push((c.name.clone(), data_of(&s)));
+    }
+    if let Some(ca) = r.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()) {
+        let field = "spec.rabbitmq.tls.caSecretRef";
+        let s = match get_secret(ctx, ns, &ca.name, field).await? {
+            Ok(s) => s,
+            Err(p) => return Ok(Err(p)),
+        };
+        match secret_key(&s, &ca.key, field) {
+            Ok(pem) => ca_pem = Some(pem),
+            Err(p) => return Ok(Err(p)),
+        }
+        hashed.push((ca.name.clone(), data_of(&s)));
+    }
+    let hash = resources::secret_data_hash(hashed.iter().map(|(n, d)| (n.as_str(), d)));
+    let mut target = match &creds {
+        Some((u, p)) => BrokerTarget::new(&url, Some(u), Some(p)),
+        None => BrokerTarget::new(&url, None, None),
+    };
+    if let Some(pem) = ca_pem {
+        target = target.with_ca(pem);
+    }
+    Ok(Ok(SecretInputs { target, hash }))
+}
+
+/// Whether every field of `want` is in `have` with the same value (extra fields in `have`, such
+/// as server defaults, are ignored; lists must match item by item).
+pub fn is_subset(want: &serde_json::Value, have: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (want, have) {
+        (Value::Object(w), Value::Object(h)) => w
+            .iter()
+            .all(|(k, v)| h.get(k).is_some_and(|hv| is_subset(v, hv))),
+        (Value::Array(w), Value::Array(h)) => {
+            w.len() == h.len() && w.iter().zip(h).all(|(a, b)| is_subset(a, b))
+        }
+        _ => want == have,
+    }
+}
+
+/// Server-side applies `obj` unless the live object already has it: same applied-hash and
+/// every field we set still in place (so a hand edit of a child is put back).
+async fn apply_one<K>(api: &Api<K>, obj: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let want = obj.annotations().get(APPLIED_HASH_ANNOTATION);
+    if let Some(live) = api.get_opt(&name).await?
+        && live.annotations().get(APPLIED_HASH_ANNOTATION) == want
+        && let (Ok(w), Ok(h)) = (serde_json::to_value(obj), serde_json::to_value(&live))
+        && is_subset(&w, &h)
+    {
+        return Ok(live);
+    }
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+}
+
+fn ns_api<K>(ctx: &Context, ns: &str) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    Api::namespaced(ctx.client.clone(), ns)
+}
+
+async fn apply_children(
+    ctx: &Context,
+    ns: &str,
+    c: &resources::Children,
+) -> Result<Deployment, kube::Error> {
+    apply_one(&ns_api::<ConfigMap>(ctx, ns), &c.config_map).await?;
+    apply_one(&ns_api::<Service>(ctx, ns), &c.service).await?;
+    let d = apply_one(&ns_api::<Deployment>(ctx, ns), &c.deployment).await?;
+    let pdbs = ns_api::<PodDisruptionBudget>(ctx, ns);
+    match &c.pdb {
+        Some(p) => {
+            apply_one(&pdbs, p).await?;
+        }
+        None => {
+            // Disabled: remove ours if it exists (only when it carries our label).
+            let name = c.deployment.metadata.name.clone().unwrap_or_default();
+            if let Some(live) = pdbs.get_opt(&name).await?
+                && live
+                    .labels()
+                    .get("app.kubernetes.io/managed-by")
+                    .map(String::as_str)
+                    == Some(FIELD_MANAGER)
+            {
+                pdbs.delete(&name, &DeleteParams::default()).await?;
+            }
+        }
+    }
+    Ok(d)
+}
+
+async fn write_status(
+    gw: &StompGateway,
+    ctx: &Context,
+    api: &Api<StompGateway>,
+    obs: &Observation,
+) -> Result<(), Error> {
+    let prev = gw.status.as_ref();
+    let new = status::build(prev, obs);
+    if prev == Some(&new) {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": crate::crd::StompGateway::api_version(&()),
+        "kind": "StompGateway",
+        "status": new,
+    });
+    api.patch_status(
+        &gw.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    // One event per Ready transition: Normal when it becomes True, Warning when it turns
+    // False for a problem (not for an ordinary rollout).
+    for c in status::transitions(prev, &new) {
+        if c.type_ != status::types::READY {
+            continue;
+        }
+        if c.status == "True" {
+            publish(ctx, gw, EventType::Normal, "Ready", c.message.clone()).await;
+        } else if !QUIET_REASONS.contains(&c.reason.as_str()) {
+            publish(ctx, gw, EventType::Warning, &c.reason, c.message.clone()).await;
+        }
+    }
+    Ok(())
+}
+
+async fn publish(ctx: &Context, gw: &StompGateway, type_: EventType, reason: &str, note: String) {
+    let mut note = note;
+    note.truncate(1000);
+    let ev = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    // An event is best effort; failing to record one must not fail the reconcile.
+    if let Err(e) = ctx.recorder().publish(&ev, &gw.object_ref(&())).await {
+        tracing::debug!(error = %e, "event not recorded");
+    }
+}
+
+async fn ensure_finalizer(
+    gw: &StompGateway,
+    api: &Api<StompGateway>,
+    want: bool,
+) -> Result<(), Error> {
+    let has = gw.finalizers().iter().any(|f| f == FINALIZER);
+    if has == want {
+        return Ok(());
+    }
+    let mut list: Vec<String> = gw
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if want {
+        list.push(FINALIZER.into());
+    }
+    set_finalizers(gw, api, list).await
+}
+
+async fn set_finalizers(
+    gw: &StompGateway,
+    api: &Api<StompGateway>,
+    list: Vec<String>,
+) -> Result<(), Error> {
+    // resourceVersion makes the merge patch conditional, so a concurrent change is not lost.
+    let patch = json!({
+        "metadata": {"finalizers": list, "resourceVersion": gw.resource_version()}
+    });
+    api.patch(
+        &gw.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletion: with `deletionPolicy: Delete`, remove owned broker objects, then the finalizer.
+/// Gives up (Warning `CleanupSkipped`) when the Secret is gone or the timeout passed, so a
+/// namespace deletion never wedges.
+async fn cleanup(
+    gw: &StompGateway,
+    ctx: &Context,
+    api: &Api<StompGateway>,
+) -> Result<Action, Error> {
+    if !gw.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let ledger = gw.status.as_ref().and_then(|s| s.topology.as_ref());
+    let wants =
+        gw.spec.topology.deletion_policy == DeletionPolicy::Delete && topology::has_owned(ledger);
+    let remaining: Vec<String> = gw
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if !wants {
+        set_finalizers(gw, api, remaining).await?;
+        return Ok(Action::await_change());
+    }
+    let ns = gw.namespace().unwrap_or_default();
+    let deadline_passed = gw
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| {
+            let since = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
+            since.as_secs_f64() > ctx.settings.finalizer_timeout.as_secs_f64()
+        })
+        .unwrap_or(false);
+    let attempt: Result<Vec<String>, Problem> = async {
+        let secrets = match read_secrets(gw, ctx, &ns).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(p)) => return Err(p),
+            Err(e) => return Err(Problem::new(Reason::ApplyFailed, e.to_string())),
+        };
+        let broker = ctx
+            .brokers
+            .get(&secrets.target)
+            .await
+            .map_err(|e| broker_problem(&e))?;
+        let ledger = ledger.cloned().unwrap_or_default();
+        broker
+            .cleanup(&ledger)
+            .await
+            .map_err(|e| broker_problem(&e))
+    }
+    .await;
+    match attempt {
+        Ok(removed) => {
+            if !removed.is_empty() {
+                publish(
+                    ctx,
+                    gw,
+                    EventType::Normal,
+                    "CleanedUp",
+                    format!("removed {}", removed.join(", ")),
+                )
+                .await;
+            }
+            set_finalizers(gw, api, remaining).await?;
+            Ok(Action::await_change())
+        }
+        // Without the Secret nothing can ever succeed; give up now rather than wedge.
+        Err(p)
+            if deadline_passed
+                || matches!(p.reason, Reason::SecretNotFound | Reason::SecretKeyMissing) =>
+        {
+            publish(
+                ctx,
+                gw,
+                EventType::Warning,
+                "CleanupSkipped",
+                format!("broker objects were left in RabbitMQ: {}", p.message),
+            )
+            .await;
+            set_finalizers(gw, api, remaining).await?;
+            Ok(Action::await_change())
+        }
+        Err(p) => Err(Error::Retry {
+            reason: p.reason,
+            message: p.message,
+        }),
+    }
+}
+
+/// A watched object that may not deserialize: one malformed StompGateway must not stop the
+/// watch of all the others.
+pub type Guarded = DeserializeGuard<StompGateway>;
+
+/// Controller entry point over [`Guarded`] objects: readable ones are reconciled, an unreadable
+/// one gets `Stalled=True` (reason InvalidSpec) and waits for a change.
+pub async fn reconcile_guarded(obj: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match &obj.0 {
+        Ok(gw) => reconcile(Arc::new(gw.clone()), ctx).await,
+        Err(invalid) => {
+            report_unreadable(invalid, &ctx).await?;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// Error policy over [`Guarded`] objects.
+pub fn error_policy_guarded(obj: Arc<Guarded>, err: &Error, ctx: Arc<Context>) -> Action {
+    match &obj.0 {
+        Ok(gw) => error_policy(Arc::new(gw.clone()), err, ctx),
+        Err(_) => Action::requeue(Duration::from_secs(300)),
+    }
+}
+
+async fn report_unreadable(invalid: &InvalidObject, ctx: &Context) -> Result<(), Error> {
+    let (Some(ns), Some(name)) = (
+        invalid.metadata.namespace.as_deref(),
+        invalid.metadata.name.as_deref(),
+    ) else {
+        return Ok(());
+    };
+    let generation = invalid.metadata.generation.unwrap_or(0);
+    let message = format!(
+        "the StompGateway cannot be read by this operator version: {}",
+        invalid.error
+    );
+    let conds = status::merge_conditions(
+        &[],
+        vec![
+            status::Cond::new(
+                status::types::READY,
+                false,
+                Reason::InvalidSpec,
+                message.clone(),
+            ),
+            status::Cond::new(status::types::STALLED, true, Reason::InvalidSpec, message),
+        ],
+        generation,
+    );
+    let patch = json!({
+        "apiVersion": crate::crd::StompGateway::api_version(&()),
+        "kind": "StompGateway",
+        "status": {"observedGeneration": generation, "conditions": conds},
+    });
+    // Guarded: the answer is the same unreadable object, which must not fail the call.
+    let api: Api<Guarded> = Api::namespaced(ctx.client.clone(), ns);
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Maps a Secret event to the StompGateways (from the controller's cache) that reference it.
+fn gateways_for_secret(
+    store: &kube::runtime::reflector::Store<Guarded>,
+    secret: &Secret,
+) -> Vec<ObjectRef<Guarded>> {
+    let ns = secret.namespace();
+    let name = secret.name_any();
+    store
+        .state()
+        .into_iter()
+        .filter_map(|g| g.0.as_ref().ok().cloned())
+        .filter(|gw| gw.namespace() == ns)
+        .filter(|gw| {
+            let r = &gw.spec.rabbitmq;
+            r.credentials_secret_ref
+                .as_ref()
+                .is_some_and(|c| c.name == name)
+                || r.uri_secret_ref.as_ref().is_some_and(|u| u.name == name)
+                || r.tls
+                    .as_ref()
+                    .and_then(|t| t.ca_secret_ref.as_ref())
+                    .is_some_and(|c| c.name == name)
+        })
+        .filter_map(|gw| {
+            Some(
+                ObjectRef::new(gw.metadata.name.as_deref()?)
+                    .within(gw.metadata.namespace.as_deref()?),
+            )
+        })
+        .collect()
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    reconnected: tokio::sync::mpsc::UnboundedReceiver<()>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), kube::Error> {
+    let client = ctx.client.clone();
+    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let gws: Api<Guarded> = api(&client, &namespace);
+    // Fail early with a clear message when the CRD is not installed.
+    gws.list(&ListParams::default().limit(1)).await?;
+    let owned = watcher::Config::default()
+        .labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"))
+        .page_size(50);
+    let controller = Controller::new(gws, watcher::Config::default().any_semantic().page_size(50));
+    let store = controller.store();
+    let reconnect_stream = tokio_stream::wrappers::UnboundedReceiverStream::new(reconnected);
+    controller
+        .owns(api::<Deployment>(&client, &namespace), owned.clone())
+        .owns(api::<Service>(&client, &namespace), owned.clone())
+        .owns(api::<ConfigMap>(&client, &namespace), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, &namespace), owned)
+        .watches(
+            api::<Secret>(&client, &namespace),
+            watcher::Config::default().labels(WATCH_SECRET_LABEL),
+            move |s| gateways_for_secret(&store, &s),
+        )
+        .reconcile_all_on(reconnect_stream)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile_guarded, error_policy_guarded, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(name = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// The status a reconcile would write; exposed for tests and `render`-style tooling.
+pub fn status_for(prev: Option<&StompGatewayStatus>, obs: &Observation) -> StompGatewayStatus {
+    status::build(prev, obs)
+}

@@ -1,0 +1,408 @@
+//! Status: conditions (kstatus and Argo CD compatible), observedGeneration, and the rule that
+//! a condition's lastTransitionTime changes only when its status flips.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::crd::{StompGatewayStatus, TopologyStatus};
+
+/// Condition types.
+pub mod types {
+    /// Summary: everything below is fine for the current generation.
+    pub const READY: &str = "Ready";
+    /// The current generation is not applied yet, or a rollout is in progress.
+    pub const RECONCILING: &str = "Reconciling";
+    /// A non-retryable problem needs a spec (or broker) change.
+    pub const STALLED: &str = "Stalled";
+    /// The operator can log in to the broker.
+    pub const BROKER_CONNECTED: &str = "BrokerConnected";
+    /// Exchanges and bindings are declared.
+    pub const TOPOLOGY_READY: &str = "TopologyReady";
+    /// The Deployment is available with at least one ready pod.
+    pub const GATEWAY_AVAILABLE: &str = "GatewayAvailable";
+    /// spec.paused is set.
+    pub const PAUSED: &str = "Paused";
+}
+
+/// The closed set of condition reasons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// All good.
+    Reconciled,
+    /// Applying the current generation.
+    Progressing,
+    /// Gateway pods are rolling out.
+    RolloutInProgress,
+    /// The spec breaks a rule.
+    InvalidSpec,
+    /// A referenced Secret does not exist.
+    SecretNotFound,
+    /// A referenced Secret lacks a key.
+    SecretKeyMissing,
+    /// The broker cannot be reached.
+    BrokerUnreachable,
+    /// The broker refused the credentials.
+    AuthFailed,
+    /// The broker refused an operation.
+    BrokerRefused,
+    /// An exchange exists with other properties.
+    ExchangeConflict,
+    /// A binding could not be applied yet.
+    BindingPending,
+    /// Connected to the broker.
+    Connected,
+    /// Topology declared.
+    Declared,
+    /// Deployment available.
+    Available,
+    /// Deployment not available.
+    Unavailable,
+    /// Zero replicas requested.
+    ScaledToZero,
+    /// Applying a child object failed.
+    ApplyFailed,
+    /// spec.paused.
+    Paused,
+    /// Not paused.
+    NotPaused,
+    /// Nothing known yet.
+    Unknown,
+}
+
+impl Reason {
+    /// The reason string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reconciled => "Reconciled",
+            Self::Progressing => "Progressing",
+            Self::RolloutInProgress => "RolloutInProgress",
+            Self::InvalidSpec => "InvalidSpec",
+            Self::SecretNotFound => "SecretNotFound",
+            Self::SecretKeyMissing => "SecretKeyMissing",
+            Self::BrokerUnreachable => "BrokerUnreachable",
+            Self::AuthFailed => "AuthFailed",
+            Self::BrokerRefused => "BrokerRefused",
+            Self::ExchangeConflict => "ExchangeConflict",
+            Self::BindingPending => "BindingPending",
+            Self::Connected => "Connected",
+            Self::Declared => "Declared",
+            Self::Available => "Available",
+            Self::Unavailable => "Unavailable",
+            Self::ScaledToZero => "ScaledToZero",
+            Self::ApplyFailed => "ApplyFailed",
+            Self::Paused => "Paused",
+            Self::NotPaused => "NotPaused",
+            Self::Unknown => "Unknown",
+        }
+    }
+}
+
+/// A condition value before timestamps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cond {
+    /// Type.
+    pub type_: &'static str,
+    /// "True", "False" or "Unknown".
+    pub status: &'static str,
+    /// Reason.
+    pub reason: Reason,
+    /// Message.
+    pub message: String,
+}
+
+impl Cond {
+    /// A condition.
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: Reason,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status: if status { "True" } else { "False" },
+            reason,
+            message: message.into(),
+        }
+    }
+    /// An Unknown condition.
+    pub fn unknown(type_: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            type_,
+            status: "Unknown",
+            reason: Reason::Unknown,
+            message: message.into(),
+        }
+    }
+}
+
+/// A problem with its reason and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Reason.
+    pub reason: Reason,
+    /// Human message naming the field or object and the fix.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// What the reconcile observed; [`build`] turns it into a status.
+#[derive(Clone, Debug, Default)]
+pub struct Observation {
+    /// metadata.generation.
+    pub generation: i64,
+    /// Non-retryable problem (bad spec, conflict).
+    pub stalled: Option<Problem>,
+    /// Retryable problem before or while applying (Secret missing, apply failed).
+    pub blocked: Option<Problem>,
+    /// Broker login: None = not tried.
+    pub broker: Option<Result<(), Problem>>,
+    /// Topology: None = not tried.
+    pub topology: Option<Result<(), Problem>>,
+    /// The ledger to record (kept from before when topology was not tried).
+    pub ledger: Option<TopologyStatus>,
+    /// The Deployment as last read (None = not there).
+    pub deployment: Option<Deployment>,
+    /// spec.paused.
+    pub paused: bool,
+    /// Replicas requested (None = autoscaled).
+    pub desired_replicas: Option<i32>,
+    /// Effective gateway image.
+    pub image: Option<String>,
+    /// Endpoints.
+    pub endpoints: Option<crate::crd::Endpoints>,
+    /// Pod selector.
+    pub selector: String,
+}
+
+/// Gateway availability from the Deployment: (available, rolling out, replicas, ready, message).
+fn gateway_state(obs: &Observation) -> (Cond, bool, i32, i32) {
+    let Some(d) = &obs.deployment else {
+        return (
+            Cond::new(
+                types::GATEWAY_AVAILABLE,
+                false,
+                Reason::Unavailable,
+                "the gateway Deployment does not exist yet",
+            ),
+            true,
+            0,
+            0,
+        );
+    };
+    let st = d.status.clone().unwrap_or_default();
+    let generation = d.metadata.generation.unwrap_or(0);
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let replicas = st.replicas.unwrap_or(0);
+    let ready = st.ready_replicas.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
+    let available_cond = st
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Available" && c.status == "True");
+    let rolling =
+        st.observed_generation.unwrap_or(0) < generation || updated < want || replicas > want;
+    let cond = if want == 0 {
+        Cond::new(
+            types::GATEWAY_AVAILABLE,
+            false,
+            Reason::ScaledToZero,
+            "replicas is 0",
+        )
+    } else if available_cond && ready >= 1 {
+        Cond::new(
+            types::GATEWAY_AVAILABLE,
+            true,
+            Reason::Available,
+            format!("{ready}/{want} gateway pods ready"),
+        )
+    } else {
+        Cond::new(
+            types::GATEWAY_AVAILABLE,
+            false,
+            Reason::Unavailable,
+            format!("{ready}/{want} gateway pods ready"),
+        )
+    };
+    (cond, rolling, replicas, ready)
+}
+
+/// The conditions for an observation, in a fixed order.
+pub fn conditions(obs: &Observation) -> Vec<Cond> {
+    let (gateway, rolling, _, _) = gateway_state(obs);
+    let stalled = match &obs.stalled {
+        Some(p) => Cond::new(types::STALLED, true, p.reason, p.message.clone()),
+        None => Cond::new(
+            types::STALLED,
+            false,
+            Reason::Reconciled,
+            "no blocking problem",
+        ),
+    };
+    let broker = match &obs.broker {
+        Some(Ok(())) => Cond::new(
+            types::BROKER_CONNECTED,
+            true,
+            Reason::Connected,
+            "logged in to the broker",
+        ),
+        Some(Err(p)) => Cond::new(types::BROKER_CONNECTED, false, p.reason, p.message.clone()),
+        None => match &obs.blocked {
+            Some(p) => Cond::new(types::BROKER_CONNECTED, false, p.reason, p.message.clone()),
+            None => Cond::unknown(types::BROKER_CONNECTED, "not tried yet"),
+        },
+    };
+    let topology = match &obs.topology {
+        Some(Ok(())) => Cond::new(
+            types::TOPOLOGY_READY,
+            true,
+            Reason::Declared,
+            "exchanges and bindings are declared",
+        ),
+        Some(Err(p)) => Cond::new(types::TOPOLOGY_READY, false, p.reason, p.message.clone()),
+        None => Cond::unknown(types::TOPOLOGY_READY, "not applied yet"),
+    };
+    // Retryable problems, in pipeline order: before the broker, the broker, the topology.
+    let retryable = obs
+        .blocked
+        .as_ref()
+        .or(obs.broker.as_ref().and_then(|b| b.as_ref().err()))
+        .or(obs.topology.as_ref().and_then(|t| t.as_ref().err()));
+    let reconciling = match (&obs.stalled, retryable) {
+        (None, Some(p)) => Cond::new(types::RECONCILING, true, p.reason, p.message.clone()),
+        (None, None) if rolling && !obs.paused => Cond::new(
+            types::RECONCILING,
+            true,
+            Reason::RolloutInProgress,
+            "gateway pods are rolling out",
+        ),
+        _ => Cond::new(
+            types::RECONCILING,
+            false,
+            Reason::Reconciled,
+            "the current generation is applied",
+        ),
+    };
+    let all = [&broker, &topology, &gateway];
+    let failing = if let Some(p) = &obs.stalled {
+        Some((p.reason, p.message.clone()))
+    } else if reconciling.status == "True" {
+        Some((reconciling.reason, reconciling.message.clone()))
+    } else {
+        all.iter()
+            .find(|c| c.status != "True")
+            .map(|c| (c.reason, format!("{}: {}", c.type_, c.message)))
+    };
+    let ready = match failing {
+        Some((r, m)) => Cond::new(types::READY, false, r, m),
+        None => Cond::new(
+            types::READY,
+            true,
+            Reason::Reconciled,
+            "the gateway is available and the topology is declared",
+        ),
+    };
+    let mut out = vec![ready, reconciling, stalled, broker, topology, gateway];
+    if obs.paused {
+        out.push(Cond::new(
+            types::PAUSED,
+            true,
+            Reason::Paused,
+            "spec.paused is true: nothing is changed",
+        ));
+    }
+    out
+}
+
+// Whole seconds: the API server stores metav1.Time at that precision, so what we write reads
+// back equal and an unchanged status compares equal.
+fn now() -> Time {
+    let secs = k8s_openapi::jiff::Timestamp::now().as_second();
+    Time(
+        k8s_openapi::jiff::Timestamp::from_second(secs)
+            .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now()),
+    )
+}
+
+/// Merges new condition values into the previous list: lastTransitionTime is kept unless the
+/// status flipped. Paused stays (False) once it has appeared.
+pub fn merge_conditions(prev: &[Condition], new: Vec<Cond>, generation: i64) -> Vec<Condition> {
+    let mut new = new;
+    if !new.iter().any(|c| c.type_ == types::PAUSED)
+        && prev.iter().any(|c| c.type_ == types::PAUSED)
+    {
+        new.push(Cond::new(
+            types::PAUSED,
+            false,
+            Reason::NotPaused,
+            "spec.paused is false",
+        ));
+    }
+    new.into_iter()
+        .map(|c| {
+            let old = prev.iter().find(|p| p.type_ == c.type_);
+            let time = match old {
+                Some(o) if o.status == c.status => o.last_transition_time.clone(),
+                _ => now(),
+            };
+            Condition {
+                type_: c.type_.to_string(),
+                status: c.status.to_string(),
+                reason: c.reason.as_str().to_string(),
+                message: c.message,
+                observed_generation: Some(generation),
+                last_transition_time: time,
+            }
+        })
+        .collect()
+}
+
+/// The full status for an observation; equal to `prev` when nothing changed.
+pub fn build(prev: Option<&StompGatewayStatus>, obs: &Observation) -> StompGatewayStatus {
+    let empty = Vec::new();
+    let prev_conds = prev.map(|p| &p.conditions).unwrap_or(&empty);
+    let (_, _, replicas, ready) = gateway_state(obs);
+    StompGatewayStatus {
+        observed_generation: Some(obs.generation),
+        conditions: merge_conditions(prev_conds, conditions(obs), obs.generation),
+        replicas,
+        ready_replicas: ready,
+        selector: obs.selector.clone(),
+        gateway_image: obs.image.clone(),
+        endpoints: obs.endpoints.clone(),
+        topology: obs
+            .ledger
+            .clone()
+            .or_else(|| prev.and_then(|p| p.topology.clone())),
+    }
+}
+
+/// Conditions whose status flipped (for events): (type, new status, reason, message).
+pub fn transitions(prev: Option<&StompGatewayStatus>, new: &StompGatewayStatus) -> Vec<Condition> {
+    new.conditions
+        .iter()
+        .filter(|c| {
+            let old = prev.and_then(|p| p.conditions.iter().find(|o| o.type_ == c.type_));
+            match old {
+                Some(o) => o.status != c.status || (c.status != "True" && o.reason != c.reason),
+                None => c.status != "Unknown",
+            }
+        })
+        .cloned()
+        .collect()
+}
+
+/// Finds a condition.
+pub fn condition<'a>(status: Option<&'a StompGatewayStatus>, type_: &str) -> Option<&'a Condition> {
+    status.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+}

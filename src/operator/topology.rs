@@ -1,0 +1,751 @@
+//! RabbitMQ topology: declares the spec's exchanges and bindings with lapin, keeps the ownership
+//! ledger (`status.topology`), and removes only what it created.
+//!
+//! Every operation runs on its own short-lived channel: a 404 or 406 closes the channel it
+//! happened on, and one failure must not hide the next object's result.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, ExchangeUnbindOptions,
+    QueueBindOptions,
+};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::crd::{
+    BindingSpec, BindingStatus, DeletionPolicy, DestinationType, ExchangeSpec, ExchangeStatus,
+    OnConflict, TopologySpec, TopologyStatus,
+};
+
+/// Time allowed for one connect or one broker operation.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Ledger states.
+pub mod state {
+    /// Declared (or verified equivalent) by us.
+    pub const DECLARED: &str = "Declared";
+    /// Existing exchange used as it is (onConflict: Adopt).
+    pub const ADOPTED: &str = "Adopted";
+    /// Exists with other properties.
+    pub const CONFLICT: &str = "Conflict";
+    /// Could not be applied yet (e.g. the destination queue does not exist).
+    pub const PENDING: &str = "Pending";
+}
+
+/// Broker failures, credential-free.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TopologyError {
+    /// TCP/TLS/AMQP handshake failed or timed out.
+    #[error("cannot connect to {broker}: {message}")]
+    Unreachable {
+        /// Broker URL without credentials.
+        broker: String,
+        /// Cause.
+        message: String,
+    },
+    /// The broker refused the credentials.
+    #[error("{broker} refused the credentials: {message}")]
+    AuthFailed {
+        /// Broker URL without credentials.
+        broker: String,
+        /// The broker's reply.
+        message: String,
+    },
+    /// The broker refused an operation (e.g. ACCESS_REFUSED on a vhost).
+    #[error("{op} failed: {message}")]
+    Refused {
+        /// What we tried.
+        op: String,
+        /// The broker's reply text.
+        message: String,
+    },
+    /// The connection broke in the middle of the work.
+    #[error("connection lost during {op}: {message}")]
+    Lost {
+        /// What we tried.
+        op: String,
+        /// Cause.
+        message: String,
+    },
+}
+
+/// A broker URL with its credentials; `Display` never shows the password.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct BrokerTarget {
+    /// Full URI given to lapin.
+    uri: String,
+    /// The same without user info, for messages.
+    display: String,
+    /// PEM CA bundle that signs the broker certificate (amqps with a private CA).
+    ca_pem: Option<String>,
+}
+
+impl std::fmt::Debug for BrokerTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BrokerTarget({})", self.display)
+    }
+}
+
+impl std::fmt::Display for BrokerTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+fn pct(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl BrokerTarget {
+    /// From a credential-free `amqp(s)://host:port/vhost` URL plus optional credentials, which
+    /// override any in the URL.
+    pub fn new(url: &str, username: Option<&str>, password: Option<&str>) -> Self {
+        let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
+        let rest = match rest.rsplit_once('@') {
+            Some((userinfo, hostpart)) if !hostpart.contains('@') && username.is_none() => {
+                let display = format!("{scheme}://{hostpart}");
+                return Self {
+                    uri: format!("{scheme}://{userinfo}@{hostpart}"),
+                    display,
+                    ca_pem: None,
+                };
+            }
+            Some((_, hostpart)) => hostpart,
+            None => rest,
+        };
+        let display = format!("{scheme}://{rest}");
+        let uri = match username {
+            Some(u) => format!(
+                "{scheme}://{}:{}@{rest}",
+                pct(u),
+                pct(password.unwrap_or_default())
+            ),
+            None => display.clone(),
+        };
+        Self {
+            uri,
+            display,
+            ca_pem: None,
+        }
+    }
+
+    /// Trust this PEM CA bundle for amqps.
+    pub fn with_ca(mut self, pem: String) -> Self {
+        self.ca_pem = Some(pem);
+        self
+    }
+
+    /// A key for pooling (never printed): the URI plus the CA, so a new CA reconnects.
+    fn key(&self) -> String {
+        match &self.ca_pem {
+            Some(ca) => format!(
+                "{}#{}",
+                self.uri,
+                crate::operator::resources::object_hash(ca)
+            ),
+            None => self.uri.clone(),
+        }
+    }
+}
+
+fn amqp_error(e: &lapin::Error) -> Option<&lapin::protocol::AMQPError> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(a) => Some(a),
+        _ => None,
+    }
+}
+
+fn is_soft(e: &lapin::Error, kind: AMQPSoftError) -> bool {
+    amqp_error(e).is_some_and(|a| a.kind() == &AMQPErrorKind::Soft(kind))
+}
+
+/// The broker's reply text (e.g. `PRECONDITION_FAILED - inequivalent arg ...`), or the error.
+pub fn reply_text(e: &lapin::Error) -> String {
+    match amqp_error(e) {
+        Some(a) => a.get_message().to_string(),
+        None => e.to_string(),
+    }
+}
+
+fn op_error(op: &str, e: &lapin::Error) -> TopologyError {
+    match amqp_error(e) {
+        Some(_) => TopologyError::Refused {
+            op: op.to_string(),
+            message: reply_text(e),
+        },
+        None => TopologyError::Lost {
+            op: op.to_string(),
+            message: e.to_string(),
+        },
+    }
+}
+
+/// One open connection to a broker.
+pub struct Broker {
+    conn: Connection,
+    target: BrokerTarget,
+}
+
+impl Broker {
+    /// Connects with a timeout; ACCESS_REFUSED becomes [`TopologyError::AuthFailed`].
+    pub async fn connect(target: &BrokerTarget) -> Result<Self, TopologyError> {
+        let props =
+            ConnectionProperties::default().with_connection_name("stompgate-operator".into());
+        let broker = target.display.clone();
+        let connect = async {
+            match &target.ca_pem {
+                None => Connection::connect(&target.uri, props).await,
+                Some(pem) => {
+                    let tls = lapin::tcp::OwnedTLSConfig {
+                        identity: None,
+                        cert_chain: Some(pem.clone()),
+                    };
+                    let rt = lapin::runtime::default_runtime()?;
+                    Connection::connect_with_config(&target.uri, props, tls, rt).await
+                }
+            }
+        };
+        let res = tokio::time::timeout(OP_TIMEOUT, connect).await;
+        match res {
+            Err(_) => Err(TopologyError::Unreachable {
+                broker,
+                message: format!("no answer within {}s", OP_TIMEOUT.as_secs()),
+            }),
+            Ok(Err(e)) => {
+                let text = reply_text(&e);
+                let auth = is_soft(&e, AMQPSoftError::ACCESSREFUSED)
+                    || text.contains("ACCESS_REFUSED")
+                    || text.contains("ACCESS-REFUSED");
+                if auth {
+                    Err(TopologyError::AuthFailed {
+                        broker,
+                        message: text,
+                    })
+                } else {
+                    Err(TopologyError::Unreachable {
+                        broker,
+                        message: text,
+                    })
+                }
+            }
+            Ok(Ok(conn)) => Ok(Self {
+                conn,
+                target: target.clone(),
+            }),
+        }
+    }
+
+    /// Whether the connection is still usable.
+    pub fn is_connected(&self) -> bool {
+        self.conn.status().connected()
+    }
+
+    /// The broker URL without credentials.
+    pub fn target(&self) -> &BrokerTarget {
+        &self.target
+    }
+
+    async fn channel(&self, op: &str) -> Result<Channel, TopologyError> {
+        match tokio::time::timeout(OP_TIMEOUT, self.conn.create_channel()).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(op_error(op, &e)),
+            Err(_) => Err(TopologyError::Lost {
+                op: op.to_string(),
+                message: "timed out opening a channel".into(),
+            }),
+        }
+    }
+
+    /// Runs one operation on a fresh channel; the inner result is the broker's answer.
+    async fn on_channel<F, Fut>(
+        &self,
+        op: &str,
+        f: F,
+    ) -> Result<Result<(), lapin::Error>, TopologyError>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<(), lapin::Error>>,
+    {
+        let ch = self.channel(op).await?;
+        let closer = ch.clone();
+        let res = match tokio::time::timeout(OP_TIMEOUT, f(ch)).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(TopologyError::Lost {
+                    op: op.to_string(),
+                    message: "timed out".into(),
+                });
+            }
+        };
+        match &res {
+            // A channel error closed the channel already; only close healthy ones.
+            Ok(()) => {
+                let _ = closer.close(200, "ok".into()).await;
+            }
+            Err(e) if amqp_error(e).is_none() => {
+                return Err(op_error(op, e));
+            }
+            Err(_) => {}
+        }
+        Ok(res)
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        let _ = self.conn.close(200, "bye".into()).await;
+    }
+}
+
+fn kind(t: &str) -> ExchangeKind {
+    match t {
+        "direct" => ExchangeKind::Direct,
+        "fanout" => ExchangeKind::Fanout,
+        "topic" => ExchangeKind::Topic,
+        "headers" => ExchangeKind::Headers,
+        other => ExchangeKind::Custom(other.to_string()),
+    }
+}
+
+/// AMQP arguments from the spec's int-or-string map.
+pub fn field_table(args: &BTreeMap<String, IntOrString>) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in args {
+        let v = match v {
+            IntOrString::Int(i) => AMQPValue::LongLongInt(i64::from(*i)),
+            IntOrString::String(s) => {
+                AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+            }
+        };
+        t.insert(ShortString::from(k.as_str()), v);
+    }
+    t
+}
+
+/// The result of one topology pass.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    /// The new ledger.
+    pub status: TopologyStatus,
+    /// Broker reply texts of exchanges that exist with other properties.
+    pub conflicts: Vec<String>,
+    /// Exchanges we had declared that were gone and are declared again (drift repaired).
+    pub recreated: Vec<String>,
+    /// Bindings that could not be applied yet, with the broker's reply.
+    pub pending: Vec<String>,
+    /// Operations done, as (op, ok) for metrics.
+    pub ops: Vec<(&'static str, bool)>,
+}
+
+impl Outcome {
+    /// Everything is declared.
+    pub fn ready(&self) -> bool {
+        self.conflicts.is_empty() && self.pending.is_empty()
+    }
+}
+
+fn same_binding(s: &BindingSpec, st: &BindingStatus) -> bool {
+    s.source == st.source
+        && s.destination == st.destination
+        && s.destination_type == st.destination_type
+        && s.routing_key == st.routing_key
+        && s.arguments == st.arguments
+}
+
+impl Broker {
+    async fn declare_exchange(
+        &self,
+        e: &ExchangeSpec,
+        passive: bool,
+    ) -> Result<Result<(), lapin::Error>, TopologyError> {
+        let name = e.name.clone();
+        let k = kind(&e.type_);
+        let opts = ExchangeDeclareOptions {
+            passive,
+            durable: e.durable,
+            auto_delete: e.auto_delete,
+            internal: e.internal,
+            nowait: false,
+        };
+        let args = field_table(&e.arguments);
+        self.on_channel("exchange.declare", |ch| async move {
+            ch.exchange_declare(name.as_str().into(), k, opts, args)
+                .await
+        })
+        .await
+    }
+
+    async fn bind(&self, b: &BindingSpec) -> Result<Result<(), lapin::Error>, TopologyError> {
+        let (src, dst, rk) = (
+            b.source.clone(),
+            b.destination.clone(),
+            b.routing_key.clone(),
+        );
+        let args = field_table(&b.arguments);
+        let dt = b.destination_type;
+        self.on_channel("bind", |ch| async move {
+            match dt {
+                DestinationType::Queue => {
+                    ch.queue_bind(
+                        dst.as_str().into(),
+                        src.as_str().into(),
+                        rk.as_str().into(),
+                        QueueBindOptions::default(),
+                        args,
+                    )
+                    .await
+                }
+                DestinationType::Exchange => {
+                    ch.exchange_bind(
+                        dst.as_str().into(),
+                        src.as_str().into(),
+                        rk.as_str().into(),
+                        ExchangeBindOptions::default(),
+                        args,
+                    )
+                    .await
+                }
+            }
+        })
+        .await
+    }
+
+    async fn unbind(&self, b: &BindingStatus) -> Result<Result<(), lapin::Error>, TopologyError> {
+        let (src, dst, rk) = (
+            b.source.clone(),
+            b.destination.clone(),
+            b.routing_key.clone(),
+        );
+        // Unbind must carry the same arguments as the bind to match it.
+        let args = field_table(&b.arguments);
+        let dt = b.destination_type;
+        self.on_channel("unbind", |ch| async move {
+            match dt {
+                DestinationType::Queue => {
+                    ch.queue_unbind(
+                        dst.as_str().into(),
+                        src.as_str().into(),
+                        rk.as_str().into(),
+                        args,
+                    )
+                    .await
+                }
+                DestinationType::Exchange => {
+                    ch.exchange_unbind(
+                        dst.as_str().into(),
+                        src.as_str().into(),
+                        rk.as_str().into(),
+                        ExchangeUnbindOptions::default(),
+                        args,
+                    )
+                    .await
+                }
+            }
+        })
+        .await
+    }
+
+    async fn delete_exchange(&self, name: &str) -> Result<Result<(), lapin::Error>, TopologyError> {
+        let name = name.to_string();
+        self.on_channel("exchange.delete", |ch| async move {
+            ch.exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+                .await
+        })
+        .await
+    }
+
+    /// Brings RabbitMQ to the spec: declares exchanges (or adopts/flags conflicts), binds the
+    /// desired bindings, then unbinds owned bindings that left the spec, and (with
+    /// `deletionPolicy: Delete`) deletes owned exchanges that left it.
+    pub async fn apply(
+        &self,
+        spec: &TopologySpec,
+        prev: Option<&TopologyStatus>,
+    ) -> Result<Outcome, TopologyError> {
+        let empty = TopologyStatus::default();
+        let prev = prev.unwrap_or(&empty);
+        let mut out = Outcome::default();
+        for e in &spec.exchanges {
+            let before = prev.exchanges.iter().find(|p| p.name == e.name);
+            let was_owned = before.is_some_and(|p| p.owned);
+            let passive = self.declare_exchange(e, true).await?;
+            let entry = match passive {
+                Ok(()) => {
+                    out.ops.push(("exchange.check", true));
+                    if spec.on_conflict == OnConflict::Adopt && !was_owned {
+                        ExchangeStatus {
+                            name: e.name.clone(),
+                            state: state::ADOPTED.into(),
+                            owned: false,
+                        }
+                    } else {
+                        // Exists: an active declare verifies the properties are equivalent.
+                        match self.declare_exchange(e, false).await? {
+                            Ok(()) => {
+                                out.ops.push(("exchange.declare", true));
+                                ExchangeStatus {
+                                    name: e.name.clone(),
+                                    state: state::DECLARED.into(),
+                                    owned: was_owned,
+                                }
+                            }
+                            Err(err) if is_soft(&err, AMQPSoftError::PRECONDITIONFAILED) => {
+                                out.ops.push(("exchange.declare", false));
+                                out.conflicts.push(reply_text(&err));
+                                ExchangeStatus {
+                                    name: e.name.clone(),
+                                    state: state::CONFLICT.into(),
+                                    owned: false,
+                                }
+                            }
+                            Err(err) => return Err(op_error("exchange.declare", &err)),
+                        }
+                    }
+                }
+                Err(err) if is_soft(&err, AMQPSoftError::NOTFOUND) => {
+                    out.ops.push(("exchange.check", true));
+                    match self.declare_exchange(e, false).await? {
+                        Ok(()) => {
+                            out.ops.push(("exchange.declare", true));
+                            if before.is_some_and(|p| p.owned || p.state == state::ADOPTED) {
+                                out.recreated.push(e.name.clone());
+                            }
+                            ExchangeStatus {
+                                name: e.name.clone(),
+                                state: state::DECLARED.into(),
+                                owned: true,
+                            }
+                        }
+                        Err(err) => return Err(op_error("exchange.declare", &err)),
+                    }
+                }
+                Err(err) => return Err(op_error("exchange.check", &err)),
+            };
+            out.status.exchanges.push(entry);
+        }
+        let conflicted: Vec<&str> = out
+            .status
+            .exchanges
+            .iter()
+            .filter(|e| e.state == state::CONFLICT)
+            .map(|e| e.name.as_str())
+            .collect();
+        let mut new_bindings = Vec::new();
+        for b in &spec.bindings {
+            let mut st = BindingStatus {
+                source: b.source.clone(),
+                destination: b.destination.clone(),
+                destination_type: b.destination_type,
+                routing_key: b.routing_key.clone(),
+                arguments: b.arguments.clone(),
+                state: state::PENDING.into(),
+                owned: true,
+            };
+            if conflicted.contains(&b.source.as_str())
+                || conflicted.contains(&b.destination.as_str())
+            {
+                new_bindings.push(st);
+                continue;
+            }
+            match self.bind(b).await? {
+                Ok(()) => {
+                    out.ops.push(("bind", true));
+                    st.state = state::DECLARED.into();
+                }
+                Err(err) => {
+                    out.ops.push(("bind", false));
+                    out.pending.push(reply_text(&err));
+                }
+            }
+            new_bindings.push(st);
+        }
+        // Bind new before unbinding old, so a changed binding never drops messages.
+        for old in &prev.bindings {
+            if !old.owned || spec.bindings.iter().any(|b| same_binding(b, old)) {
+                continue;
+            }
+            match self.unbind(old).await? {
+                Ok(()) => out.ops.push(("unbind", true)),
+                Err(err) if is_soft(&err, AMQPSoftError::NOTFOUND) => {
+                    out.ops.push(("unbind", true))
+                }
+                Err(err) => return Err(op_error("unbind", &err)),
+            }
+        }
+        for old in &prev.exchanges {
+            if spec.exchanges.iter().any(|e| e.name == old.name) {
+                continue;
+            }
+            if old.owned && spec.deletion_policy == DeletionPolicy::Delete {
+                match self.delete_exchange(&old.name).await? {
+                    Ok(()) => out.ops.push(("exchange.delete", true)),
+                    Err(err) if is_soft(&err, AMQPSoftError::NOTFOUND) => {
+                        out.ops.push(("exchange.delete", true))
+                    }
+                    Err(err) => return Err(op_error("exchange.delete", &err)),
+                }
+            }
+        }
+        out.status.bindings = new_bindings;
+        Ok(out)
+    }
+
+    /// Removes what the ledger says we created: owned bindings, then owned exchanges. Adopted
+    /// and found objects are never touched. Returns the names removed.
+    pub async fn cleanup(&self, ledger: &TopologyStatus) -> Result<Vec<String>, TopologyError> {
+        let mut removed = Vec::new();
+        for b in ledger
+            .bindings
+            .iter()
+            .filter(|b| b.owned && b.state == state::DECLARED)
+        {
+            match self.unbind(b).await? {
+                Ok(()) => removed.push(format!(
+                    "binding {} -> {} ({})",
+                    b.source, b.destination, b.routing_key
+                )),
+                Err(err) if is_soft(&err, AMQPSoftError::NOTFOUND) => {}
+                Err(err) => return Err(op_error("unbind", &err)),
+            }
+        }
+        for e in ledger.exchanges.iter().filter(|e| e.owned) {
+            match self.delete_exchange(&e.name).await? {
+                Ok(()) => removed.push(format!("exchange {}", e.name)),
+                Err(err) if is_soft(&err, AMQPSoftError::NOTFOUND) => {}
+                Err(err) => return Err(op_error("exchange.delete", &err)),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Whether a ledger holds anything `deletionPolicy: Delete` would remove.
+pub fn has_owned(ledger: Option<&TopologyStatus>) -> bool {
+    ledger
+        .is_some_and(|l| l.exchanges.iter().any(|e| e.owned) || l.bindings.iter().any(|b| b.owned))
+}
+
+struct PoolEntry {
+    broker: Option<Arc<Broker>>,
+    // Set when a connect failed or a pooled connection was found dead.
+    down: bool,
+}
+
+/// Long-lived connections, one per broker and user. When a broker that was down (or whose
+/// connection died) is reachable again, every StompGateway is re-reconciled so drift that
+/// happened meanwhile (e.g. a broker reset) is repaired at once.
+pub struct BrokerPool {
+    entries: Mutex<HashMap<String, (BrokerTarget, PoolEntry)>>,
+    reconnected: mpsc::UnboundedSender<()>,
+}
+
+impl BrokerPool {
+    /// A pool and the stream of "a broker came back" signals.
+    pub fn new() -> (Arc<Self>, mpsc::UnboundedReceiver<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Arc::new(Self {
+                entries: Mutex::new(HashMap::new()),
+                reconnected: tx,
+            }),
+            rx,
+        )
+    }
+
+    /// A live connection to `target`, connecting if needed.
+    pub async fn get(&self, target: &BrokerTarget) -> Result<Arc<Broker>, TopologyError> {
+        {
+            let mut map = self.entries.lock().await;
+            if let Some((_, e)) = map.get_mut(&target.key()) {
+                match &e.broker {
+                    Some(b) if b.is_connected() => return Ok(b.clone()),
+                    Some(_) => {
+                        e.broker = None;
+                        e.down = true;
+                    }
+                    None => {}
+                }
+            }
+        }
+        let res = Broker::connect(target).await;
+        let mut map = self.entries.lock().await;
+        let (_, entry) = map.entry(target.key()).or_insert_with(|| {
+            (
+                target.clone(),
+                PoolEntry {
+                    broker: None,
+                    down: false,
+                },
+            )
+        });
+        match res {
+            Ok(b) => {
+                let b = Arc::new(b);
+                if entry.down {
+                    let _ = self.reconnected.send(());
+                }
+                entry.broker = Some(b.clone());
+                entry.down = false;
+                Ok(b)
+            }
+            Err(e) => {
+                // Auth failures are not "down": retrying them is the controller's backoff.
+                if matches!(e, TopologyError::Unreachable { .. }) {
+                    entry.down = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Forgets a connection that just failed mid-operation, so the next `get` reconnects and
+    /// counts as a reconnect.
+    pub async fn mark_down(&self, target: &BrokerTarget) {
+        if let Some((_, e)) = self.entries.lock().await.get_mut(&target.key()) {
+            e.broker = None;
+            e.down = true;
+        }
+    }
+
+    /// Probes brokers that are down (or whose connection died) every `every`; a success
+    /// signals a reconnect.
+    pub fn spawn_monitor(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                let targets: Vec<BrokerTarget> = {
+                    let map = pool.entries.lock().await;
+                    map.values()
+                        .filter(|(_, e)| {
+                            e.down || e.broker.as_ref().is_some_and(|b| !b.is_connected())
+                        })
+                        .map(|(t, _)| t.clone())
+                        .collect()
+                };
+                for t in targets {
+                    if let Some((_, e)) = pool.entries.lock().await.get_mut(&t.key()) {
+                        e.down = true;
+                    }
+                    let _ = pool.get(&t).await;
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,179 @@
+//! Validation (`stompgate lint` and the controller's validate step): the CRD schema, its CEL
+//! rules and the podTemplate guards, with messages that name the field and the fix.
+
+#[path = "support/operator/mod.rs"]
+#[allow(clippy::duplicate_mod)]
+mod support;
+
+use std::path::PathBuf;
+
+use stompgate::operator::cli::{Doc, lint_docs, read_docs};
+use stompgate::operator::validate::validate_value;
+use support::fixture;
+
+fn docs(yaml: &str) -> Vec<Doc> {
+    let dir = std::env::temp_dir().join(format!("stompgate-lint-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let p = dir.join("f.yaml");
+    std::fs::write(&p, yaml).expect("write");
+    let d = read_docs(&[p]).expect("read");
+    let _ = std::fs::remove_dir_all(dir);
+    d
+}
+
+#[test]
+fn examples_are_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let files: Vec<PathBuf> = [
+        "examples/stompgateway.yaml",
+        "examples/stompgateway-full.yaml",
+    ]
+    .iter()
+    .map(|f| PathBuf::from(root).join(f))
+    .collect();
+    let d = read_docs(&files).expect("read");
+    assert!(
+        d.iter()
+            .filter(|d| d.value["kind"] == "StompGateway")
+            .count()
+            >= 2
+    );
+    let problems = lint_docs(&d, &[]);
+    assert!(problems.is_empty(), "{problems:?}");
+    // The seed scenario is among the examples.
+    let seed = d
+        .iter()
+        .find(|d| d.value["metadata"]["name"] == "chat")
+        .expect("chat");
+    assert_eq!(
+        seed.value["spec"]["topology"]["exchanges"][0]["name"],
+        "rabbitmq"
+    );
+    assert_eq!(
+        seed.value["spec"]["topology"]["bindings"][0]["routingKey"],
+        "zjj"
+    );
+}
+
+#[test]
+fn every_invariant_is_enforced_with_a_field_and_a_fix() {
+    let d = docs(&fixture("invalid.yaml"));
+    let results = lint_docs(&d, &[]);
+    let expect = [
+        (
+            "bad-type",
+            "spec.topology.exchanges[0].type",
+            "must be direct, fanout, topic, headers",
+        ),
+        (
+            "both-hosts",
+            "spec.rabbitmq",
+            "exactly one of host or uriSecretRef",
+        ),
+        (
+            "no-host",
+            "spec.rabbitmq",
+            "exactly one of host or uriSecretRef",
+        ),
+        ("bad-port", "spec.rabbitmq.port", "above the maximum 65535"),
+        (
+            "bad-origin",
+            "spec.webSocket.allowedOrigins[1]",
+            "scheme://host[:port]",
+        ),
+        ("typo", "spec.websocket", "did you mean webSocket?"),
+        (
+            "privileged",
+            "spec.podTemplate.spec.containers[0].securityContext.privileged",
+            "remove it",
+        ),
+        ("service-user-no-creds", "spec", "credentialsSecretRef"),
+        ("port-clash", "spec", "spec.stomp.port must differ"),
+        (
+            "amq-name",
+            "spec.topology.exchanges[0].name",
+            "reserved by RabbitMQ",
+        ),
+    ];
+    assert_eq!(results.len(), expect.len(), "{results:#?}");
+    for (name, path, text) in expect {
+        let (_, findings) = results
+            .iter()
+            .find(|(w, _)| w.ends_with(&format!(", {name})")))
+            .unwrap_or_else(|| panic!("{name} not flagged"));
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.path == path && f.message.contains(text)),
+            "{name}: wanted {path}: ...{text}..., got {findings:?}"
+        );
+    }
+}
+
+#[test]
+fn exchange_properties_are_immutable_on_update() {
+    let old = docs(&fixture("immutable-old.yaml"));
+    let new = docs(&fixture("immutable-new.yaml"));
+    let results = lint_docs(&new, &old);
+    let findings = &results.first().expect("flagged").1;
+    let paths: Vec<&str> = findings.iter().map(|f| f.path.as_str()).collect();
+    assert!(
+        paths.contains(&"spec.topology.exchanges[0].type"),
+        "{findings:?}"
+    );
+    assert!(
+        paths.contains(&"spec.topology.exchanges[0].durable"),
+        "{findings:?}"
+    );
+    assert!(findings.iter().all(|f| f.message.contains("immutable")));
+    // Without the old version the same manifest is a valid create.
+    assert!(lint_docs(&new, &[]).is_empty());
+    // Adding a new exchange next to an unchanged one is fine.
+    let grown = docs(&fixture("immutable-old.yaml").replace(
+        "exchanges: [{name: rabbitmq, type: topic, durable: true}]",
+        "exchanges: [{name: rabbitmq, type: topic, durable: true}, {name: other, type: fanout}]",
+    ));
+    assert!(lint_docs(&grown, &old).is_empty());
+}
+
+#[test]
+fn defaults_apply_and_minimal_is_valid() {
+    let v: serde_json::Value = serde_yaml::from_str(&fixture("minimal.yaml")).expect("yaml");
+    assert!(validate_value(&v, None).is_empty());
+    let gw: stompgate::crd::StompGateway = serde_json::from_value(v).expect("typed");
+    assert_eq!(gw.spec.web_socket.port, 15674);
+    assert!(gw.spec.topology.exchanges.is_empty());
+    assert_eq!(gw.spec.rabbitmq.vhost, "/");
+    assert_eq!(
+        gw.spec
+            .rabbitmq
+            .credentials_secret_ref
+            .expect("creds")
+            .username_key,
+        "username"
+    );
+}
+
+#[test]
+fn wrong_types_and_duplicates_are_reported() {
+    let y = r#"
+apiVersion: stompgate.io/v1alpha1
+kind: StompGateway
+metadata: {name: Bad_Name}
+spec:
+  rabbitmq: {host: rmq, port: "5672"}
+  topology:
+    exchanges: [{name: a, type: topic}, {name: a, type: fanout}]
+    onConflict: Ignore
+"#;
+    let v: serde_json::Value = serde_yaml::from_str(y).expect("yaml");
+    let f = validate_value(&v, None);
+    let has = |p: &str, t: &str| f.iter().any(|x| x.path == p && x.message.contains(t));
+    assert!(has("metadata.name", "DNS-1035"), "{f:?}");
+    assert!(
+        has("spec.rabbitmq.port", "must be integer, got string"),
+        "{f:?}"
+    );
+    assert!(has("spec.topology.exchanges[1]", "duplicate"), "{f:?}");
+    assert!(has("spec.topology.onConflict", "not one of"), "{f:?}");
+}

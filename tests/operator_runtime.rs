@@ -1,0 +1,158 @@
+//! Operator runtime: leader election on a Lease (against the mock API) and the admin endpoints.
+
+#[path = "support/operator/mod.rs"]
+#[allow(clippy::duplicate_mod)]
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use serde_json::json;
+use stompgate::operator::leader::{LeaseSettings, release, try_acquire};
+use stompgate::operator::metrics::Metrics;
+use support::apiserver::FakeApi;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/stompgate-operator";
+
+fn settings(id: &str) -> LeaseSettings {
+    LeaseSettings {
+        name: "stompgate-operator".into(),
+        identity: id.into(),
+        duration: Duration::from_secs(15),
+        renew: Duration::from_secs(5),
+    }
+}
+
+#[tokio::test]
+async fn one_leader_takeover_after_expiry_and_release() {
+    let (client, fake) = FakeApi::start();
+    let api: Api<Lease> = Api::namespaced(client, "ops");
+    let (a, b) = (settings("pod-a"), settings("pod-b"));
+    assert!(
+        try_acquire(&api, &a).await.expect("a"),
+        "first candidate creates the lease"
+    );
+    assert!(
+        !try_acquire(&api, &b).await.expect("b"),
+        "a valid lease is not stolen"
+    );
+    assert!(
+        try_acquire(&api, &a).await.expect("renew"),
+        "the holder renews"
+    );
+    assert_eq!(
+        fake.get(LEASE).expect("lease")["spec"]["holderIdentity"],
+        "pod-a"
+    );
+    // a stops renewing: after leaseDuration the standby takes over.
+    fake.edit(LEASE, |l| {
+        l["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z")
+    });
+    assert!(try_acquire(&api, &b).await.expect("takeover"));
+    let l = fake.get(LEASE).expect("lease");
+    assert_eq!(l["spec"]["holderIdentity"], "pod-b");
+    assert_eq!(l["spec"]["leaseTransitions"], 1);
+    assert!(
+        !try_acquire(&api, &a).await.expect("a again"),
+        "the old leader stays out"
+    );
+    // b shuts down gracefully and hands over at once.
+    release(&api, &b).await.expect("release");
+    assert!(fake.get(LEASE).expect("lease")["spec"]["holderIdentity"].is_null());
+    assert!(try_acquire(&api, &a).await.expect("a after release"));
+}
+
+#[tokio::test]
+async fn a_concurrent_write_loses_instead_of_double_leading() {
+    let (client, fake) = FakeApi::start();
+    let api: Api<Lease> = Api::namespaced(client, "ops");
+    assert!(try_acquire(&api, &settings("pod-a")).await.expect("a"));
+    fake.edit(LEASE, |l| {
+        l["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z")
+    });
+    // Another candidate wrote between our read and our replace: the API answers 409.
+    fake.fail_next("PUT", LEASE, 409);
+    assert!(
+        !try_acquire(&api, &settings("pod-b"))
+            .await
+            .expect("conflict is no error")
+    );
+    assert_eq!(
+        fake.get(LEASE).expect("lease")["spec"]["holderIdentity"],
+        "pod-a"
+    );
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let code = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, out)
+}
+
+#[tokio::test]
+async fn admin_endpoints_serve_metrics_health_and_readiness() {
+    let metrics = Arc::new(Metrics::new());
+    metrics.reconciled("ok", Duration::from_millis(20));
+    metrics.error("SecretNotFound");
+    metrics.broker_op("exchange.declare", true);
+    let ready = Arc::new(AtomicBool::new(false));
+    let router = stompgate::operator::admin_router(metrics, ready.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    assert_eq!(http_get(addr, "/readyz").await.0, 503);
+    ready.store(true, Ordering::Relaxed);
+    assert_eq!(http_get(addr, "/readyz").await.0, 200);
+    let (code, body) = http_get(addr, "/metrics").await;
+    assert_eq!(code, 200);
+    for m in [
+        "stompgw_reconcile_total{result=\"ok\"} 1",
+        "stompgw_reconcile_errors_total{reason=\"SecretNotFound\"} 1",
+        "stompgw_reconcile_duration_seconds_bucket",
+        "stompgw_broker_ops_total{op=\"exchange.declare\",result=\"ok\"} 1",
+        "stompgw_broker_conflicts_total 0",
+    ] {
+        assert!(body.contains(m), "missing {m} in\n{body}");
+    }
+}
+
+#[tokio::test]
+async fn the_controller_stops_with_a_clear_error_when_the_crd_is_missing() {
+    use stompgate::operator::controller::{Context, Settings, run};
+    use stompgate::operator::topology::BrokerPool;
+    let (client, _fake) = FakeApi::start();
+    let (pool, rx) = BrokerPool::new();
+    let ctx = Arc::new(Context::new(
+        client,
+        Settings::default(),
+        pool,
+        Arc::new(Metrics::new()),
+    ));
+    let res = tokio::time::timeout(
+        Duration::from_secs(5),
+        run(ctx, None, rx, std::future::pending()),
+    )
+    .await;
+    let err = res
+        .expect("returns at once")
+        .expect_err("no CRD, no controller");
+    assert!(err.to_string().contains("not found"), "{err}");
+}

@@ -1,0 +1,493 @@
+//! Topology against the real RabbitMQ at 127.0.0.1:5672 (or `STOMPGATE_TEST_AMQP_URL`).
+//! These tests fail, never skip, when the broker is absent. Every test uses its own uniquely
+//! named exchanges and queues and removes them.
+
+use std::collections::BTreeMap;
+
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use stompgate::crd::{
+    BindingSpec, DeletionPolicy, DestinationType, ExchangeSpec, OnConflict, TopologySpec,
+    TopologyStatus,
+};
+use stompgate::operator::topology::{Broker, BrokerPool, BrokerTarget, TopologyError, state};
+
+fn url() -> String {
+    std::env::var("STOMPGATE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn target() -> BrokerTarget {
+    BrokerTarget::new(&url(), None, None)
+}
+
+async fn broker() -> Broker {
+    Broker::connect(&target())
+        .await
+        .unwrap_or_else(|e| panic!("RabbitMQ must run at {} for these tests: {e}", target()))
+}
+
+async fn raw() -> Connection {
+    Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ must be running for the topology tests")
+}
+
+fn uniq(p: &str) -> String {
+    format!("stompgate-test-{p}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn exchange(name: &str, t: &str) -> ExchangeSpec {
+    ExchangeSpec {
+        name: name.into(),
+        type_: t.into(),
+        durable: true,
+        auto_delete: false,
+        internal: false,
+        arguments: BTreeMap::new(),
+    }
+}
+
+fn binding(src: &str, dst: &str, rk: &str) -> BindingSpec {
+    BindingSpec {
+        source: src.into(),
+        destination: dst.into(),
+        destination_type: DestinationType::Queue,
+        routing_key: rk.into(),
+        arguments: BTreeMap::new(),
+    }
+}
+
+async fn exchange_exists(c: &Connection, name: &str) -> bool {
+    let ch = c.create_channel().await.expect("channel");
+    let opts = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    ch.exchange_declare(
+        name.into(),
+        ExchangeKind::Topic,
+        opts,
+        FieldTable::default(),
+    )
+    .await
+    .is_ok()
+}
+
+async fn declare_exchange(c: &Connection, name: &str, kind: ExchangeKind) {
+    let ch = c.create_channel().await.expect("channel");
+    let opts = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    ch.exchange_declare(name.into(), kind, opts, FieldTable::default())
+        .await
+        .expect("declare");
+}
+
+async fn declare_queue(c: &Connection, name: &str) {
+    let ch = c.create_channel().await.expect("channel");
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue");
+}
+
+/// Publishes to `ex` with `rk` and reports whether `queue` received it.
+async fn routed(c: &Connection, ex: &str, rk: &str, queue: &str) -> bool {
+    let ch = c.create_channel().await.expect("channel");
+    ch.confirm_select(Default::default())
+        .await
+        .expect("confirm");
+    ch.basic_publish(
+        ex.into(),
+        rk.into(),
+        BasicPublishOptions::default(),
+        b"x",
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+    ch.basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+        .is_some()
+}
+
+async fn cleanup(c: &Connection, exchanges: &[&str], queues: &[&str]) {
+    let ch = c.create_channel().await.expect("channel");
+    for e in exchanges {
+        let _ = ch
+            .exchange_delete((*e).into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    for q in queues {
+        let _ = ch
+            .queue_delete((*q).into(), QueueDeleteOptions::default())
+            .await;
+    }
+}
+
+fn spec(exchanges: Vec<ExchangeSpec>, bindings: Vec<BindingSpec>) -> TopologySpec {
+    TopologySpec {
+        exchanges,
+        bindings,
+        ..TopologySpec::default()
+    }
+}
+
+#[tokio::test]
+async fn declare_creates_owned_exchange_and_binding() {
+    let c = raw().await;
+    let (ex, q) = (uniq("rabbitmq"), uniq("audit"));
+    declare_queue(&c, &q).await;
+    let b = broker().await;
+    let out = b
+        .apply(
+            &spec(vec![exchange(&ex, "topic")], vec![binding(&ex, &q, "zjj")]),
+            None,
+        )
+        .await
+        .expect("apply");
+    assert!(out.ready(), "{out:?}");
+    assert_eq!(out.status.exchanges[0].state, state::DECLARED);
+    assert!(out.status.exchanges[0].owned, "we created it");
+    assert_eq!(out.status.bindings[0].state, state::DECLARED);
+    assert!(exchange_exists(&c, &ex).await);
+    assert!(
+        routed(&c, &ex, "zjj", &q).await,
+        "binding routes zjj to the queue"
+    );
+    // A second pass is a no-op that keeps ownership.
+    let again = b
+        .apply(
+            &spec(vec![exchange(&ex, "topic")], vec![binding(&ex, &q, "zjj")]),
+            Some(&out.status),
+        )
+        .await
+        .expect("again");
+    assert_eq!(again.status, out.status);
+    assert!(again.recreated.is_empty());
+    cleanup(&c, &[&ex], &[&q]).await;
+}
+
+#[tokio::test]
+async fn existing_equivalent_exchange_is_found_not_owned() {
+    let c = raw().await;
+    let ex = uniq("found");
+    declare_exchange(&c, &ex, ExchangeKind::Topic).await;
+    let out = broker()
+        .await
+        .apply(&spec(vec![exchange(&ex, "topic")], vec![]), None)
+        .await
+        .expect("apply");
+    assert!(out.ready());
+    assert_eq!(out.status.exchanges[0].state, state::DECLARED);
+    assert!(!out.status.exchanges[0].owned, "found, not created");
+    cleanup(&c, &[&ex], &[]).await;
+}
+
+#[tokio::test]
+async fn conflict_reports_rabbitmq_reply_text_exactly() {
+    let c = raw().await;
+    let ex = uniq("conflict");
+    declare_exchange(&c, &ex, ExchangeKind::Direct).await;
+    let b = broker().await;
+    let out = b
+        .apply(&spec(vec![exchange(&ex, "topic")], vec![]), None)
+        .await
+        .expect("apply");
+    assert_eq!(out.status.exchanges[0].state, state::CONFLICT);
+    assert!(!out.status.exchanges[0].owned);
+    assert_eq!(
+        out.conflicts,
+        vec![format!(
+            "PRECONDITION_FAILED - inequivalent arg 'type' for exchange '{ex}' in vhost '/': received 'topic' but current is 'direct'"
+        )]
+    );
+    assert!(
+        !out.conflicts[0].contains("guest"),
+        "no credentials in the message"
+    );
+    // The 406 closed only its own channel: the connection still works.
+    assert!(b.is_connected());
+    let ok = uniq("after");
+    let out2 = b
+        .apply(&spec(vec![exchange(&ok, "fanout")], vec![]), None)
+        .await
+        .expect("apply");
+    assert!(out2.ready());
+    assert!(
+        exchange_exists(&c, &ex).await,
+        "the conflicting exchange is left alone"
+    );
+    cleanup(&c, &[&ex, &ok], &[]).await;
+}
+
+#[tokio::test]
+async fn adopt_uses_the_existing_exchange_as_is_and_never_deletes_it() {
+    let c = raw().await;
+    let (ex, q) = (uniq("adopt"), uniq("q"));
+    declare_exchange(&c, &ex, ExchangeKind::Direct).await;
+    declare_queue(&c, &q).await;
+    let mut s = spec(vec![exchange(&ex, "topic")], vec![binding(&ex, &q, "k")]);
+    s.on_conflict = OnConflict::Adopt;
+    s.deletion_policy = DeletionPolicy::Delete;
+    let b = broker().await;
+    let out = b.apply(&s, None).await.expect("apply");
+    assert!(out.conflicts.is_empty());
+    assert_eq!(out.status.exchanges[0].state, state::ADOPTED);
+    assert!(!out.status.exchanges[0].owned);
+    assert!(
+        routed(&c, &ex, "k", &q).await,
+        "bindings on an adopted exchange work"
+    );
+    let removed = b.cleanup(&out.status).await.expect("cleanup");
+    assert!(
+        exchange_exists(&c, &ex).await,
+        "adopted exchange survives cleanup: {removed:?}"
+    );
+    assert!(!routed(&c, &ex, "k", &q).await, "our binding was removed");
+    cleanup(&c, &[&ex], &[&q]).await;
+}
+
+#[tokio::test]
+async fn changed_binding_is_bound_new_then_unbound_old() {
+    let c = raw().await;
+    let (ex, q) = (uniq("bind"), uniq("q"));
+    declare_queue(&c, &q).await;
+    let b = broker().await;
+    let first = b
+        .apply(
+            &spec(vec![exchange(&ex, "topic")], vec![binding(&ex, &q, "zjj")]),
+            None,
+        )
+        .await
+        .expect("apply");
+    let second = b
+        .apply(
+            &spec(vec![exchange(&ex, "topic")], vec![binding(&ex, &q, "zjk")]),
+            Some(&first.status),
+        )
+        .await
+        .expect("apply");
+    let ops: Vec<&str> = second.ops.iter().map(|(o, _)| *o).collect();
+    let bind_at = ops.iter().position(|o| *o == "bind").expect("bind");
+    let unbind_at = ops.iter().position(|o| *o == "unbind").expect("unbind");
+    assert!(bind_at < unbind_at, "bind before unbind: {ops:?}");
+    assert_eq!(second.status.bindings.len(), 1);
+    assert_eq!(second.status.bindings[0].routing_key, "zjk");
+    assert!(routed(&c, &ex, "zjk", &q).await);
+    assert!(!routed(&c, &ex, "zjj", &q).await, "the old binding is gone");
+    cleanup(&c, &[&ex], &[&q]).await;
+}
+
+#[tokio::test]
+async fn unbind_uses_the_exact_arguments_of_the_bind() {
+    let c = raw().await;
+    let (ex, q) = (uniq("headers"), uniq("q"));
+    declare_queue(&c, &q).await;
+    let mut bnd = binding(&ex, &q, "");
+    bnd.arguments.insert(
+        "x-match".into(),
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("all".into()),
+    );
+    bnd.arguments.insert(
+        "region".into(),
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("eu".into()),
+    );
+    let b = broker().await;
+    let first = b
+        .apply(&spec(vec![exchange(&ex, "headers")], vec![bnd]), None)
+        .await
+        .expect("apply");
+    assert!(first.ready(), "{first:?}");
+    let second = b
+        .apply(
+            &spec(vec![exchange(&ex, "headers")], vec![]),
+            Some(&first.status),
+        )
+        .await
+        .expect("apply");
+    assert!(second.ops.contains(&("unbind", true)));
+    // Publishing with the header no longer routes.
+    let ch = c.create_channel().await.expect("ch");
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "region".into(),
+        lapin::types::AMQPValue::LongString("eu".into()),
+    );
+    ch.basic_publish(
+        ex.as_str().into(),
+        "".into(),
+        BasicPublishOptions::default(),
+        b"x",
+        BasicProperties::default().with_headers(headers),
+    )
+    .await
+    .expect("publish");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(
+        ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+            .is_none()
+    );
+    cleanup(&c, &[&ex], &[&q]).await;
+}
+
+#[tokio::test]
+async fn drift_is_repaired_and_reported() {
+    let c = raw().await;
+    let (ex, q) = (uniq("drift"), uniq("q"));
+    declare_queue(&c, &q).await;
+    let b = broker().await;
+    let s = spec(vec![exchange(&ex, "topic")], vec![binding(&ex, &q, "zjj")]);
+    let first = b.apply(&s, None).await.expect("apply");
+    cleanup(&c, &[&ex], &[]).await;
+    assert!(!exchange_exists(&c, &ex).await);
+    let second = b.apply(&s, Some(&first.status)).await.expect("repair");
+    assert_eq!(second.recreated, vec![ex.clone()]);
+    assert!(second.status.exchanges[0].owned);
+    assert!(exchange_exists(&c, &ex).await);
+    assert!(
+        routed(&c, &ex, "zjj", &q).await,
+        "binding restored with the exchange"
+    );
+    cleanup(&c, &[&ex], &[&q]).await;
+}
+
+#[tokio::test]
+async fn cleanup_deletes_only_owned_objects() {
+    let c = raw().await;
+    let (mine, theirs, q) = (uniq("mine"), uniq("theirs"), uniq("q"));
+    declare_exchange(&c, &theirs, ExchangeKind::Topic).await;
+    declare_queue(&c, &q).await;
+    let b = broker().await;
+    let s = spec(
+        vec![exchange(&mine, "topic"), exchange(&theirs, "topic")],
+        vec![binding(&mine, &q, "a")],
+    );
+    let out = b.apply(&s, None).await.expect("apply");
+    let owned: Vec<(&str, bool)> = out
+        .status
+        .exchanges
+        .iter()
+        .map(|e| (e.name.as_str(), e.owned))
+        .collect();
+    assert_eq!(owned, vec![(mine.as_str(), true), (theirs.as_str(), false)]);
+    let removed = b.cleanup(&out.status).await.expect("cleanup");
+    assert!(removed.iter().any(|r| r.contains(&mine)), "{removed:?}");
+    assert!(!exchange_exists(&c, &mine).await);
+    assert!(exchange_exists(&c, &theirs).await, "found exchange kept");
+    // Cleanup is idempotent: a second run (e.g. after a retry) succeeds and keeps theirs.
+    b.cleanup(&out.status).await.expect("again");
+    assert!(exchange_exists(&c, &theirs).await);
+    cleanup(&c, &[&theirs], &[&q]).await;
+}
+
+#[tokio::test]
+async fn exchanges_removed_from_spec_are_deleted_only_with_delete_policy() {
+    let c = raw().await;
+    let (a, bx) = (uniq("a"), uniq("b"));
+    let b = broker().await;
+    let mut s = spec(vec![exchange(&a, "topic"), exchange(&bx, "topic")], vec![]);
+    let first = b.apply(&s, None).await.expect("apply");
+    s.exchanges.truncate(1);
+    let retained = b.apply(&s, Some(&first.status)).await.expect("retain");
+    assert!(exchange_exists(&c, &bx).await, "Retain keeps it");
+    assert_eq!(retained.status.exchanges.len(), 1);
+    s.deletion_policy = DeletionPolicy::Delete;
+    let _ = b.apply(&s, Some(&first.status)).await.expect("delete");
+    assert!(
+        !exchange_exists(&c, &bx).await,
+        "Delete removes the owned exchange"
+    );
+    cleanup(&c, &[&a, &bx], &[]).await;
+}
+
+#[tokio::test]
+async fn missing_destination_queue_leaves_binding_pending() {
+    let c = raw().await;
+    let ex = uniq("pending");
+    let out = broker()
+        .await
+        .apply(
+            &spec(
+                vec![exchange(&ex, "topic")],
+                vec![binding(&ex, &uniq("nope"), "k")],
+            ),
+            None,
+        )
+        .await
+        .expect("apply");
+    assert!(!out.ready());
+    assert_eq!(out.status.bindings[0].state, state::PENDING);
+    assert!(
+        out.pending[0].starts_with("NOT_FOUND - no queue"),
+        "{:?}",
+        out.pending
+    );
+    cleanup(&c, &[&ex], &[]).await;
+}
+
+#[tokio::test]
+async fn unreachable_and_bad_credentials_are_classified_without_secrets() {
+    let down = BrokerTarget::new("amqp://127.0.0.1:1/%2f", Some("u"), Some("s3cret"));
+    match Broker::connect(&down).await {
+        Err(e @ TopologyError::Unreachable { .. }) => {
+            assert!(!e.to_string().contains("s3cret"), "{e}")
+        }
+        Err(e) => panic!("wanted Unreachable, got {e}"),
+        Ok(_) => panic!("port 1 answered"),
+    }
+    let base = url();
+    let hostpart = base
+        .rsplit_once('@')
+        .map(|(_, h)| h.to_string())
+        .unwrap_or(base.clone());
+    let bad = BrokerTarget::new(
+        &format!("amqp://{hostpart}"),
+        Some("guest"),
+        Some("wrong-pw-s3cret"),
+    );
+    match Broker::connect(&bad).await {
+        Err(e @ TopologyError::AuthFailed { .. }) => {
+            assert!(!e.to_string().contains("s3cret"), "{e}")
+        }
+        Err(e) => panic!("wanted AuthFailed, got {e}"),
+        Ok(_) => panic!("wrong password accepted"),
+    }
+    assert_eq!(format!("{bad}"), format!("amqp://{hostpart}"));
+}
+
+#[tokio::test]
+async fn pool_reuses_connections_and_signals_a_reconnect() {
+    let (pool, mut reconnected) = BrokerPool::new();
+    let t = target();
+    let a = pool.get(&t).await.expect("connect");
+    let b = pool.get(&t).await.expect("again");
+    assert!(std::sync::Arc::ptr_eq(&a, &b), "one connection per broker");
+    assert!(
+        reconnected.try_recv().is_err(),
+        "first connect is no reconnect"
+    );
+    a.close().await;
+    let c = pool.get(&t).await.expect("reconnect");
+    assert!(!std::sync::Arc::ptr_eq(&a, &c));
+    assert!(
+        reconnected.try_recv().is_ok(),
+        "reconnect signalled so every gateway resyncs"
+    );
+    let empty = TopologyStatus::default();
+    assert!(c.cleanup(&empty).await.expect("usable").is_empty());
+}
