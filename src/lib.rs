@@ -1,5 +1,6 @@
 //! stompgate: a STOMP-over-WebSocket gateway to RabbitMQ and its Kubernetes operator.
 
+pub mod bench;
 pub mod demo;
 pub mod gateway;
 pub mod stomp;

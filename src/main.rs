@@ -15,6 +15,8 @@ enum Cmd {
     Gateway(Box<GatewayArgs>),
     /// The founding scenario on this machine: gateway + page + publisher.
     Demo(stompgate::demo::DemoArgs),
+    /// Load tool for any ws:// STOMP endpoint: fanout, connections, echo.
+    Bench(stompgate::bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -39,6 +41,9 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Demo(args) => {
             stompgate::telemetry::init_logging(false);
             stompgate::demo::run(args).await?;
+        }
+        Cmd::Bench(args) => {
+            stompgate::bench::run(args).await?;
         }
     }
     Ok(())
