@@ -302,4 +302,6 @@ for system in webstomp gateway; do
       "$system" "$QUEUES_N" "${before:-null}" "${during:-null}" "${after:-null}" >"$f.json"
   fi
 done
-log "done"
+log "done; summary: $OUT/summary.md"
+python3 scripts/plot-bench.py "$OUT" >"$OUT/summary.md" 2>>"$OUT/logs/plot.log" ||
+  log "plot-bench.py failed (see $OUT/logs/plot.log); run it again by hand"
