@@ -24,6 +24,8 @@ enum Cmd {
     Render(operator::cli::RenderArgs),
     /// Validates StompGateway manifests offline (schema and CEL rules).
     Lint(operator::cli::LintArgs),
+    /// Load tool for any ws:// STOMP endpoint: fanout, connections, echo.
+    Bench(stompgate::bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -53,6 +55,9 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Crd => crd::print_crd()?,
         Cmd::Render(args) => operator::cli::render(args)?,
         Cmd::Lint(args) => operator::cli::lint(args)?,
+        Cmd::Bench(args) => {
+            stompgate::bench::run(args).await?;
+        }
     }
     Ok(())
 }

@@ -1,0 +1,370 @@
+//! `bench connections`: C idle sessions (WebSocket + CONNECT + one SUBSCRIBE with receipt),
+//! opened `--connect-concurrency` at a time, held for `--hold` seconds, then closed.
+//! Reports sessions/s (first connect to last RECEIPT) and, with `--pid`, the server's
+//! resident memory before and after, per session.
+
+use super::client::{ClientError, StompWs};
+use super::stats::{Summary, new_histogram, round3};
+use super::{CommonArgs, ErrorCounts, progress};
+use clap::Parser;
+use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug, Clone)]
+pub struct ConnectionsArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Sessions to open.
+    #[arg(long, default_value_t = 1000)]
+    pub count: usize,
+    /// Connections being opened at the same time.
+    #[arg(long, default_value_t = 100)]
+    pub connect_concurrency: usize,
+    /// What every session subscribes to.
+    #[arg(long, default_value = "/exchange/amq.topic/bench.idle")]
+    pub destination: String,
+    /// Seconds to hold the sessions open once all are up.
+    #[arg(long, default_value_t = 5.0)]
+    pub hold: f64,
+    /// Seconds to wait after the last session is up before reading the server's RSS.
+    #[arg(long, default_value_t = 2.0)]
+    pub settle: f64,
+    /// Server process whose RSS (VmRSS) is reported before and after.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Add the RSS of every descendant of --pid.
+    #[arg(long)]
+    pub pid_tree: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConnectionsReport {
+    pub scenario: &'static str,
+    pub url: String,
+    pub destination: String,
+    pub requested: usize,
+    pub sessions: usize,
+    pub failed: u64,
+    pub errors: ErrorCounts,
+    /// First connect to last RECEIPT.
+    pub connect_s: f64,
+    pub sessions_per_s: f64,
+    pub connect_ms: Summary,
+    pub hold_s: f64,
+    /// Sessions that ended by themselves during the hold.
+    pub dropped: u64,
+    pub drop_errors: ErrorCounts,
+    pub pid: Option<u32>,
+    pub pid_tree: bool,
+    pub rss_before_kb: Option<u64>,
+    pub rss_after_kb: Option<u64>,
+    pub rss_per_session_kb: Option<f64>,
+    pub rss_after_close_kb: Option<u64>,
+    /// This client's own RSS with every session open (its per-connection overhead).
+    pub client_rss_kb: Option<u64>,
+    pub nofile_limit: u64,
+}
+
+impl ConnectionsReport {
+    pub fn human(&self) -> String {
+        let kb = |v: Option<u64>| v.map(|v| format!("{v} KB")).unwrap_or_else(|| "-".into());
+        let mut s = format!(
+            "connections {url} {dest}\n\
+             sessions      {ok}/{req} in {cs:.2} s = {sps:.0} sessions/s (per session p50 {c50} ms, p99 {c99} ms, max {cmax} ms), {failed} failed\n\
+             held          {hold} s, {dropped} dropped\n\
+             server RSS    before {before}, after {after}, per session {per}, after close {closed}{tree}\n\
+             client RSS    {client}\n",
+            url = self.url,
+            dest = self.destination,
+            ok = self.sessions,
+            req = self.requested,
+            cs = self.connect_s,
+            sps = self.sessions_per_s,
+            c50 = self.connect_ms.p50,
+            c99 = self.connect_ms.p99,
+            cmax = self.connect_ms.max,
+            failed = self.failed,
+            hold = self.hold_s,
+            dropped = self.dropped,
+            before = kb(self.rss_before_kb),
+            after = kb(self.rss_after_kb),
+            per = self
+                .rss_per_session_kb
+                .map(|v| format!("{v:.1} KB"))
+                .unwrap_or_else(|| "-".into()),
+            closed = kb(self.rss_after_close_kb),
+            tree = if self.pid_tree { " (process tree)" } else { "" },
+            client = kb(self.client_rss_kb),
+        );
+        if self.failed > 0 {
+            s.push_str("connect errors:\n");
+            s.push_str(&self.errors.human());
+        }
+        if self.dropped > 0 {
+            s.push_str("dropped sessions:\n");
+            s.push_str(&self.drop_errors.human());
+        }
+        s
+    }
+}
+
+enum Outcome {
+    Failed(ClientError),
+    Held {
+        connect_time: Duration,
+        drop: Option<ClientError>,
+    },
+}
+
+pub async fn run(args: &ConnectionsArgs, nofile: u64) -> anyhow::Result<ConnectionsReport> {
+    anyhow::ensure!(args.count > 0, "--count must be at least 1");
+    let target = Arc::new(args.common.target().await?);
+    let rss = |pid: Option<u32>| pid.and_then(|p| rss_kb(p, args.pid_tree));
+    let rss_before = rss(args.pid);
+
+    progress(format!(
+        "opening {} sessions to {} ({} at a time)",
+        args.count, args.common.url, args.connect_concurrency
+    ));
+    let semaphore = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let stop = CancellationToken::new();
+    let done = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..args.count)
+        .map(|i| {
+            let (target, semaphore, stop, done, ok) = (
+                target.clone(),
+                semaphore.clone(),
+                stop.clone(),
+                done.clone(),
+                ok.clone(),
+            );
+            let destination = args.destination.clone();
+            tokio::spawn(async move {
+                let permit = semaphore.acquire_owned().await.expect("semaphore open");
+                let started = Instant::now();
+                let connected = async {
+                    let mut c = StompWs::connect(&target, i).await?;
+                    c.subscribe("0", &destination, target.timeout).await?;
+                    Ok::<_, ClientError>(c)
+                }
+                .await;
+                drop(permit);
+                let connect_time = started.elapsed();
+                let mut client = match connected {
+                    Ok(c) => c,
+                    Err(e) => {
+                        done.fetch_add(1, Ordering::AcqRel);
+                        return Outcome::Failed(e);
+                    }
+                };
+                ok.fetch_add(1, Ordering::AcqRel);
+                done.fetch_add(1, Ordering::AcqRel);
+                // Idle: read (nothing is expected) until told to stop.
+                let drop = loop {
+                    tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => break None,
+                        f = client.next_frame() => match f {
+                            Ok(Some(_)) => continue,
+                            Ok(None) => break Some(ClientError::Closed),
+                            Err(e) => break Some(e),
+                        },
+                    }
+                };
+                if drop.is_none() {
+                    client.close().await;
+                }
+                Outcome::Held { connect_time, drop }
+            })
+        })
+        .collect();
+
+    let mut last_report = Instant::now();
+    while done.load(Ordering::Acquire) < args.count {
+        if last_report.elapsed() >= Duration::from_secs(2) {
+            progress(format!(
+                "  {}/{} up, {} failed",
+                ok.load(Ordering::Acquire),
+                args.count,
+                done.load(Ordering::Acquire) - ok.load(Ordering::Acquire)
+            ));
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let connect_s = start.elapsed().as_secs_f64();
+    let sessions = ok.load(Ordering::Acquire);
+    progress(format!(
+        "{sessions}/{} sessions up in {connect_s:.2} s; holding {} s",
+        args.count, args.hold
+    ));
+    let settle = Duration::from_secs_f64(args.settle.min(args.hold.max(0.0)));
+    tokio::time::sleep(settle).await;
+    let rss_after = rss(args.pid);
+    let client_rss = rss_kb(std::process::id(), false);
+    tokio::time::sleep(Duration::from_secs_f64(args.hold.max(0.0)) - settle).await;
+
+    progress("closing sessions");
+    stop.cancel();
+    let mut errors = ErrorCounts::default();
+    let mut drop_errors = ErrorCounts::default();
+    let mut hist = new_histogram();
+    let mut dropped = 0;
+    for h in handles {
+        match h.await? {
+            Outcome::Failed(e) => errors.add(&e),
+            Outcome::Held { connect_time, drop } => {
+                hist.saturating_record((connect_time.as_micros() as u64).max(1));
+                if let Some(e) = drop {
+                    drop_errors.add(&e);
+                    dropped += 1;
+                }
+            }
+        }
+    }
+    let rss_after_close = if args.pid.is_some() {
+        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+        rss(args.pid)
+    } else {
+        None
+    };
+    let per_session = match (rss_before, rss_after) {
+        (Some(b), Some(a)) if sessions > 0 => Some(round3((a as f64 - b as f64) / sessions as f64)),
+        _ => None,
+    };
+    Ok(ConnectionsReport {
+        scenario: "connections",
+        url: args.common.url.clone(),
+        destination: args.destination.clone(),
+        requested: args.count,
+        sessions,
+        failed: errors.total(),
+        errors,
+        connect_s: round3(connect_s),
+        sessions_per_s: round3(sessions as f64 / connect_s.max(1e-9)),
+        connect_ms: Summary::from_micros(&hist, 1000.0),
+        hold_s: args.hold,
+        dropped,
+        drop_errors,
+        pid: args.pid,
+        pid_tree: args.pid_tree,
+        rss_before_kb: rss_before,
+        rss_after_kb: rss_after,
+        rss_per_session_kb: per_session,
+        rss_after_close_kb: rss_after_close,
+        client_rss_kb: client_rss,
+        nofile_limit: nofile,
+    })
+}
+
+/// VmRSS of `pid` in KB, plus that of all its descendants when `tree`.
+pub fn rss_kb(pid: u32, tree: bool) -> Option<u64> {
+    let own = parse_vmrss(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)?;
+    if !tree {
+        return Some(own);
+    }
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            Some((p, parse_ppid(&stat)?))
+        })
+        .collect();
+    let descendants = descendants_of(pid, &parents);
+    Some(
+        own + descendants
+            .iter()
+            .filter_map(|p| {
+                parse_vmrss(&std::fs::read_to_string(format!("/proc/{p}/status")).ok()?)
+            })
+            .sum::<u64>(),
+    )
+}
+
+/// `VmRSS:   1234 kB` from /proc/PID/status (None for kernel threads and zombies).
+pub fn parse_vmrss(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The parent PID from /proc/PID/stat (the field after the parenthesised name, which may
+/// itself contain spaces and parentheses).
+pub fn parse_ppid(stat: &str) -> Option<u32> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// User + system CPU time of a process (all its threads) in clock ticks, from
+/// /proc/PID/stat fields 14 and 15.
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU seconds a process has used so far (USER_HZ is 100 in the /proc ABI on Linux).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(parse_cpu_ticks(&stat)? as f64 / 100.0)
+}
+
+/// Every process below `root` in a list of (pid, ppid).
+pub fn descendants_of(root: u32, parents: &[(u32, u32)]) -> Vec<u32> {
+    let mut found = vec![];
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for &(child, parent) in parents {
+            if parent == p && child != root && !found.contains(&child) {
+                found.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_parsing() {
+        let status = "Name:\tbeam.smp\nVmPeak:\t 999 kB\nVmRSS:\t  282012 kB\nThreads:\t40\n";
+        assert_eq!(parse_vmrss(status), Some(282_012));
+        assert_eq!(parse_vmrss("Name:\tkthreadd\n"), None);
+        assert_eq!(
+            parse_ppid("1234 (weird (name) x) S 77 1234 1234 0 -1"),
+            Some(77)
+        );
+        assert_eq!(parse_ppid("1 (init) S 0 1 1"), Some(0));
+        let stat =
+            "9406 (beam.smp) S 9390 9389 9389 0 -1 4194560 115811 0 0 0 3931 1207 0 0 20 0 40";
+        assert_eq!(parse_cpu_ticks(stat), Some(3931 + 1207));
+        let tree = [(2, 1), (3, 2), (4, 3), (5, 1), (6, 99)];
+        let mut d = descendants_of(2, &tree);
+        d.sort();
+        assert_eq!(d, vec![3, 4]);
+        assert!(descendants_of(6, &tree).is_empty());
+    }
+
+    #[test]
+    fn own_rss_is_readable() {
+        let me = std::process::id();
+        let own = rss_kb(me, false).expect("own VmRSS");
+        assert!(own > 0);
+        assert!(rss_kb(me, true).expect("tree") >= own);
+        assert!(cpu_seconds(me).expect("own CPU time") >= 0.0);
+    }
+}
