@@ -7,10 +7,14 @@ cd "$(dirname "$0")/.."
 scripts/ensure-test-deps.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast "$@"
+  # Sharing must not change what clients observe: the gateway and browser suites again with
+  # every subscription on its own queue.
+  STOMPGATE_TEST_FANOUT=false cargo nextest run --no-fail-fast --test gateway --test clients "$@"
   # nextest does not run doctests.
   cargo test --doc --quiet
 else
   cargo test --no-fail-fast "$@"
+  STOMPGATE_TEST_FANOUT=false cargo test --no-fail-fast --test gateway --test clients "$@"
 fi
 if [ -x scripts/check-packaging.sh ]; then
   scripts/check-packaging.sh

@@ -64,6 +64,9 @@ pub struct GatewayMetrics {
     pub broker_channels: Gauge,
     pub broker_connect_failures: Counter,
     pub broker_connection_errors: Counter,
+    pub fanout_queues: Gauge,
+    pub fanout_listeners: Gauge,
+    pub slow_consumers: Counter,
 }
 
 impl GatewayMetrics {
@@ -128,6 +131,21 @@ impl GatewayMetrics {
             "broker_connection_errors",
             "AMQP connections lost after being established",
             self.broker_connection_errors.clone(),
+        );
+        r.register(
+            "fanout_queues",
+            "Shared fan-out queues (one per vhost, exchange and binding key)",
+            self.fanout_queues.clone(),
+        );
+        r.register(
+            "fanout_listeners",
+            "Subscriptions served from shared fan-out queues",
+            self.fanout_listeners.clone(),
+        );
+        r.register(
+            "slow_consumers",
+            "Sessions closed because they could not keep up with their deliveries",
+            self.slow_consumers.clone(),
         );
     }
 

@@ -59,9 +59,10 @@ impl BrokerConfig {
 }
 
 /// Pool key: connections are shared only by sessions with the same user, vhost and
-/// password (a salted hash, so the key reveals nothing).
+/// password (a salted hash, so the key reveals nothing). Also identifies "the same
+/// credentials" for the fan-out's authorisation cache.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct PoolKey {
+pub struct PoolKey {
     user: String,
     vhost: String,
     password_hash: [u8; 32],
@@ -102,6 +103,7 @@ pub struct Broker {
 /// A session's channel. Dropping it closes the channel and releases the pool slot.
 pub struct SessionChannel {
     pub channel: Channel,
+    key: PoolKey,
     pooled: Arc<PooledConnection>,
     confirms_enabled: bool,
     metrics: GatewayMetrics,
@@ -172,7 +174,7 @@ impl Broker {
             password_hash: self.password_hash(passcode),
         };
         let slot = match self.inner.pool.lock() {
-            Ok(mut pool) => pool.entry(key).or_default().clone(),
+            Ok(mut pool) => pool.entry(key.clone()).or_default().clone(),
             Err(_) => {
                 return Err(ConnectFailure::Unavailable(
                     "internal error: connection pool poisoned".to_string(),
@@ -223,6 +225,7 @@ impl Broker {
         self.inner.metrics.broker_channels.inc();
         Ok(SessionChannel {
             channel,
+            key,
             pooled,
             confirms_enabled: false,
             metrics: self.inner.metrics.clone(),
@@ -363,6 +366,44 @@ async fn watch_connection(
 }
 
 impl SessionChannel {
+    /// The credentials this channel was opened with.
+    pub fn credentials(&self) -> &PoolKey {
+        &self.key
+    }
+
+    /// The vhost of this channel.
+    pub fn vhost(&self) -> &str {
+        &self.key.vhost
+    }
+
+    /// Another channel on the same pooled connection (same user, same permissions), e.g.
+    /// for a shared fan-out queue that outlives this session.
+    pub async fn sibling(&self) -> Result<SessionChannel, BrokerFailure> {
+        if !self.pooled.usable() {
+            return Err(BrokerFailure {
+                name: "Connection to RabbitMQ lost".to_string(),
+                text: "The AMQP connection is closed.\n".to_string(),
+            });
+        }
+        self.pooled.channels.fetch_add(1, Ordering::AcqRel);
+        match self.pooled.connection.create_channel().await {
+            Ok(channel) => {
+                self.metrics.broker_channels.inc();
+                Ok(SessionChannel {
+                    channel,
+                    key: self.key.clone(),
+                    pooled: self.pooled.clone(),
+                    confirms_enabled: false,
+                    metrics: self.metrics.clone(),
+                })
+            }
+            Err(e) => {
+                self.pooled.channels.fetch_sub(1, Ordering::AcqRel);
+                Err(to_failure(e))
+            }
+        }
+    }
+
     /// Declares, binds and consumes as planned (declare, qos, bind, consume); a generated
     /// subscription queue is deleted again when a later step fails.
     pub async fn subscribe(&self, plan: &SubscribePlan) -> Result<Consumer, BrokerFailure> {

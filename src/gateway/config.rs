@@ -103,6 +103,18 @@ pub struct GatewayArgs {
     /// Most subscriptions per session.
     #[arg(long, env = "STOMPGATE_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
     pub max_subscriptions: usize,
+    /// Share one RabbitMQ queue per (vhost, exchange, binding key) among the transient
+    /// subscriptions of this process (see README: fan-out).
+    #[arg(long, env = "STOMPGATE_FANOUT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fanout: bool,
+    /// Messages queued per session on a shared subscription before the session is closed as a
+    /// slow consumer.
+    #[arg(long, env = "STOMPGATE_MAX_QUEUED_MESSAGES", default_value_t = 4096)]
+    pub max_queued_messages: usize,
+    /// Seconds a write to a client may block before the client counts as a slow consumer
+    /// and is disconnected.
+    #[arg(long, env = "STOMPGATE_WRITE_TIMEOUT_SECS", default_value_t = 30)]
+    pub write_timeout_secs: u64,
     /// Allowed Origin headers for browser connections (comma-separated; empty = any).
     #[arg(long, env = "STOMPGATE_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -139,6 +151,11 @@ impl GatewayArgs {
         if self.ws_path == self.sockjs_path {
             return Err(ConfigError::Invalid(
                 "--ws-path and --sockjs-path must differ".to_string(),
+            ));
+        }
+        if self.max_queued_messages == 0 {
+            return Err(ConfigError::Invalid(
+                "--max-queued-messages must be at least 1".to_string(),
             ));
         }
         if self.max_frame_bytes < 1024 {

@@ -2,6 +2,7 @@
 //! the codec, the broker and a socket meet. One task per connection.
 
 use crate::gateway::broker::{self, Broker, SessionChannel};
+use crate::gateway::fanout::{Fanout, Membership, SharedEvent};
 use crate::gateway::session::{
     Action, BrokerFailure, BrokerReply, BrokerRequest, ChannelOp, CloseReason, Delivery, Session,
     SessionConfig,
@@ -13,9 +14,11 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered};
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamMap;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_util::sync::CancellationToken;
 
 /// What the driver writes to a transport.
@@ -46,6 +49,8 @@ pub enum CloseCode {
     HeartbeatTimeout = 4000,
     /// 4001: login timeout.
     LoginTimeout = 4001,
+    /// 4002: slow consumer (the client did not read its deliveries).
+    SlowConsumer = 4002,
 }
 
 impl CloseCode {
@@ -58,6 +63,7 @@ impl CloseCode {
             CloseReason::HeartbeatTimeout => (CloseCode::HeartbeatTimeout, "heart-beat timeout"),
             CloseReason::LoginTimeout => (CloseCode::LoginTimeout, "login timeout"),
             CloseReason::Shutdown => (CloseCode::GoingAway, "gateway shutting down"),
+            CloseReason::SlowConsumer => (CloseCode::SlowConsumer, "slow consumer"),
         }
     }
 
@@ -70,6 +76,7 @@ impl CloseCode {
             CloseReason::HeartbeatTimeout => "heartbeat_timeout",
             CloseReason::LoginTimeout => "login_timeout",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::SlowConsumer => "slow_consumer",
         }
     }
 }
@@ -84,14 +91,38 @@ pub struct ConnectionContext {
     pub shutdown: CancellationToken,
     /// Longest wait for outstanding publisher confirms on DISCONNECT or shutdown.
     pub flush_timeout: Duration,
+    /// Shared queues for transient subscriptions (None: every subscription has its own).
+    pub fanout: Option<Fanout>,
+    /// A write that cannot complete for this long means the client stopped reading.
+    pub write_timeout: Duration,
+}
+
+/// Feeds one item to the transport, bounded by `timeout`; false when the session must end
+/// (`stuck` tells whether because the client stopped reading).
+async fn write<O: Sink<Outbound> + Unpin>(
+    outbound: &mut O,
+    item: Outbound,
+    timeout: Duration,
+    stuck: &mut bool,
+) -> bool {
+    match tokio::time::timeout(timeout, outbound.feed(item)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            *stuck = true;
+            false
+        }
+    }
 }
 
 type DeliveryStream = BoxStream<'static, Option<lapin::Result<lapin::message::Delivery>>>;
+type SharedStream = BoxStream<'static, Option<Result<SharedEvent, BroadcastStreamRecvError>>>;
 
 /// Result of one broker operation, carried back into the loop.
 enum OpResult {
     Connected(Result<SessionChannel, crate::gateway::session::ConnectFailure>),
     Subscribed(String, Result<lapin::Consumer, BrokerFailure>),
+    Joined(String, Result<Membership, BrokerFailure>),
     TempQueue(String, Result<(String, lapin::Consumer), BrokerFailure>),
     Published(Option<u64>, Result<lapin::PublisherConfirm, BrokerFailure>),
     Done(Result<(), BrokerFailure>),
@@ -120,6 +151,9 @@ pub async fn run<I, O>(
     let mut channel: Option<Arc<tokio::sync::Mutex<SessionChannel>>> = None;
     let mut op: Option<BoxFuture<'static, OpResult>> = None;
     let mut consumers: StreamMap<String, DeliveryStream> = StreamMap::new();
+    // Subscriptions served by the shared fan-out: their event streams and memberships.
+    let mut shared: StreamMap<String, SharedStream> = StreamMap::new();
+    let mut memberships: HashMap<String, Membership> = HashMap::new();
     let mut confirms: FuturesUnordered<
         BoxFuture<'static, (Option<u64>, lapin::Result<lapin::Confirmation>)>,
     > = FuturesUnordered::new();
@@ -128,6 +162,8 @@ pub async fn run<I, O>(
     let mut subscriptions_counted = 0usize;
     let mut input_open = true;
     let mut close_reason: Option<CloseReason> = None;
+    // Set when the client stopped reading and a write timed out.
+    let mut stuck = false;
 
     'outer: loop {
         // 1. Perform everything the session asked for.
@@ -142,7 +178,14 @@ pub async fn run<I, O>(
                     metrics.frame_out(frame.command.as_str());
                     codec::encode(&frame, session.version(), &mut encode_buf);
                     let bytes = encode_buf.split().freeze();
-                    if outbound.feed(Outbound::Frame(bytes)).await.is_err() {
+                    if !write(
+                        &mut outbound,
+                        Outbound::Frame(bytes),
+                        ctx.write_timeout,
+                        &mut stuck,
+                    )
+                    .await
+                    {
                         break 'outer;
                     }
                     session.note_sent(Instant::now());
@@ -157,9 +200,53 @@ pub async fn run<I, O>(
                         decoder.set_authenticated(true);
                     }
                 }
-                Action::SendHeartbeat => {
-                    if outbound.feed(Outbound::Heartbeat).await.is_err() {
+                Action::SendEncoded(bytes) => {
+                    metrics.frame_out("MESSAGE");
+                    if !write(
+                        &mut outbound,
+                        Outbound::Frame(bytes),
+                        ctx.write_timeout,
+                        &mut stuck,
+                    )
+                    .await
+                    {
                         break 'outer;
+                    }
+                    session.note_sent(Instant::now());
+                }
+                Action::SendHeartbeat => {
+                    if !write(
+                        &mut outbound,
+                        Outbound::Heartbeat,
+                        ctx.write_timeout,
+                        &mut stuck,
+                    )
+                    .await
+                    {
+                        break 'outer;
+                    }
+                }
+                Action::Broker(BrokerRequest::Channel(ChannelOp::Unsubscribe {
+                    consumer_tag,
+                    ..
+                })) if memberships.contains_key(&consumer_tag) => {
+                    // Leaving a shared queue needs no broker round trip.
+                    shared.remove(&consumer_tag);
+                    memberships.remove(&consumer_tag);
+                    session.handle_broker_reply(BrokerReply::Done);
+                }
+                Action::Broker(BrokerRequest::Flush) if !memberships.is_empty() => {
+                    shared.clear();
+                    memberships.clear();
+                    op = start_request(
+                        BrokerRequest::Flush,
+                        &ctx,
+                        channel.clone(),
+                        &confirms,
+                        &mut flush_deadline,
+                    );
+                    if op.is_none() && flush_deadline.is_none() {
+                        op = Some(close_channel(channel.clone()));
                     }
                 }
                 Action::Broker(request) => {
@@ -181,8 +268,13 @@ pub async fn run<I, O>(
                 }
             }
         }
-        if outbound.flush().await.is_err() {
-            break;
+        match tokio::time::timeout(ctx.write_timeout, outbound.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                stuck = true;
+                break;
+            }
         }
         let subs = session.subscription_count();
         if subs != subscriptions_counted {
@@ -242,6 +334,13 @@ pub async fn run<I, O>(
                         consumers.insert(tag, delivery_stream(consumer));
                         BrokerReply::Done
                     }
+                    OpResult::Joined(tag, Ok(mut membership)) => {
+                        if let Some(receiver) = membership.take_receiver() {
+                            shared.insert(tag.clone(), shared_stream(receiver));
+                        }
+                        memberships.insert(tag, membership);
+                        BrokerReply::Done
+                    }
                     OpResult::TempQueue(tag, Ok((queue, consumer))) => {
                         consumers.insert(tag, delivery_stream(consumer));
                         BrokerReply::TempQueueCreated { queue }
@@ -252,6 +351,7 @@ pub async fn run<I, O>(
                     }
                     OpResult::Done(Ok(())) => BrokerReply::Done,
                     OpResult::Subscribed(_, Err(f))
+                    | OpResult::Joined(_, Err(f))
                     | OpResult::TempQueue(_, Err(f))
                     | OpResult::Published(_, Err(f))
                     | OpResult::Done(Err(f)) => BrokerReply::Failed(f),
@@ -295,6 +395,23 @@ pub async fn run<I, O>(
                     }
                 }
             }
+            Some((tag, item)) = shared.next(), if !shared.is_empty() => {
+                match item {
+                    Some(Ok(SharedEvent::Frame(bytes))) => session.handle_shared_frame(&tag, bytes),
+                    Some(Ok(SharedEvent::Failed(failure))) => session.handle_broker_failure(failure),
+                    Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
+                        metrics.slow_consumers.inc();
+                        shared.remove(&tag);
+                        memberships.remove(&tag);
+                        session.handle_slow_consumer();
+                    }
+                    None => {
+                        shared.remove(&tag);
+                        memberships.remove(&tag);
+                        session.handle_consumer_cancelled(&tag);
+                    }
+                }
+            }
             data = inbound.next(), if wants_input => {
                 match data {
                     Some(Ok(bytes)) => {
@@ -316,7 +433,17 @@ pub async fn run<I, O>(
     }
 
     // Session over: say why, release everything.
-    if let Some(reason) = &close_reason {
+    if stuck {
+        // The socket accepts nothing more: no ERROR can reach the client; just drop it.
+        tracing::info!("closing a connection whose client stopped reading");
+        metrics.slow_consumers.inc();
+        metrics
+            .closes
+            .get_or_create(&ReasonLabels {
+                reason: "slow_consumer".to_string(),
+            })
+            .inc();
+    } else if let Some(reason) = &close_reason {
         metrics
             .closes
             .get_or_create(&ReasonLabels {
@@ -324,7 +451,11 @@ pub async fn run<I, O>(
             })
             .inc();
         let (code, text) = CloseCode::for_reason(reason);
-        let _ = outbound.send(Outbound::Close(code, text)).await;
+        let _ = tokio::time::timeout(
+            ctx.write_timeout,
+            outbound.send(Outbound::Close(code, text)),
+        )
+        .await;
     } else {
         metrics
             .closes
@@ -332,15 +463,25 @@ pub async fn run<I, O>(
                 reason: "client_gone".to_string(),
             })
             .inc();
-        let _ = outbound.close().await;
+        let _ = tokio::time::timeout(ctx.write_timeout, outbound.close()).await;
     }
     if let Some(labels) = session_labels {
         metrics.sessions.get_or_create(&labels).dec();
     }
     metrics.subscriptions.dec_by(subscriptions_counted as i64);
     metrics.connections.get_or_create(&transport_labels).dec();
+    drop(shared);
+    drop(memberships);
     drop(consumers);
     drop(channel);
+}
+
+fn shared_stream(receiver: tokio::sync::broadcast::Receiver<SharedEvent>) -> SharedStream {
+    // A trailing None marks the end (the hub stopped).
+    tokio_stream::wrappers::BroadcastStream::new(receiver)
+        .map(Some)
+        .chain(futures::stream::once(async { None }))
+        .boxed()
 }
 
 fn delivery_stream(consumer: lapin::Consumer) -> DeliveryStream {
@@ -381,6 +522,22 @@ fn start_request(
             }
             None
         }
+        BrokerRequest::Channel(ChannelOp::Subscribe(plan))
+            if ctx.fanout.is_some() && Fanout::shareable(&plan) =>
+        {
+            let fanout = ctx.fanout.clone()?;
+            Some(
+                async move {
+                    let Some(channel) = channel else {
+                        return OpResult::Joined(plan.consumer_tag, Err(no_channel()));
+                    };
+                    let channel = channel.lock().await;
+                    let result = fanout.join(&channel, &plan).await;
+                    OpResult::Joined(plan.consumer_tag, result)
+                }
+                .boxed(),
+            )
+        }
         BrokerRequest::Channel(op) => Some(channel_op(channel, op).boxed()),
     }
 }
@@ -402,16 +559,20 @@ fn close_channel(
     .boxed()
 }
 
+fn no_channel() -> BrokerFailure {
+    BrokerFailure {
+        name: "Connection to RabbitMQ lost".to_string(),
+        text: "The session has no broker channel.\n".to_string(),
+    }
+}
+
 /// Runs one operation on the session's channel.
 async fn channel_op(
     channel: Option<Arc<tokio::sync::Mutex<SessionChannel>>>,
     op: ChannelOp,
 ) -> OpResult {
     let Some(channel) = channel else {
-        return OpResult::Done(Err(BrokerFailure {
-            name: "Connection to RabbitMQ lost".to_string(),
-            text: "The session has no broker channel.\n".to_string(),
-        }));
+        return OpResult::Done(Err(no_channel()));
     };
     let mut channel = channel.lock().await;
     match op {

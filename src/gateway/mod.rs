@@ -4,6 +4,7 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod destination;
+pub mod fanout;
 pub mod properties;
 pub mod server;
 pub mod session;

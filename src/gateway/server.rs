@@ -3,6 +3,7 @@
 use crate::gateway::broker::{Broker, BrokerConfig};
 use crate::gateway::config::{AuthMode, GatewayArgs};
 use crate::gateway::connection::{ConnectionContext, Outbound, encode_frame};
+use crate::gateway::fanout::{Fanout, FanoutConfig};
 use crate::gateway::session::{SessionConfig, error_frame};
 use crate::gateway::transport::sockjs::{self, SockJsConfig, SockJsSend};
 use crate::gateway::transport::{tcp, websocket};
@@ -250,6 +251,16 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         flush_timeout: Duration::from_secs(10),
+        write_timeout: Duration::from_secs(args.write_timeout_secs.max(1)),
+        fanout: args.fanout.then(|| {
+            Fanout::new(
+                FanoutConfig {
+                    listener_capacity: args.max_queued_messages,
+                    ..FanoutConfig::default()
+                },
+                metrics.clone(),
+            )
+        }),
     };
     let state = AppState {
         ctx,

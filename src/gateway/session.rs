@@ -82,6 +82,8 @@ pub enum CloseReason {
     LoginTimeout,
     /// The gateway is shutting down (already reported with an ERROR frame).
     Shutdown,
+    /// The client did not read its deliveries fast enough (already reported).
+    SlowConsumer,
 }
 
 /// A request the driver executes against the broker, then answers with a [`BrokerReply`].
@@ -195,6 +197,8 @@ pub struct Delivery {
 #[derive(Debug)]
 pub enum Action {
     Send(Frame),
+    /// An already encoded MESSAGE (shared fan-out: encoded once for many sessions).
+    SendEncoded(Bytes),
     Broker(BrokerRequest),
     /// Write a heart-beat EOL.
     SendHeartbeat,
@@ -605,6 +609,30 @@ impl Session {
         )
         .header("subscription", id);
         self.actions.push_back(Action::Send(frame));
+    }
+
+    /// A MESSAGE encoded by the shared fan-out for this subscription.
+    pub fn handle_shared_frame(&mut self, consumer_tag: &str, frame: Bytes) {
+        if self.phase != Phase::Connected
+            || self.disconnecting()
+            || !self.subscriptions.contains_key(consumer_tag)
+        {
+            return;
+        }
+        self.actions.push_back(Action::SendEncoded(frame));
+    }
+
+    /// The client fell too far behind its deliveries: tell it why, then close.
+    pub fn handle_slow_consumer(&mut self) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.send_error(
+            "Slow consumer",
+            "The client did not read its messages fast enough; the gateway stopped queueing them.\n",
+            None,
+        );
+        self.close(CloseReason::SlowConsumer);
     }
 
     /// Turns a delivery into a MESSAGE frame for the client.

@@ -6,5 +6,6 @@ mod support;
 
 mod destinations;
 mod errors;
+mod fanout;
 mod session;
 mod transport;

@@ -47,6 +47,12 @@ pub async fn start_gateway_with(extra: &[&str], router: axum::Router<server::App
     if !extra.contains(&"--amqp-url") {
         argv.extend(["--amqp-url".to_string(), amqp_url()]);
     }
+    // STOMPGATE_TEST_FANOUT=false runs the suites with every subscription on its own queue.
+    if !extra.contains(&"--fanout")
+        && let Ok(value) = std::env::var("STOMPGATE_TEST_FANOUT")
+    {
+        argv.extend(["--fanout".to_string(), value]);
+    }
     argv.extend(extra.iter().map(|s| s.to_string()));
     let args = parse_gateway_args(&argv).expect("gateway args");
     server::start(args, router).await.expect("gateway starts")
@@ -453,6 +459,28 @@ impl Amqp {
             .ok()
             .map(|q| q.message_count())
     }
+}
+
+/// Queues bound to `exchange` (from `rabbitmqctl list_bindings`).
+pub fn queues_bound_to(exchange: &str) -> usize {
+    let out = rabbitmqctl(&[
+        "list_bindings",
+        "--quiet",
+        "--no-table-headers",
+        "source_name",
+        "destination_name",
+        "destination_kind",
+    ]);
+    let mut queues: Vec<&str> = out
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            (cols.len() == 3 && cols[0] == exchange && cols[2] == "queue").then_some(cols[1])
+        })
+        .collect();
+    queues.sort_unstable();
+    queues.dedup();
+    queues.len()
 }
 
 /// Runs `rabbitmqctl` (tests that need a second user); panics with its output on failure.
