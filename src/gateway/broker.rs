@@ -100,9 +100,11 @@ pub struct Broker {
     inner: Arc<Inner>,
 }
 
-/// A session's channel. Dropping it closes the channel and releases the pool slot.
+/// A session's place on a pooled connection, and its channel, opened on first use: a
+/// session that only joins shared fan-out queues never needs one. Dropping it closes the
+/// channel and releases the pool slot.
 pub struct SessionChannel {
-    pub channel: Channel,
+    channel: Option<Channel>,
     key: PoolKey,
     pooled: Arc<PooledConnection>,
     confirms_enabled: bool,
@@ -117,8 +119,10 @@ impl Drop for SessionChannel {
         {
             *idle = Some(Instant::now());
         }
+        let Some(channel) = self.channel.take() else {
+            return;
+        };
         self.metrics.broker_channels.dec();
-        let channel = self.channel.clone();
         if channel.status().connected() {
             // Close politely; lapin would also close it once the last handle drops.
             tokio::spawn(async move {
@@ -215,16 +219,8 @@ impl Broker {
             *idle = None;
         }
         drop(entries);
-        let channel = match pooled.connection.create_channel().await {
-            Ok(ch) => ch,
-            Err(e) => {
-                pooled.channels.fetch_sub(1, Ordering::AcqRel);
-                return Err(ConnectFailure::Unavailable(describe_error(&e)));
-            }
-        };
-        self.inner.metrics.broker_channels.inc();
         Ok(SessionChannel {
-            channel,
+            channel: None,
             key,
             pooled,
             confirms_enabled: false,
@@ -390,7 +386,7 @@ impl SessionChannel {
             Ok(channel) => {
                 self.metrics.broker_channels.inc();
                 Ok(SessionChannel {
-                    channel,
+                    channel: Some(channel),
                     key: self.key.clone(),
                     pooled: self.pooled.clone(),
                     confirms_enabled: false,
@@ -404,10 +400,44 @@ impl SessionChannel {
         }
     }
 
+    /// The session's channel, opened now if this is its first use.
+    pub async fn channel(&mut self) -> Result<&Channel, BrokerFailure> {
+        if self.channel.is_none() {
+            if !self.pooled.usable() {
+                return Err(BrokerFailure {
+                    name: "Connection to RabbitMQ lost".to_string(),
+                    text: "The AMQP connection is closed.\n".to_string(),
+                });
+            }
+            let channel = self
+                .pooled
+                .connection
+                .create_channel()
+                .await
+                .map_err(to_failure)?;
+            self.metrics.broker_channels.inc();
+            self.channel = Some(channel);
+        }
+        self.channel.as_ref().ok_or_else(|| BrokerFailure {
+            name: "Internal error".to_string(),
+            text: "no channel\n".to_string(),
+        })
+    }
+
+    /// Closes the channel (DISCONNECT), if it was ever opened.
+    pub async fn close(&mut self) {
+        if let Some(channel) = self.channel.take() {
+            self.metrics.broker_channels.dec();
+            if channel.status().connected() {
+                let _ = channel.close(200, "DISCONNECT".into()).await;
+            }
+        }
+    }
+
     /// Declares, binds and consumes as planned (declare, qos, bind, consume); a generated
     /// subscription queue is deleted again when a later step fails.
-    pub async fn subscribe(&self, plan: &SubscribePlan) -> Result<Consumer, BrokerFailure> {
-        let ch = &self.channel;
+    pub async fn subscribe(&mut self, plan: &SubscribePlan) -> Result<Consumer, BrokerFailure> {
+        let ch = self.channel().await?;
         let queue = match &plan.declare {
             Some(declare) => declare_queue(ch, declare).await?,
             None => plan.queue.clone(),
@@ -451,17 +481,16 @@ impl SessionChannel {
     }
 
     pub async fn unsubscribe(
-        &self,
+        &mut self,
         consumer_tag: &str,
         delete_queue: Option<&str>,
     ) -> Result<(), BrokerFailure> {
-        self.channel
-            .basic_cancel(consumer_tag.into(), BasicCancelOptions::default())
+        let ch = self.channel().await?;
+        ch.basic_cancel(consumer_tag.into(), BasicCancelOptions::default())
             .await
             .map_err(to_failure)?;
         if let Some(queue) = delete_queue {
-            self.channel
-                .queue_delete(queue.into(), QueueDeleteOptions::default())
+            ch.queue_delete(queue.into(), QueueDeleteOptions::default())
                 .await
                 .map_err(to_failure)?;
         }
@@ -470,12 +499,12 @@ impl SessionChannel {
 
     /// Declares the server-named reply queue of a `/temp-queue/` and consumes it.
     pub async fn create_temp_queue(
-        &self,
+        &mut self,
         plan: &TempQueuePlan,
     ) -> Result<(String, Consumer), BrokerFailure> {
-        let name = declare_queue(&self.channel, &plan.declare).await?;
-        let consumer = self
-            .channel
+        let ch = self.channel().await?;
+        let name = declare_queue(ch, &plan.declare).await?;
+        let consumer = ch
             .basic_consume(
                 name.as_str().into(),
                 plan.consumer_tag.as_str().into(),
@@ -496,17 +525,17 @@ impl SessionChannel {
         &mut self,
         request: &PublishRequest,
     ) -> Result<lapin::PublisherConfirm, BrokerFailure> {
-        if !self.confirms_enabled {
-            self.channel
-                .confirm_select(ConfirmSelectOptions::default())
+        let confirms_enabled = self.confirms_enabled;
+        let ch = self.channel().await?;
+        if !confirms_enabled {
+            ch.confirm_select(ConfirmSelectOptions::default())
                 .await
                 .map_err(to_failure)?;
-            self.confirms_enabled = true;
         }
         if let Some(declare) = &request.declare_queue {
-            declare_queue(&self.channel, declare).await?;
+            declare_queue(ch, declare).await?;
         }
-        self.channel
+        let confirm = ch
             .basic_publish(
                 request.route.exchange.as_str().into(),
                 request.route.routing_key.as_str().into(),
@@ -518,23 +547,27 @@ impl SessionChannel {
                 request.properties.clone(),
             )
             .await
-            .map_err(to_failure)
+            .map_err(to_failure)?;
+        self.confirms_enabled = true;
+        Ok(confirm)
     }
 
-    pub async fn ack(&self, delivery_tag: u64, multiple: bool) -> Result<(), BrokerFailure> {
-        self.channel
+    pub async fn ack(&mut self, delivery_tag: u64, multiple: bool) -> Result<(), BrokerFailure> {
+        self.channel()
+            .await?
             .basic_ack(delivery_tag, BasicAckOptions { multiple })
             .await
             .map_err(to_failure)
     }
 
     pub async fn nack(
-        &self,
+        &mut self,
         delivery_tag: u64,
         multiple: bool,
         requeue: bool,
     ) -> Result<(), BrokerFailure> {
-        self.channel
+        self.channel()
+            .await?
             .basic_nack(delivery_tag, BasicNackOptions { multiple, requeue })
             .await
             .map_err(to_failure)

@@ -295,7 +295,10 @@ pub async fn run<I, O>(
                     break;
                 }
                 Ok(Some(Decoded::Heartbeat)) => {}
-                Ok(None) => break,
+                Ok(None) => {
+                    decoder.shrink_if_idle();
+                    break;
+                }
                 Err(e) => {
                     session.handle_codec_error(e.summary(), &e.to_string());
                     fed = true;
@@ -531,8 +534,8 @@ fn start_request(
                     let Some(channel) = channel else {
                         return OpResult::Joined(plan.consumer_tag, Err(no_channel()));
                     };
-                    let channel = channel.lock().await;
-                    let result = fanout.join(&channel, &plan).await;
+                    let mut channel = channel.lock().await;
+                    let result = fanout.join(&mut channel, &plan).await;
                     OpResult::Joined(plan.consumer_tag, result)
                 }
                 .boxed(),
@@ -549,10 +552,7 @@ fn close_channel(
 ) -> BoxFuture<'static, OpResult> {
     async move {
         if let Some(channel) = channel {
-            let channel = channel.lock().await;
-            if channel.channel.status().connected() {
-                let _ = channel.channel.close(200, "DISCONNECT".into()).await;
-            }
+            channel.lock().await.close().await;
         }
         OpResult::Done(Ok(()))
     }

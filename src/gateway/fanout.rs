@@ -167,7 +167,7 @@ impl Fanout {
     /// the session's own credentials for it.
     pub async fn join(
         &self,
-        channel: &SessionChannel,
+        channel: &mut SessionChannel,
         plan: &SubscribePlan,
     ) -> Result<Membership, BrokerFailure> {
         let Some(Binding {
@@ -238,7 +238,7 @@ impl Fanout {
     /// removes the probe queue), unless these credentials passed recently.
     async fn authorize(
         &self,
-        channel: &SessionChannel,
+        channel: &mut SessionChannel,
         plan: &SubscribePlan,
         key: &HubKey,
     ) -> Result<(), BrokerFailure> {
@@ -262,7 +262,7 @@ impl Fanout {
         // A failure here closes the session's channel with the broker's own error, exactly
         // as the non-shared subscription would have.
         let consumer = channel.subscribe(&probe).await?;
-        let ch = &channel.channel;
+        let ch = channel.channel().await?;
         ch.basic_cancel(
             probe.consumer_tag.as_str().into(),
             BasicCancelOptions::default(),
@@ -313,6 +313,7 @@ impl Fanout {
             consumer_arguments: FieldTable::default(),
             ..plan.clone()
         };
+        let mut hub_channel = hub_channel;
         let consumer = hub_channel.subscribe(&shared_plan).await?;
         let hub = Arc::new(Hub {
             key,

@@ -215,6 +215,14 @@ impl Decoder {
         }
     }
 
+    /// Releases the read buffer when nothing is pending, so an idle connection does not keep
+    /// the capacity its largest frame needed.
+    pub fn shrink_if_idle(&mut self) {
+        if self.is_idle() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Selects the header rules of the negotiated version for the following frames.
     pub fn set_version(&mut self, version: Version) {
         self.version = version;
