@@ -524,9 +524,15 @@ pub fn apply(
         .filter(|p| !others.contains(*p))
         .filter(|p| !others.iter().any(|o| o.starts_with(p)))
         .collect();
-    gone.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    // Shallowest first; a removed list item or object takes its fields with it.
+    gone.sort_by_key(|p| p.len());
+    let mut removed: Vec<&Path> = Vec::new();
     for p in gone {
+        if removed.iter().any(|r| p.starts_with(r)) {
+            continue;
+        }
         remove(&mut merged, p);
+        removed.push(p);
     }
     match entries
         .iter_mut()

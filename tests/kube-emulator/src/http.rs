@@ -393,6 +393,9 @@ fn parse_body(inc: &Incoming) -> ApiResult<Value> {
             .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}"))),
         "application/yaml" => serde_yaml::from_slice(&inc.body)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}"))),
+        "application/vnd.kubernetes.protobuf" => Err(ApiError::unsupported_media(
+            "the body of the request was in an unknown format (application/vnd.kubernetes.protobuf) - the emulator accepts application/json and application/yaml only. (kubectl's `create <generator>` commands send protobuf: use `kubectl create ... --dry-run=client -o yaml | kubectl apply -f -` instead.)",
+        )),
         other => Err(ApiError::unsupported_media(format!(
             "the body of the request was in an unknown format ({other}) - the emulator accepts application/json and application/yaml"
         ))),
