@@ -375,12 +375,7 @@ impl State {
         };
         let strs = |v: &Value| -> Vec<String> {
             v.as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(|s| rewrite(s))
-                        .collect()
-                })
+                .map(|a| a.iter().filter_map(Value::as_str).map(&rewrite).collect())
                 .unwrap_or_default()
         };
         // The image's entrypoint is the binary under test.
