@@ -138,7 +138,12 @@ impl ApiError {
         );
         e.details = Some(json!({
             "name": name, "group": group, "kind": kind,
-            "causes": causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect::<Vec<_>>(),
+            // As kube-apiserver: the cause's message does not repeat its field.
+            "causes": causes.iter().map(|c| json!({
+                "reason": c.reason,
+                "message": c.message.strip_prefix(&format!("{}: ", c.field)).unwrap_or(&c.message),
+                "field": c.field,
+            })).collect::<Vec<_>>(),
         }));
         e
     }

@@ -676,3 +676,44 @@ async fn unimplemented_things_say_so() {
             .contains("field label not supported")
     );
 }
+
+#[tokio::test]
+async fn streaming_lists_send_initial_events_then_the_end_bookmark() {
+    let emu = Emulator::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(emu.client(), "default");
+    api.create(&PostParams::default(), &cm("before", json!({})))
+        .await
+        .unwrap();
+    let stream = kube::runtime::watcher(
+        api.clone(),
+        kube::runtime::watcher::Config::default().streaming_lists(),
+    );
+    let mut stream = stream.boxed();
+    let mut initial = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+            .await
+            .expect("event")
+            .unwrap()
+            .unwrap();
+        match ev {
+            kube::runtime::watcher::Event::Init => {}
+            kube::runtime::watcher::Event::InitApply(o) => initial.push(o.metadata.name.unwrap()),
+            kube::runtime::watcher::Event::InitDone => break,
+            e => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(initial, ["before"]);
+    api.create(&PostParams::default(), &cm("after", json!({})))
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+        .await
+        .expect("event")
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&ev, kube::runtime::watcher::Event::Apply(o) if o.metadata.name.as_deref() == Some("after")),
+        "{ev:?}"
+    );
+}
