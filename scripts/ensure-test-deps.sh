@@ -2,10 +2,11 @@
 # Everything the browser and Python tests need, idempotent and fast when already done:
 #   1. RabbitMQ on 127.0.0.1:5672        (scripts/ensure-rabbitmq.sh)
 #   2. Debian Chromium /usr/bin/chromium (scripts/ensure-chromium.sh)
+#   2b. kubectl on PATH (scripts/ensure-kubectl.sh; the e2e and API emulator tests drive it)
 #   3. npm ci in tests/browser           (skipped when node_modules matches package.json + lockfile)
 #   4. pip install tests/python/requirements.txt into the user site of `python3` (or the active
 #      virtualenv), skipped when the pinned versions are already importable.
-# env: STOMPGATE_PYTHON (default python3), SKIP_RABBITMQ=1, SKIP_CHROMIUM=1
+# env: STOMPGATE_PYTHON (default python3), SKIP_RABBITMQ=1, SKIP_CHROMIUM=1, SKIP_KUBECTL=1
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -21,6 +22,10 @@ if [ "${SKIP_RABBITMQ:-0}" = 1 ]; then echo "skipped (SKIP_RABBITMQ=1)"; else
 step "chromium"
 if [ "${SKIP_CHROMIUM:-0}" = 1 ]; then echo "skipped (SKIP_CHROMIUM=1)"; else
   "$HERE/ensure-chromium.sh" || die "Chromium is not available at /usr/bin/chromium"; fi
+
+step "kubectl"
+if [ "${SKIP_KUBECTL:-0}" = 1 ]; then echo "skipped (SKIP_KUBECTL=1): the kubectl tests will be skipped"; else
+  "$HERE/ensure-kubectl.sh" || die "kubectl is not available (set SKIP_KUBECTL=1 to skip the kubectl tests)"; fi
 
 step "npm (tests/browser)"
 command -v node >/dev/null || die "node not found (Node.js 20+ expected)"

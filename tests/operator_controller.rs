@@ -192,11 +192,23 @@ async fn create_then_available_then_idle_reconcile_makes_no_write() {
             format!("PATCH {DEPLOY}"),
             format!("GET {PDB}"),
             format!("PATCH {PDB}"),
+            // Write-ahead: the exchange about to be created is recorded as owned first.
+            format!("PATCH {GW}/status"),
             format!("PATCH {GW}/status"),
         ],
         "exact call sequence on create (no event: a rollout is not a problem)"
     );
-    for c in calls.iter().filter(|c| c.method == "PATCH") {
+    let intent = &calls[9];
+    assert_eq!(intent.content_type, "application/merge-patch+json");
+    assert_eq!(
+        intent.body.as_ref().expect("body")["status"],
+        json!({"topology": {"exchanges": [{"name": ex.as_str(), "state": "Pending", "owned": true}], "bindings": []}})
+    );
+    for c in calls
+        .iter()
+        .filter(|c| c.method == "PATCH")
+        .filter(|c| c.path != intent.path || c.content_type != intent.content_type)
+    {
         assert_eq!(
             c.content_type, "application/apply-patch+yaml",
             "server-side apply for {}",
@@ -568,6 +580,41 @@ async fn deletion_with_delete_policy_removes_owned_exchange_then_finalizer() {
         .and_then(|c| c.body.clone())
         .expect("event");
     assert_eq!(ev["reason"], "CleanedUp");
+}
+
+#[tokio::test]
+async fn an_exchange_created_just_before_a_crash_stays_owned() {
+    // Found by the end-to-end test: an operator killed after declaring an exchange and before
+    // writing the status forgot it had created it, so `deletionPolicy: Delete` leaked it. The
+    // exchange is now recorded (owned, Pending) before it is declared.
+    let ex = uniq("crash");
+    let env = Env::new(gateway_json(
+        &ex,
+        json!({"spec": {"topology": {"deletionPolicy": "Delete"}}}),
+    ));
+    env.reconcile().await.0.expect("create");
+    // What a crash right after the declare leaves: the write-ahead ledger only.
+    env.api.edit(GW, |g| {
+        g["status"] = json!({"topology": {"exchanges": [{"name": ex.as_str(), "state": "Pending", "owned": true}], "bindings": []}});
+    });
+    let c = rabbit().await;
+    assert!(exchange_exists(&c, &ex).await);
+    let (r, calls) = env.reconcile().await;
+    r.expect("restart reconcile");
+    assert_eq!(env.status()["topology"]["exchanges"][0]["owned"], true);
+    assert_eq!(
+        env.status()["topology"]["exchanges"][0]["state"],
+        "Declared"
+    );
+    assert!(
+        !calls.iter().any(|c| c.method == "POST"),
+        "a write-ahead entry is not a drift (no Recreated event)"
+    );
+    env.api.edit(GW, |g| {
+        g["metadata"]["deletionTimestamp"] = json!(k8s_openapi::jiff::Timestamp::now().to_string())
+    });
+    env.reconcile().await.0.expect("cleanup");
+    assert!(!exchange_exists(&c, &ex).await, "owned exchange deleted");
 }
 
 #[tokio::test]

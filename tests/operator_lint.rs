@@ -27,6 +27,7 @@ fn examples_are_valid() {
     let files: Vec<PathBuf> = [
         "examples/stompgateway.yaml",
         "examples/stompgateway-full.yaml",
+        "examples/stompgateway-local.yaml",
     ]
     .iter()
     .map(|f| PathBuf::from(root).join(f))

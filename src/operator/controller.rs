@@ -297,8 +297,11 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
         Ok(broker) => {
             obs.broker = Some(Ok(()));
             if !gw.spec.paused {
-                let prev = gw.status.as_ref().and_then(|s| s.topology.as_ref());
-                match broker.apply(&gw.spec.topology, prev).await {
+                let applied = match record_intent(gw, &api, &broker).await? {
+                    Ok(prev) => broker.apply(&gw.spec.topology, prev.as_ref()).await,
+                    Err(e) => Err(e),
+                };
+                match applied {
                     Ok(outcome) => {
                         for (op, ok) in &outcome.ops {
                             ctx.metrics.broker_op(op, *ok);
@@ -366,6 +369,37 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
         }),
         None => Ok(Action::requeue(resync(gw))),
     }
+}
+
+/// Records in the status, before declaring them, the exchanges this reconcile is about to
+/// create (write-ahead ownership), and returns the ledger to apply against.
+async fn record_intent(
+    gw: &StompGateway,
+    api: &Api<StompGateway>,
+    broker: &topology::Broker,
+) -> Result<Result<Option<crate::crd::TopologyStatus>, TopologyError>, Error> {
+    let prev = gw.status.as_ref().and_then(|s| s.topology.clone());
+    let unrecorded = topology::unrecorded_exchanges(&gw.spec.topology, prev.as_ref());
+    if unrecorded.is_empty() {
+        return Ok(Ok(prev));
+    }
+    let missing = match broker.missing(&unrecorded).await {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(e)),
+    };
+    if missing.is_empty() {
+        return Ok(Ok(prev));
+    }
+    let ledger = topology::with_intent(prev.as_ref(), &missing);
+    // A merge patch of status.topology only: the rest of the status is left alone.
+    let patch = json!({"status": {"topology": ledger}});
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch_status(&gw.name_any(), &pp, &Patch::Merge(&patch))
+        .await?;
+    Ok(Ok(Some(ledger)))
 }
 
 fn broker_problem(e: &TopologyError) -> Problem {

@@ -520,7 +520,10 @@ impl Broker {
                     match self.declare_exchange(e, false).await? {
                         Ok(()) => {
                             out.ops.push(("exchange.declare", true));
-                            if before.is_some_and(|p| p.owned || p.state == state::ADOPTED) {
+                            // A write-ahead entry (Pending) was never declared: not a drift.
+                            if before.is_some_and(|p| {
+                                p.state != state::PENDING && (p.owned || p.state == state::ADOPTED)
+                            }) {
                                 out.recreated.push(e.name.clone());
                             }
                             ExchangeStatus {
@@ -630,6 +633,50 @@ impl Broker {
         }
         Ok(removed)
     }
+}
+
+impl Broker {
+    /// Which of these exchanges do not exist in RabbitMQ (passive declares).
+    pub async fn missing(&self, exchanges: &[&ExchangeSpec]) -> Result<Vec<String>, TopologyError> {
+        let mut out = Vec::new();
+        for e in exchanges {
+            match self.declare_exchange(e, true).await? {
+                Ok(()) => {}
+                Err(err) if is_soft(&err, AMQPSoftError::NOTFOUND) => out.push(e.name.clone()),
+                Err(err) => return Err(op_error("exchange.check", &err)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Exchanges of the spec the ledger has no entry for: the ones a reconcile may create.
+pub fn unrecorded_exchanges<'a>(
+    spec: &'a TopologySpec,
+    ledger: Option<&TopologyStatus>,
+) -> Vec<&'a ExchangeSpec> {
+    spec.exchanges
+        .iter()
+        .filter(|e| ledger.is_none_or(|l| !l.exchanges.iter().any(|x| x.name == e.name)))
+        .collect()
+}
+
+/// The ledger with `missing` recorded as owned and `Pending`. It is written to the status
+/// before those exchanges are declared, so an operator killed between declaring an exchange
+/// and recording it cannot forget that it created it (and leak it under `deletionPolicy:
+/// Delete`).
+pub fn with_intent(ledger: Option<&TopologyStatus>, missing: &[String]) -> TopologyStatus {
+    let mut l = ledger.cloned().unwrap_or_default();
+    for m in missing {
+        if !l.exchanges.iter().any(|x| &x.name == m) {
+            l.exchanges.push(ExchangeStatus {
+                name: m.clone(),
+                state: state::PENDING.into(),
+                owned: true,
+            });
+        }
+    }
+    l
 }
 
 /// Whether a ledger holds anything `deletionPolicy: Delete` would remove.

@@ -1,0 +1,518 @@
+//! A tiny "kubelet + Deployment controller" for the end-to-end test: it reads the Deployments
+//! the operator manages from the emulator and runs their pod template as local processes.
+//!
+//! For each pod it materialises what the container would see: ConfigMap and Secret volumes are
+//! written to a directory and paths under their mount points in `command`/`args` are rewritten
+//! to it; `env` values and `secretKeyRef`/`configMapKeyRef` are resolved from the emulator;
+//! the container ports get free local ports (`--listen`/`--stomp-listen` added to the
+//! arguments, which win over the config file). The readiness probe's HTTP GET is run against
+//! the local port, and the Deployment status (replicas, updated, ready, available, the
+//! `Available` condition, observedGeneration) is written through the `status` subresource, as
+//! the Deployment controller would. A changed pod template rolls the pods (new first, old
+//! removed once the new ones are ready, like maxSurge 1 / maxUnavailable 0).
+//!
+//! Not emulated: images (the container runs the `stompgate` binary under test), security
+//! contexts, resources, liveness probes, other volume types (a pod using one never starts and
+//! the reason is logged).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use kube_emulator::Emulator;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the test can see of a pod.
+#[derive(Clone, Debug)]
+#[allow(dead_code)]
+pub struct PodInfo {
+    /// `namespace/deployment`.
+    pub owner: String,
+    /// Pod name.
+    pub name: String,
+    /// Local port of the container port named `ws`.
+    pub ws_port: u16,
+    /// Readiness.
+    pub ready: bool,
+    /// Template hash.
+    pub hash: String,
+}
+
+struct Pod {
+    info: PodInfo,
+    child: tokio::process::Child,
+    probe_port: Option<(u16, String)>,
+}
+
+/// The running kubelet.
+pub struct Kubelet {
+    pods: Arc<Mutex<Vec<PodInfo>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Kubelet {
+    /// Starts polling the emulator every 150 ms; pods run `binary` in `work`.
+    pub fn start(emu: Arc<Emulator>, binary: PathBuf, work: PathBuf, selector: &str) -> Kubelet {
+        let pods = Arc::new(Mutex::new(Vec::new()));
+        let shared = pods.clone();
+        let selector = selector.to_string();
+        let task = tokio::spawn(async move {
+            let mut state = State {
+                emu,
+                binary,
+                work,
+                pods: BTreeMap::new(),
+                counter: 0,
+                selector,
+            };
+            loop {
+                state.sync().await;
+                *shared.lock().expect("lock") = state
+                    .pods
+                    .values()
+                    .flatten()
+                    .map(|p| p.info.clone())
+                    .collect();
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        });
+        Kubelet { pods, task }
+    }
+
+    /// The pods now.
+    pub fn pods(&self) -> Vec<PodInfo> {
+        self.pods.lock().expect("lock").clone()
+    }
+}
+
+struct State {
+    emu: Arc<Emulator>,
+    binary: PathBuf,
+    work: PathBuf,
+    pods: BTreeMap<String, Vec<Pod>>,
+    counter: u64,
+    selector: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn http_ok(port: u16, path: &str) -> bool {
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    else {
+        return false;
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 32];
+    match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+        Ok(Ok(n)) => {
+            let head = String::from_utf8_lossy(&buf[..n]);
+            head.starts_with("HTTP/1.1 2") || head.starts_with("HTTP/1.0 2")
+        }
+        _ => false,
+    }
+}
+
+fn hash(v: &Value) -> String {
+    hex::encode(Sha256::digest(v.to_string().as_bytes()))[..10].to_string()
+}
+
+impl State {
+    fn get(&self, path: &str) -> Option<Value> {
+        self.emu.get(path)
+    }
+
+    async fn sync(&mut self) {
+        let (code, list) = self.emu.call(
+            "GET",
+            &format!("/apis/apps/v1/deployments?labelSelector={}", self.selector),
+            None,
+        );
+        if code != 200 {
+            return;
+        }
+        let deployments = list["items"].as_array().cloned().unwrap_or_default();
+        let mut seen = Vec::new();
+        for d in &deployments {
+            let ns = d["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let name = d["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let owner = format!("{ns}/{name}");
+            seen.push(owner.clone());
+            self.sync_deployment(&owner, &ns, &name, d).await;
+        }
+        // Pods of deleted Deployments go away (what the ReplicaSet GC would do).
+        let gone: Vec<String> = self
+            .pods
+            .keys()
+            .filter(|k| !seen.contains(k))
+            .cloned()
+            .collect();
+        for k in gone {
+            for mut p in self.pods.remove(&k).unwrap_or_default() {
+                let _ = p.child.start_kill();
+            }
+        }
+    }
+
+    async fn sync_deployment(&mut self, owner: &str, ns: &str, name: &str, d: &Value) {
+        let deleting = d.pointer("/metadata/deletionTimestamp").is_some();
+        let desired = if deleting {
+            0
+        } else {
+            d.pointer("/spec/replicas")
+                .and_then(Value::as_u64)
+                .unwrap_or(1) as usize
+        };
+        let template = d.pointer("/spec/template").cloned().unwrap_or_default();
+        let h = hash(&template);
+        let mut pods = self.pods.remove(owner).unwrap_or_default();
+        // Exited processes are gone (a real kubelet would restart them; we report them).
+        pods.retain_mut(|p| match p.child.try_wait() {
+            Ok(Some(status)) => {
+                eprintln!("e2e kubelet: pod {} exited: {status}", p.info.name);
+                false
+            }
+            _ => true,
+        });
+        for p in pods.iter_mut() {
+            p.info.ready = match &p.probe_port {
+                Some((port, path)) => http_ok(*port, path).await,
+                None => true,
+            };
+        }
+        let current = pods.iter().filter(|p| p.info.hash == h).count();
+        if current < desired {
+            for _ in current..desired {
+                match self.start_pod(ns, name, &template, &h) {
+                    Ok(p) => pods.push(p),
+                    Err(e) => {
+                        eprintln!("e2e kubelet: cannot start a pod of {owner}: {e}");
+                        break;
+                    }
+                }
+            }
+        } else if current > desired {
+            let mut extra = current - desired;
+            pods.retain_mut(|p| {
+                if extra > 0 && p.info.hash == h {
+                    extra -= 1;
+                    let _ = p.child.start_kill();
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        let ready_new = pods
+            .iter()
+            .filter(|p| p.info.hash == h && p.info.ready)
+            .count();
+        if ready_new >= desired {
+            pods.retain_mut(|p| {
+                if p.info.hash != h {
+                    let _ = p.child.start_kill();
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        let replicas = pods.len();
+        let updated = pods.iter().filter(|p| p.info.hash == h).count();
+        let ready = pods.iter().filter(|p| p.info.ready).count();
+        let available = ready >= desired;
+        let status = json!({
+            "observedGeneration": d.pointer("/metadata/generation"),
+            "replicas": replicas,
+            "updatedReplicas": updated,
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "unavailableReplicas": desired.saturating_sub(ready),
+            "conditions": [
+                {"type": "Available", "status": if available { "True" } else { "False" },
+                 "reason": if available { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
+                 "message": if available { "Deployment has minimum availability." } else { "Deployment does not have minimum availability." }},
+                {"type": "Progressing", "status": "True",
+                 "reason": if updated == desired && ready >= desired { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" },
+                 "message": format!("ReplicaSet {name}-{h} is progressing.")},
+            ],
+        });
+        // Write only what changed (conditions compared without timestamps).
+        let have = d.get("status").cloned().unwrap_or_default();
+        if !deleting && !same_status(&have, &status) {
+            let (code, body) = self.emu.call(
+                "PATCH",
+                &format!(
+                    "/apis/apps/v1/namespaces/{ns}/deployments/{name}/status?fieldManager=e2e-kubelet"
+                ),
+                Some(&json!({"status": status})),
+            );
+            if code != 200 {
+                eprintln!("e2e kubelet: status of {owner}: {code} {body}");
+            }
+        }
+        if !pods.is_empty() {
+            self.pods.insert(owner.to_string(), pods);
+        }
+    }
+
+    fn start_pod(
+        &mut self,
+        ns: &str,
+        deploy: &str,
+        template: &Value,
+        h: &str,
+    ) -> Result<Pod, String> {
+        self.counter += 1;
+        let pod_name = format!("{deploy}-{h}-{}", self.counter);
+        let dir = self.work.join(&pod_name);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let spec = template.get("spec").cloned().unwrap_or_default();
+        let container = spec
+            .pointer("/containers/0")
+            .cloned()
+            .ok_or("no container")?;
+        // Volumes -> directories.
+        let mut volume_dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for v in spec["volumes"].as_array().cloned().unwrap_or_default() {
+            let vname = v["name"].as_str().unwrap_or("").to_string();
+            let vdir = dir.join("volumes").join(&vname);
+            std::fs::create_dir_all(&vdir).map_err(|e| e.to_string())?;
+            if let Some(cm) = v.get("configMap") {
+                let cname = cm["name"].as_str().unwrap_or("");
+                let obj = self
+                    .get(&format!("/api/v1/namespaces/{ns}/configmaps/{cname}"))
+                    .ok_or(format!(
+                        "ConfigMap {cname} not found (CreateContainerConfigError)"
+                    ))?;
+                for (k, val) in obj["data"].as_object().cloned().unwrap_or_default() {
+                    write(&vdir.join(k), val.as_str().unwrap_or("").as_bytes())?;
+                }
+            } else if let Some(sec) = v.get("secret") {
+                let sname = sec["secretName"].as_str().unwrap_or("");
+                let obj = self
+                    .get(&format!("/api/v1/namespaces/{ns}/secrets/{sname}"))
+                    .ok_or(format!(
+                        "Secret {sname} not found (CreateContainerConfigError)"
+                    ))?;
+                let data = obj["data"].as_object().cloned().unwrap_or_default();
+                let items: Vec<(String, String)> = match sec["items"].as_array() {
+                    Some(items) => items
+                        .iter()
+                        .map(|i| {
+                            (
+                                i["key"].as_str().unwrap_or("").into(),
+                                i["path"].as_str().unwrap_or("").into(),
+                            )
+                        })
+                        .collect(),
+                    None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+                };
+                for (key, path) in items {
+                    let raw = data.get(&key).and_then(Value::as_str).unwrap_or("");
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(raw)
+                        .map_err(|e| e.to_string())?;
+                    write(&vdir.join(path), &bytes)?;
+                }
+            } else {
+                return Err(format!(
+                    "volume {vname}: only configMap and secret volumes are emulated"
+                ));
+            }
+            volume_dirs.insert(vname, vdir);
+        }
+        let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+        for m in container["volumeMounts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            let vname = m["name"].as_str().unwrap_or("");
+            let local = volume_dirs
+                .get(vname)
+                .ok_or(format!("mount of unknown volume {vname}"))?;
+            mounts.push((
+                m["mountPath"].as_str().unwrap_or("").to_string(),
+                local.clone(),
+            ));
+        }
+        // Longest mount path first, so /etc/stompgate/tls wins over /etc/stompgate.
+        mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        let rewrite = |a: &str| -> String {
+            for (mp, local) in &mounts {
+                if let Some(rest) = a.strip_prefix(mp.as_str())
+                    && (rest.is_empty() || rest.starts_with('/'))
+                {
+                    return format!("{}{rest}", local.display());
+                }
+            }
+            a.to_string()
+        };
+        let strs = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).map(&rewrite).collect())
+                .unwrap_or_default()
+        };
+        // The image's entrypoint is the binary under test.
+        let command = strs(&container["command"]);
+        let mut args = strs(&container["args"]);
+        let mut env: Vec<(String, String)> = Vec::new();
+        for e in container["env"].as_array().cloned().unwrap_or_default() {
+            let name = e["name"].as_str().unwrap_or("").to_string();
+            if let Some(v) = e["value"].as_str() {
+                env.push((name, rewrite(v)));
+            } else if let Some(r) = e.pointer("/valueFrom/secretKeyRef") {
+                let (sname, key) = (
+                    r["name"].as_str().unwrap_or(""),
+                    r["key"].as_str().unwrap_or(""),
+                );
+                let optional = r["optional"].as_bool() == Some(true);
+                let val = self
+                    .get(&format!("/api/v1/namespaces/{ns}/secrets/{sname}"))
+                    .and_then(|s| s["data"][key].as_str().map(str::to_string))
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+                match val {
+                    Some(v) => env.push((name, String::from_utf8_lossy(&v).into_owned())),
+                    None if optional => {}
+                    None => {
+                        return Err(format!(
+                            "env {name}: secret {sname} key {key} not found (CreateContainerConfigError)"
+                        ));
+                    }
+                }
+            } else if let Some(r) = e.pointer("/valueFrom/configMapKeyRef") {
+                let (cname, key) = (
+                    r["name"].as_str().unwrap_or(""),
+                    r["key"].as_str().unwrap_or(""),
+                );
+                let val = self
+                    .get(&format!("/api/v1/namespaces/{ns}/configmaps/{cname}"))
+                    .and_then(|c| c["data"][key].as_str().map(str::to_string));
+                match val {
+                    Some(v) => env.push((name, v)),
+                    None if r["optional"].as_bool() == Some(true) => {}
+                    None => {
+                        return Err(format!("env {name}: configmap {cname} key {key} not found"));
+                    }
+                }
+            } else {
+                return Err(format!(
+                    "env {name}: only value, secretKeyRef and configMapKeyRef are emulated"
+                ));
+            }
+        }
+        // Container ports -> local ports.
+        let mut ports: BTreeMap<String, u16> = BTreeMap::new();
+        for p in container["ports"].as_array().cloned().unwrap_or_default() {
+            let pname = p["name"].as_str().unwrap_or("").to_string();
+            let local = free_port();
+            match pname.as_str() {
+                "ws" => args.extend(["--listen".to_string(), format!("127.0.0.1:{local}")]),
+                "stomp" => {
+                    args.extend(["--stomp-listen".to_string(), format!("127.0.0.1:{local}")])
+                }
+                other => {
+                    return Err(format!(
+                        "container port {other:?}: the e2e kubelet maps ws and stomp only"
+                    ));
+                }
+            }
+            ports.insert(pname, local);
+        }
+        let probe_port = container.pointer("/readinessProbe/httpGet").map(|g| {
+            let port = match &g["port"] {
+                Value::String(n) => ports.get(n).copied().unwrap_or(0),
+                Value::Number(n) => {
+                    let want = n.as_u64().unwrap_or(0);
+                    container["ports"]
+                        .as_array()
+                        .and_then(|a| a.iter().find(|p| p["containerPort"].as_u64() == Some(want)))
+                        .and_then(|p| p["name"].as_str())
+                        .and_then(|n| ports.get(n).copied())
+                        .unwrap_or(0)
+                }
+                _ => 0,
+            };
+            (port, g["path"].as_str().unwrap_or("/").to_string())
+        });
+        let (program, argv) = if command.is_empty() {
+            (self.binary.display().to_string(), args)
+        } else {
+            let mut c = command;
+            let program = c.remove(0);
+            c.extend(args);
+            (program, c)
+        };
+        let log = std::fs::File::create(dir.join("container.log")).map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let child = tokio::process::Command::new(program)
+            .args(&argv)
+            .envs(env)
+            .env("RUST_LOG", "info")
+            .stdout(log)
+            .stderr(log2)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        eprintln!("e2e kubelet: started pod {pod_name}: {argv:?}");
+        Ok(Pod {
+            info: PodInfo {
+                owner: format!("{ns}/{deploy}"),
+                name: pod_name,
+                ws_port: ports.get("ws").copied().unwrap_or(0),
+                ready: false,
+                hash: h.to_string(),
+            },
+            child,
+            probe_port,
+        })
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn same_status(have: &Value, want: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(cs) = v.get_mut("conditions").and_then(Value::as_array_mut) {
+            for c in cs {
+                if let Some(m) = c.as_object_mut() {
+                    m.remove("lastTransitionTime");
+                    m.remove("lastUpdateTime");
+                }
+            }
+        }
+        v
+    };
+    strip(have) == strip(want)
+}

@@ -1,0 +1,388 @@
+//! Server-side printing (`Accept: application/json;as=Table;g=meta.k8s.io;v=v1`), which
+//! `kubectl get` uses: printer columns of custom resources and a few columns per built-in.
+
+use serde_json::{Value, json};
+
+use crate::registry::{Builtin, ResourceDef};
+use crate::util::{age_secs, human_duration};
+
+fn col(name: &str, ty: &str, format: &str, priority: i64, description: &str) -> Value {
+    json!({"name": name, "type": ty, "format": format, "description": description, "priority": priority})
+}
+
+fn age(v: &Value) -> Value {
+    v.pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str)
+        .and_then(age_secs)
+        .map(|s| json!(human_duration(s)))
+        .unwrap_or(json!("<unknown>"))
+}
+
+fn s(v: &Value, p: &str) -> String {
+    match v.pointer(p) {
+        Some(Value::String(x)) => x.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(x) => x.to_string(),
+    }
+}
+
+fn count(v: &Value, p: &str) -> usize {
+    match v.pointer(p) {
+        Some(Value::Object(m)) => m.len(),
+        Some(Value::Array(a)) => a.len(),
+        _ => 0,
+    }
+}
+
+/// Column definitions and a row builder for a resource.
+pub fn columns(res: &ResourceDef, version: &str) -> Vec<Value> {
+    let name = col(
+        "Name",
+        "string",
+        "name",
+        0,
+        "Name must be unique within a namespace.",
+    );
+    let age_col = col(
+        "Age",
+        "string",
+        "",
+        0,
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    );
+    match res.builtin {
+        None => {
+            let mut out = vec![name];
+            if let Some(v) = res.version(version) {
+                for c in &v.columns {
+                    out.push(col(&c.name, &c.type_, "", c.priority, &c.description));
+                }
+            }
+            out
+        }
+        Some(Builtin::Namespace) => vec![
+            name,
+            col("Status", "string", "", 0, "The status of the namespace"),
+            age_col,
+        ],
+        Some(Builtin::Secret) => vec![
+            name,
+            col("Type", "string", "", 0, "The type of the secret"),
+            col(
+                "Data",
+                "integer",
+                "",
+                0,
+                "The number of entries in the data",
+            ),
+            age_col,
+        ],
+        Some(Builtin::ConfigMap) => vec![
+            name,
+            col("Data", "integer", "", 0, "Number of entries in data"),
+            age_col,
+        ],
+        Some(Builtin::Service) => vec![
+            name,
+            col("Type", "string", "", 0, "The type of service."),
+            col("Cluster-IP", "string", "", 0, "The IP of the service."),
+            col("External-IP", "string", "", 0, "External IPs."),
+            col("Port(s)", "string", "", 0, "The ports of the service."),
+            age_col,
+            col("Selector", "string", "", 1, "The selector."),
+        ],
+        Some(Builtin::Deployment) => vec![
+            name,
+            col(
+                "Ready",
+                "string",
+                "",
+                0,
+                "Number of the pod with ready state",
+            ),
+            col(
+                "Up-to-date",
+                "string",
+                "",
+                0,
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+            ),
+            col(
+                "Available",
+                "string",
+                "",
+                0,
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+            ),
+            age_col,
+            col(
+                "Containers",
+                "string",
+                "",
+                1,
+                "Names of each container in the template.",
+            ),
+            col(
+                "Images",
+                "string",
+                "",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            col("Selector", "string", "", 1, "Label selector for pods."),
+        ],
+        Some(Builtin::Pdb) => vec![
+            name,
+            col(
+                "Min Available",
+                "string",
+                "",
+                0,
+                "The minimum number or percentage of available pods this budget requires.",
+            ),
+            col(
+                "Max Unavailable",
+                "string",
+                "",
+                0,
+                "The maximum number or percentage of unavailable pods this budget requires.",
+            ),
+            col(
+                "Allowed Disruptions",
+                "integer",
+                "",
+                0,
+                "Calculated number of pods that can be disrupted at this time.",
+            ),
+            age_col,
+        ],
+        Some(Builtin::Lease) => vec![
+            name,
+            col("Holder", "string", "", 0, "The holder of the lease."),
+            age_col,
+        ],
+        Some(Builtin::Event) | Some(Builtin::EventV1) => vec![
+            col(
+                "Last Seen",
+                "string",
+                "",
+                0,
+                "Time since the event was last observed.",
+            ),
+            col("Type", "string", "", 0, "Normal or Warning."),
+            col("Reason", "string", "", 0, "Reason."),
+            col("Object", "string", "", 0, "The object this event is about."),
+            col("Message", "string", "", 0, "Message."),
+        ],
+        Some(Builtin::Crd) => vec![
+            name,
+            col("Created At", "date", "", 0, "When the CRD was created."),
+        ],
+    }
+}
+
+/// One row's cells.
+pub fn cells(res: &ResourceDef, version: &str, v: &Value) -> Vec<Value> {
+    let name = json!(s(v, "/metadata/name"));
+    match res.builtin {
+        None => {
+            let mut out = vec![name];
+            if let Some(vd) = res.version(version) {
+                for c in &vd.columns {
+                    let found = crate::jsonpath::eval(&c.json_path, v).unwrap_or_default();
+                    let cell = match found.as_slice() {
+                        [] => Value::Null,
+                        [one] => {
+                            if c.type_ == "date" {
+                                one.as_str()
+                                    .and_then(age_secs)
+                                    .map(|s| json!(human_duration(s)))
+                                    .unwrap_or(one.clone())
+                            } else {
+                                one.clone()
+                            }
+                        }
+                        many => json!(
+                            many.iter()
+                                .map(|x| match x {
+                                    Value::String(s) => s.clone(),
+                                    o => o.to_string(),
+                                })
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ),
+                    };
+                    out.push(cell);
+                }
+            }
+            out
+        }
+        Some(Builtin::Namespace) => vec![name, json!(s(v, "/status/phase")), age(v)],
+        Some(Builtin::Secret) => vec![name, json!(s(v, "/type")), json!(count(v, "/data")), age(v)],
+        Some(Builtin::ConfigMap) => vec![
+            name,
+            json!(count(v, "/data") + count(v, "/binaryData")),
+            age(v),
+        ],
+        Some(Builtin::Service) => {
+            let ports: Vec<String> = v
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .map(|p| {
+                            let np = p
+                                .get("nodePort")
+                                .map(|n| format!(":{n}"))
+                                .unwrap_or_default();
+                            format!("{}{np}/{}", p["port"], s(p, "/protocol"))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let ext = if s(v, "/spec/type") == "LoadBalancer" {
+                "<pending>"
+            } else {
+                "<none>"
+            };
+            let sel = v
+                .pointer("/spec/selector")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, x)| format!("{k}={}", x.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                json!(s(v, "/spec/type")),
+                json!(s(v, "/spec/clusterIP")),
+                json!(ext),
+                json!(ports.join(",")),
+                age(v),
+                json!(sel),
+            ]
+        }
+        Some(Builtin::Deployment) => {
+            let n = |p: &str| v.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+            let containers: Vec<&Value> = v
+                .pointer("/spec/template/spec/containers")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
+            let names: Vec<String> = containers.iter().map(|c| s(c, "/name")).collect();
+            let images: Vec<String> = containers.iter().map(|c| s(c, "/image")).collect();
+            let sel = v
+                .pointer("/spec/selector/matchLabels")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, x)| format!("{k}={}", x.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    n("/status/readyReplicas"),
+                    n("/spec/replicas")
+                )),
+                json!(n("/status/updatedReplicas")),
+                json!(n("/status/availableReplicas")),
+                age(v),
+                json!(names.join(",")),
+                json!(images.join(",")),
+                json!(sel),
+            ]
+        }
+        Some(Builtin::Pdb) => {
+            let or_na = |p: &str| {
+                let x = s(v, p);
+                if x.is_empty() { "N/A".to_string() } else { x }
+            };
+            vec![
+                name,
+                json!(or_na("/spec/minAvailable")),
+                json!(or_na("/spec/maxUnavailable")),
+                json!(
+                    v.pointer("/status/disruptionsAllowed")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0)
+                ),
+                age(v),
+            ]
+        }
+        Some(Builtin::Lease) => vec![name, json!(s(v, "/spec/holderIdentity")), age(v)],
+        Some(Builtin::Event) | Some(Builtin::EventV1) => {
+            let core = res.builtin == Some(Builtin::Event);
+            let seen = [
+                "/series/lastObservedTime",
+                if core {
+                    "/lastTimestamp"
+                } else {
+                    "/deprecatedLastTimestamp"
+                },
+                "/eventTime",
+                "/metadata/creationTimestamp",
+            ]
+            .iter()
+            .map(|p| s(v, p))
+            .find(|x| !x.is_empty())
+            .and_then(|t| age_secs(&t))
+            .map(human_duration)
+            .unwrap_or_default();
+            let obj = if core {
+                "/involvedObject"
+            } else {
+                "/regarding"
+            };
+            vec![
+                json!(seen),
+                json!(s(v, "/type")),
+                json!(s(v, "/reason")),
+                json!(format!(
+                    "{}/{}",
+                    s(v, &format!("{obj}/kind")).to_lowercase(),
+                    s(v, &format!("{obj}/name"))
+                )),
+                json!(s(v, if core { "/message" } else { "/note" })),
+            ]
+        }
+        Some(Builtin::Crd) => vec![name, json!(s(v, "/metadata/creationTimestamp"))],
+    }
+}
+
+/// A Table of objects; `include` is `None`, `Metadata` (default) or `Object`.
+pub fn table(
+    res: &ResourceDef,
+    version: &str,
+    items: &[Value],
+    list_meta: Value,
+    include: &str,
+) -> Value {
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|v| {
+            let mut row = json!({"cells": cells(res, version, v)});
+            match include {
+                "None" => {}
+                "Object" => row["object"] = v.clone(),
+                _ => {
+                    row["object"] = json!({
+                        "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                        "metadata": v.get("metadata").cloned().unwrap_or_default(),
+                    })
+                }
+            }
+            row
+        })
+        .collect();
+    json!({
+        "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta,
+        "columnDefinitions": columns(res, version), "rows": rows,
+    })
+}
