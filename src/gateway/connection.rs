@@ -81,10 +81,12 @@ impl CloseCode {
     }
 }
 
-/// Everything a connection needs from the server.
-#[derive(Clone)]
-pub struct ConnectionContext {
-    pub session: SessionConfig,
+/// Everything a connection needs from the server, shared (one pointer per connection).
+pub type ConnectionContext = Arc<ConnectionSettings>;
+
+/// See [`ConnectionContext`].
+pub struct ConnectionSettings {
+    pub session: Arc<SessionConfig>,
     pub limits: Limits,
     pub broker: Broker,
     pub metrics: GatewayMetrics,
@@ -139,7 +141,7 @@ pub async fn run<I, O>(
     I: Stream<Item = std::io::Result<Bytes>> + Unpin,
     O: Sink<Outbound> + Unpin,
 {
-    let metrics = ctx.metrics.clone();
+    let metrics = &ctx.metrics;
     let transport_labels = TransportLabels {
         transport: transport.to_string(),
     };
@@ -147,7 +149,7 @@ pub async fn run<I, O>(
     let session_id = format!("session-{}", random_token());
     let mut session = Session::new(ctx.session.clone(), session_id, Instant::now());
     let mut decoder = Decoder::new(ctx.limits.clone());
-    let mut encode_buf = BytesMut::with_capacity(256);
+    let mut encode_buf = BytesMut::new();
     let mut channel: Option<Arc<tokio::sync::Mutex<SessionChannel>>> = None;
     let mut op: Option<BoxFuture<'static, OpResult>> = None;
     let mut consumers: StreamMap<String, DeliveryStream> = StreamMap::new();

@@ -2,7 +2,8 @@
 
 use crate::gateway::broker::{Broker, BrokerConfig};
 use crate::gateway::config::{AuthMode, GatewayArgs};
-use crate::gateway::connection::{ConnectionContext, Outbound, encode_frame};
+use crate::gateway::connection::{ConnectionContext, ConnectionSettings, Outbound, encode_frame};
+use crate::gateway::destination::PlanConfig;
 use crate::gateway::fanout::{Fanout, FanoutConfig};
 use crate::gateway::session::{SessionConfig, error_frame};
 use crate::gateway::transport::sockjs::{self, SockJsConfig, SockJsSend};
@@ -219,7 +220,7 @@ pub fn session_config(args: &GatewayArgs, broker: &BrokerConfig) -> SessionConfi
         default_vhost: "/".to_string(),
         login_timeout: Duration::from_secs(args.login_timeout_secs),
         max_subscriptions: args.max_subscriptions,
-        default_topic_exchange: "amq.topic".to_string(),
+        plan: PlanConfig::default(),
     }
 }
 
@@ -241,8 +242,8 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
     }
     let broker = Broker::new(broker_config.clone(), metrics.clone());
     let shutdown = CancellationToken::new();
-    let ctx = ConnectionContext {
-        session: session_config(&args, &broker_config),
+    let ctx: ConnectionContext = Arc::new(ConnectionSettings {
+        session: Arc::new(session_config(&args, &broker_config)),
         limits: Limits {
             max_frame_bytes: args.max_frame_bytes,
             ..Limits::default()
@@ -261,7 +262,7 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
                 metrics.clone(),
             )
         }),
-    };
+    });
     let state = AppState {
         ctx,
         allowed_origins: Arc::new(args.allowed_origins.clone()),
@@ -504,7 +505,7 @@ async fn ws_handler(
     let max_message = ctx.limits.max_frame_bytes + 1024;
     upgrade
         .protocols(websocket::SUBPROTOCOLS)
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(max_message * 2)
         .max_message_size(max_message)

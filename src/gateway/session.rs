@@ -17,6 +17,7 @@ use crate::stomp::{Command, Frame, Version};
 use bytes::Bytes;
 use lapin::BasicProperties;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Most concurrent transactions per session (RabbitMQ: 16).
@@ -43,8 +44,8 @@ pub struct SessionConfig {
     pub login_timeout: Duration,
     /// Most subscriptions one session may hold.
     pub max_subscriptions: usize,
-    /// Exchange behind `/topic/` destinations.
-    pub default_topic_exchange: String,
+    /// Destination rules (the exchange behind `/topic/`, durable queue naming).
+    pub plan: PlanConfig,
 }
 
 impl Default for SessionConfig {
@@ -60,7 +61,7 @@ impl Default for SessionConfig {
             default_vhost: "/".to_string(),
             login_timeout: Duration::from_secs(10),
             max_subscriptions: 1024,
-            default_topic_exchange: "amq.topic".to_string(),
+            plan: PlanConfig::default(),
         }
     }
 }
@@ -271,8 +272,8 @@ struct PendingSend {
 
 /// The per-connection STOMP session.
 pub struct Session {
-    config: SessionConfig,
-    plan_config: PlanConfig,
+    /// Shared by every session of the gateway.
+    config: Arc<SessionConfig>,
     phase: Phase,
     version: Version,
     session_id: String,
@@ -298,14 +299,9 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(config: SessionConfig, session_id: String, now: Instant) -> Self {
-        let plan_config = PlanConfig {
-            default_topic_exchange: config.default_topic_exchange.clone(),
-            ..PlanConfig::default()
-        };
+    pub fn new(config: impl Into<Arc<SessionConfig>>, session_id: String, now: Instant) -> Self {
         Session {
-            config,
-            plan_config,
+            config: config.into(),
             phase: Phase::AwaitingConnect,
             version: Version::V1_0,
             session_id,
@@ -857,7 +853,7 @@ impl Session {
 
     fn on_send(&mut self, frame: Frame) {
         let receipt = receipt_of(&frame).map(str::to_string);
-        let plan = match destination::plan_send(&frame.headers, &self.plan_config) {
+        let plan = match destination::plan_send(&frame.headers, &self.config.plan) {
             Ok(plan) => plan,
             Err(e) => {
                 self.send_error(e.summary(), &e.detail(), receipt.as_deref());
@@ -927,7 +923,7 @@ impl Session {
 
     fn on_subscribe(&mut self, frame: Frame) {
         let receipt = receipt_of(&frame).map(str::to_string);
-        let mut plan = match destination::plan_subscribe(&frame.headers, &self.plan_config) {
+        let mut plan = match destination::plan_subscribe(&frame.headers, &self.config.plan) {
             Ok(plan) => plan,
             Err(e) => {
                 self.send_error(e.summary(), &e.detail(), receipt.as_deref());
