@@ -64,6 +64,10 @@ pub struct GatewayMetrics {
     pub broker_channels: Gauge,
     pub broker_connect_failures: Counter,
     pub broker_connection_errors: Counter,
+    /// 1 while the readiness monitor reaches RabbitMQ, 0 while it is down.
+    pub broker_up: Gauge,
+    /// Times the readiness monitor reached RabbitMQ again after losing it.
+    pub broker_reconnects: Counter,
     pub fanout_queues: Gauge,
     pub fanout_listeners: Gauge,
     pub slow_consumers: Counter,
@@ -131,6 +135,16 @@ impl GatewayMetrics {
             "broker_connection_errors",
             "AMQP connections lost after being established",
             self.broker_connection_errors.clone(),
+        );
+        r.register(
+            "broker_up",
+            "1 while RabbitMQ is reachable (what /readyz reports), 0 while it is down",
+            self.broker_up.clone(),
+        );
+        r.register(
+            "broker_reconnects",
+            "Times RabbitMQ was reached again after an outage",
+            self.broker_reconnects.clone(),
         );
         r.register(
             "fanout_queues",

@@ -192,7 +192,15 @@ fn full_example_maps_tls_stomp_service_user_uri_secret_and_overrides() {
         .map(|v| v.name.as_str())
         .collect();
     assert_eq!(vols, ["config", "broker-ca"]);
-    assert_eq!(pod.termination_grace_period_seconds, Some(65));
+    // preStop sleep 5 + drainTimeoutSeconds 60 + 5 s to exit.
+    assert_eq!(pod.termination_grace_period_seconds, Some(70));
+    let pre_stop = pod.containers[0]
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.sleep.as_ref())
+        .map(|s| s.seconds);
+    assert_eq!(pre_stop, Some(5), "preStop sleeps so endpoints go first");
     let svc = c.service.spec.as_ref().expect("svc");
     assert_eq!(svc.type_.as_deref(), Some("LoadBalancer"));
     let ports: Vec<i32> = svc.ports.iter().flatten().map(|p| p.port).collect();

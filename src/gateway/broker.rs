@@ -15,10 +15,12 @@ use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Consumer, E
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Error)]
 pub enum BrokerError {
@@ -74,11 +76,77 @@ struct PooledConnection {
     channels: AtomicUsize,
     channel_limit: usize,
     idle_since: Mutex<Option<Instant>>,
+    /// Cancelled when the connection is lost; every session on it is told at once.
+    lost: CancellationToken,
 }
 
 impl PooledConnection {
     fn usable(&self) -> bool {
-        self.connection.status().connected()
+        !self.lost.is_cancelled() && self.connection.status().connected()
+    }
+}
+
+/// A session's view of its pooled connection: whether (and when) it was lost. Held outside
+/// the session's channel lock, so the driver can wait on it while an operation runs.
+#[derive(Clone)]
+pub struct BrokerLink {
+    pooled: Arc<PooledConnection>,
+}
+
+impl BrokerLink {
+    /// Resolves when the AMQP connection is lost.
+    pub fn lost(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.pooled.lost.clone().cancelled_owned()
+    }
+
+    /// True once the AMQP connection is gone (an ended consumer then means the loss, not a
+    /// server-side cancel).
+    pub fn is_lost(&self) -> bool {
+        !self.pooled.usable()
+    }
+}
+
+/// What the readiness monitor knows about RabbitMQ.
+#[derive(Default)]
+struct Health {
+    /// The last probe reached RabbitMQ.
+    up: AtomicBool,
+    /// At least one probe finished (until then /readyz probes by itself).
+    probed: AtomicBool,
+    /// Woken when a pooled connection is lost: probe now rather than at the next tick.
+    recheck: Notify,
+}
+
+/// Exponential backoff with jitter for reconnect attempts: the delay doubles from `base`
+/// up to `cap`, and each wait is drawn from [delay/2, delay] so that many gateways losing
+/// the same broker do not retry in lockstep.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The next wait.
+    pub fn next_delay(&mut self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(16)).unwrap_or(u32::MAX);
+        let delay = self.base.saturating_mul(factor).min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        let jitter: f64 = rand::random::<f64>() * 0.5;
+        delay.mul_f64(1.0 - jitter)
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
     }
 }
 
@@ -92,6 +160,7 @@ struct Inner {
     pool: Mutex<HashMap<PoolKey, PoolSlot>>,
     server_product: Mutex<Option<String>>,
     metrics: GatewayMetrics,
+    health: Health,
 }
 
 /// Shared handle to the broker side; cheap to clone.
@@ -142,6 +211,7 @@ impl Broker {
                 pool: Mutex::new(HashMap::new()),
                 server_product: Mutex::new(None),
                 metrics,
+                health: Health::default(),
             }),
         }
     }
@@ -198,7 +268,8 @@ impl Broker {
         let pooled = match candidate {
             Some(c) => c,
             None => {
-                let conn = self.connect(login, passcode, vhost).await?;
+                let lost = CancellationToken::new();
+                let conn = self.connect(login, passcode, vhost, lost.clone()).await?;
                 let channel_limit = self
                     .inner
                     .config
@@ -209,6 +280,7 @@ impl Broker {
                     channels: AtomicUsize::new(0),
                     channel_limit,
                     idle_since: Mutex::new(None),
+                    lost,
                 });
                 entries.push(pooled.clone());
                 pooled
@@ -233,6 +305,7 @@ impl Broker {
         login: &str,
         passcode: &str,
         vhost: &str,
+        lost: CancellationToken,
     ) -> Result<Connection, ConnectFailure> {
         let mut uri = self.inner.config.uri.clone();
         uri.authority.userinfo = AMQPUserInfo {
@@ -243,11 +316,21 @@ impl Broker {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("stompgate {login}@{vhost}").into());
         let attempt = Connection::connect_uri(uri, props);
-        let result = tokio::time::timeout(self.inner.config.connect_timeout, attempt).await;
+        // While RabbitMQ is known to be down, new sessions learn it quickly instead of
+        // waiting out the full timeout (the attempt is still made: the monitor may lag).
+        let timeout = if self.known_down() {
+            self.inner.config.connect_timeout.min(DOWN_CONNECT_TIMEOUT)
+        } else {
+            self.inner.config.connect_timeout
+        };
+        let result = tokio::time::timeout(timeout, attempt).await;
         match result {
-            Err(_) => Err(ConnectFailure::Unavailable(
-                "timed out connecting to RabbitMQ".to_string(),
-            )),
+            Err(_) => {
+                self.inner.metrics.broker_connect_failures.inc();
+                Err(ConnectFailure::Unavailable(
+                    "timed out connecting to RabbitMQ".to_string(),
+                ))
+            }
             Ok(Err(e)) => {
                 self.inner.metrics.broker_connect_failures.inc();
                 Err(classify_connect_error(&e))
@@ -256,7 +339,12 @@ impl Broker {
                 self.inner.metrics.broker_connections.inc();
                 let metrics = self.inner.metrics.clone();
                 let events = conn.events_listener();
-                tokio::spawn(watch_connection(events, metrics));
+                let broker = self.clone();
+                tokio::spawn(async move {
+                    watch_connection(events, metrics, lost).await;
+                    // Probe now: /readyz should not wait for the next tick to turn 503.
+                    broker.inner.health.recheck.notify_one();
+                });
                 Ok(conn)
             }
         }
@@ -346,22 +434,207 @@ impl Broker {
     }
 }
 
+/// Cancels `lost` when the connection fails (or its event stream ends: the connection is
+/// gone either way).
 async fn watch_connection(
     events: impl futures::Stream<Item = lapin::Event> + Send + 'static,
     metrics: GatewayMetrics,
+    lost: CancellationToken,
 ) {
     use futures::StreamExt;
     futures::pin_mut!(events);
     while let Some(event) = events.next().await {
-        if let lapin::Event::Error(e) = event {
+        if let lapin::Event::Error(e) = event
+            && !is_channel_error(&e)
+        {
             tracing::warn!(error = %describe_error(&e), "AMQP connection lost");
             metrics.broker_connection_errors.inc();
             break;
         }
     }
+    lost.cancel();
+}
+
+/// lapin reports channel-level (soft) errors on the connection's event stream too; they
+/// close one channel (that session reports them itself), not the connection.
+fn is_channel_error(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Soft(_)))
+}
+
+/// Connect timeout while the monitor reports RabbitMQ down.
+const DOWN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Probe interval while RabbitMQ is up but the monitor holds no connection of its own.
+const HEALTH_TICK: Duration = Duration::from_secs(5);
+/// First and longest wait between probes while RabbitMQ is down.
+pub const RECONNECT_BACKOFF_BASE: Duration = Duration::from_millis(250);
+pub const RECONNECT_BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+/// Outcome of one readiness probe.
+enum Probe {
+    /// Logged in: the monitor keeps this connection and learns of a loss at once.
+    Connected(Connection, CancellationToken),
+    /// RabbitMQ answered but refused the gateway's credentials (e.g. passthrough mode
+    /// without a service user): reachable, re-checked by a handshake probe every tick.
+    Answered,
+    Down(String),
+}
+
+impl Broker {
+    /// The readiness monitor: keeps /readyz (and `broker_up`) in line with RabbitMQ,
+    /// re-probing with exponential backoff and jitter while it is down. Runs until `stop`.
+    pub async fn monitor(self, stop: CancellationToken) {
+        let mut backoff = Backoff::new(RECONNECT_BACKOFF_BASE, RECONNECT_BACKOFF_CAP);
+        let mut was_up = false;
+        let mut down_since: Option<Instant> = None;
+        // Log in until the credentials are refused once; then only handshake.
+        let mut login = true;
+        loop {
+            let probe = tokio::select! {
+                _ = stop.cancelled() => return,
+                probe = self.probe(login) => probe,
+            };
+            match probe {
+                Probe::Connected(conn, lost) => {
+                    self.mark_up(&mut was_up, &mut down_since);
+                    backoff.reset();
+                    tokio::select! {
+                        _ = stop.cancelled() => {
+                            let _ = conn.close(200, "gateway shutting down".into()).await;
+                            return;
+                        }
+                        _ = lost.cancelled() => {}
+                    }
+                }
+                Probe::Answered => {
+                    login = false;
+                    self.mark_up(&mut was_up, &mut down_since);
+                    backoff.reset();
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = self.inner.health.recheck.notified() => {}
+                        _ = tokio::time::sleep(HEALTH_TICK) => {}
+                    }
+                }
+                Probe::Down(reason) => {
+                    if was_up || !self.inner.health.probed.load(Ordering::Acquire) {
+                        tracing::warn!(%reason, "RabbitMQ unreachable; retrying with backoff");
+                        down_since = Some(Instant::now());
+                    }
+                    was_up = false;
+                    self.inner.health.up.store(false, Ordering::Release);
+                    self.inner.health.probed.store(true, Ordering::Release);
+                    self.inner.metrics.broker_up.set(0);
+                    let wait = backoff.next_delay();
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn mark_up(&self, was_up: &mut bool, down_since: &mut Option<Instant>) {
+        if !*was_up {
+            if let Some(since) = down_since.take() {
+                self.inner.metrics.broker_reconnects.inc();
+                tracing::info!(
+                    down_ms = since.elapsed().as_millis() as u64,
+                    "RabbitMQ reachable again"
+                );
+            }
+            *was_up = true;
+        }
+        self.inner.health.up.store(true, Ordering::Release);
+        self.inner.health.probed.store(true, Ordering::Release);
+        self.inner.metrics.broker_up.set(1);
+    }
+
+    async fn probe(&self, login: bool) -> Probe {
+        let config = &self.inner.config;
+        if !login {
+            return match probe_server_product(config).await {
+                Some(_) => Probe::Answered,
+                None => Probe::Down("no AMQP handshake from RabbitMQ".to_string()),
+            };
+        }
+        let props =
+            ConnectionProperties::default().with_connection_name("stompgate readiness".into());
+        let attempt = Connection::connect_uri(config.uri.clone(), props);
+        match tokio::time::timeout(config.connect_timeout, attempt).await {
+            Err(_) => Probe::Down("timed out connecting to RabbitMQ".to_string()),
+            Ok(Ok(conn)) => {
+                let lost = CancellationToken::new();
+                let events = conn.events_listener();
+                let token = lost.clone();
+                tokio::spawn(async move {
+                    use futures::StreamExt;
+                    futures::pin_mut!(events);
+                    while let Some(event) = events.next().await {
+                        if let lapin::Event::Error(e) = event
+                            && !is_channel_error(&e)
+                        {
+                            break;
+                        }
+                    }
+                    token.cancel();
+                });
+                Probe::Connected(conn, lost)
+            }
+            Ok(Err(e)) => match classify_connect_error(&e) {
+                ConnectFailure::Unavailable(reason) => Probe::Down(reason),
+                // A refused login is an answer: the broker is up. Later checks use the
+                // bare handshake so as not to fill the broker's log with failed logins.
+                _ => Probe::Answered,
+            },
+        }
+    }
+
+    /// True when the last readiness probe reached RabbitMQ.
+    pub fn is_up(&self) -> bool {
+        self.inner.health.up.load(Ordering::Acquire)
+    }
+
+    /// True once the readiness monitor has probed at least once.
+    pub fn probed(&self) -> bool {
+        self.inner.health.probed.load(Ordering::Acquire)
+    }
+
+    fn known_down(&self) -> bool {
+        self.probed() && !self.is_up()
+    }
+
+    /// Closes every pooled connection (end of drain), so RabbitMQ requeues what the
+    /// sessions left unacknowledged now, not when the process exits.
+    pub async fn close_all(&self) {
+        let slots: Vec<PoolSlot> = match self.inner.pool.lock() {
+            Ok(pool) => pool.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for slot in slots {
+            let entries: Vec<Arc<PooledConnection>> = slot.lock().await.drain(..).collect();
+            for c in entries {
+                if c.usable() {
+                    let _ = c
+                        .connection
+                        .close(200, "gateway shutting down".into())
+                        .await;
+                }
+                self.inner.metrics.broker_connections.dec();
+            }
+        }
+    }
 }
 
 impl SessionChannel {
+    /// Watches this session's AMQP connection.
+    pub fn link(&self) -> BrokerLink {
+        BrokerLink {
+            pooled: self.pooled.clone(),
+        }
+    }
+
     /// The credentials this channel was opened with.
     pub fn credentials(&self) -> &PoolKey {
         &self.key
@@ -376,10 +649,9 @@ impl SessionChannel {
     /// for a shared fan-out queue that outlives this session.
     pub async fn sibling(&self) -> Result<SessionChannel, BrokerFailure> {
         if !self.pooled.usable() {
-            return Err(BrokerFailure {
-                name: "Connection to RabbitMQ lost".to_string(),
-                text: "The AMQP connection is closed.\n".to_string(),
-            });
+            return Err(BrokerFailure::connection_lost(
+                "The AMQP connection is closed.\n",
+            ));
         }
         self.pooled.channels.fetch_add(1, Ordering::AcqRel);
         match self.pooled.connection.create_channel().await {
@@ -404,10 +676,9 @@ impl SessionChannel {
     pub async fn channel(&mut self) -> Result<&Channel, BrokerFailure> {
         if self.channel.is_none() {
             if !self.pooled.usable() {
-                return Err(BrokerFailure {
-                    name: "Connection to RabbitMQ lost".to_string(),
-                    text: "The AMQP connection is closed.\n".to_string(),
-                });
+                return Err(BrokerFailure::connection_lost(
+                    "The AMQP connection is closed.\n",
+                ));
             }
             let channel = self
                 .pooled
@@ -633,20 +904,16 @@ fn error_name(code: u16) -> &'static str {
 /// Converts a lapin error on a channel operation into the session's failure report.
 pub fn to_failure(error: lapin::Error) -> BrokerFailure {
     match error.kind() {
+        // 320 connection_forced: the broker is shutting down or an operator closed the
+        // connection; either way the connection is gone and a reconnect is the remedy.
+        ErrorKind::ProtocolError(amqp) if amqp.get_id() == 320 => {
+            BrokerFailure::connection_lost(format!("{}\n", amqp.get_message()))
+        }
         ErrorKind::ProtocolError(amqp) => BrokerFailure {
             name: error_name(amqp.get_id()).to_string(),
             text: amqp.get_message().to_string(),
         },
-        ErrorKind::InvalidChannelState(..) | ErrorKind::InvalidConnectionState(_) => {
-            BrokerFailure {
-                name: "Connection to RabbitMQ lost".to_string(),
-                text: format!("{}\n", describe_error(&error)),
-            }
-        }
-        _ => BrokerFailure {
-            name: "Connection to RabbitMQ lost".to_string(),
-            text: format!("{}\n", describe_error(&error)),
-        },
+        _ => BrokerFailure::connection_lost(format!("{}\n", describe_error(&error))),
     }
 }
 
@@ -762,6 +1029,45 @@ mod tests {
         );
         assert_eq!(parse_start_product(&payload[..12]), None);
         assert_eq!(parse_start_product(b"garbage"), None);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(2);
+        let mut backoff = Backoff::new(base, cap);
+        let mut ceiling = base;
+        for _ in 0..12 {
+            let d = backoff.next_delay();
+            // Jitter draws each wait from [delay/2, delay].
+            assert!(d <= ceiling && d >= ceiling / 2, "{d:?} vs {ceiling:?}");
+            ceiling = (ceiling * 2).min(cap);
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() <= base);
+    }
+
+    #[test]
+    fn connection_forced_counts_as_a_lost_connection() {
+        use lapin::protocol::AMQPError;
+        let amqp = |id: u16, text: &str| {
+            let error = AMQPError::from_id(id, text.into()).expect("known reply code");
+            lapin::Error::from(ErrorKind::ProtocolError(error))
+        };
+        let forced = amqp(
+            320,
+            "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
+        );
+        assert!(to_failure(forced).is_connection_lost());
+        let not_found = to_failure(amqp(404, "NOT_FOUND - no queue 'q'"));
+        assert_eq!(not_found.name, "not_found");
+        assert!(!not_found.is_connection_lost());
+        let io = lapin::Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!is_channel_error(&io));
+        assert!(to_failure(io).is_connection_lost());
+        // A soft error closes a channel, not the connection.
+        assert!(is_channel_error(&amqp(404, "NOT_FOUND - no queue 'q'")));
+        assert!(!is_channel_error(&amqp(320, "CONNECTION_FORCED")));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Runs one STOMP session over one transport: the only place where the sans-IO session,
 //! the codec, the broker and a socket meet. One task per connection.
 
-use crate::gateway::broker::{self, Broker, SessionChannel};
+use crate::gateway::broker::{self, Broker, BrokerLink, SessionChannel};
 use crate::gateway::fanout::{Fanout, Membership, SharedEvent};
 use crate::gateway::session::{
     Action, BrokerFailure, BrokerReply, BrokerRequest, ChannelOp, CloseReason, Delivery, Session,
@@ -45,6 +45,8 @@ pub enum CloseCode {
     InvalidPayload = 1007,
     /// 1011: the broker failed.
     InternalError = 1011,
+    /// 1013: try again later (the AMQP connection to RabbitMQ was lost; reconnect with backoff).
+    TryAgainLater = 1013,
     /// 4000: heart-beat timeout.
     HeartbeatTimeout = 4000,
     /// 4001: login timeout.
@@ -59,6 +61,7 @@ impl CloseCode {
             CloseReason::Disconnect => (CloseCode::Normal, "DISCONNECT"),
             CloseReason::ProtocolError => (CloseCode::ProtocolError, "STOMP protocol error"),
             CloseReason::BrokerError => (CloseCode::InternalError, "broker error"),
+            CloseReason::BrokerLost => (CloseCode::TryAgainLater, "broker connection lost"),
             CloseReason::LoginFailed => (CloseCode::Normal, "login failed"),
             CloseReason::HeartbeatTimeout => (CloseCode::HeartbeatTimeout, "heart-beat timeout"),
             CloseReason::LoginTimeout => (CloseCode::LoginTimeout, "login timeout"),
@@ -72,6 +75,7 @@ impl CloseCode {
             CloseReason::Disconnect => "disconnect",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::BrokerError => "broker_error",
+            CloseReason::BrokerLost => "broker_lost",
             CloseReason::LoginFailed => "login_failed",
             CloseReason::HeartbeatTimeout => "heartbeat_timeout",
             CloseReason::LoginTimeout => "login_timeout",
@@ -91,7 +95,7 @@ pub struct ConnectionSettings {
     pub broker: Broker,
     pub metrics: GatewayMetrics,
     pub shutdown: CancellationToken,
-    /// Longest wait for outstanding publisher confirms on DISCONNECT or shutdown.
+    /// Longest wait for outstanding publisher confirms on DISCONNECT or shutdown (drain).
     pub flush_timeout: Duration,
     /// Shared queues for transient subscriptions (None: every subscription has its own).
     pub fanout: Option<Fanout>,
@@ -122,7 +126,7 @@ type SharedStream = BoxStream<'static, Option<Result<SharedEvent, BroadcastStrea
 
 /// Result of one broker operation, carried back into the loop.
 enum OpResult {
-    Connected(Result<SessionChannel, crate::gateway::session::ConnectFailure>),
+    Connected(Result<Box<SessionChannel>, crate::gateway::session::ConnectFailure>),
     Subscribed(String, Result<lapin::Consumer, BrokerFailure>),
     Joined(String, Result<Membership, BrokerFailure>),
     TempQueue(String, Result<(String, lapin::Consumer), BrokerFailure>),
@@ -151,6 +155,12 @@ pub async fn run<I, O>(
     let mut decoder = Decoder::new(ctx.limits.clone());
     let mut encode_buf = BytesMut::new();
     let mut channel: Option<Arc<tokio::sync::Mutex<SessionChannel>>> = None;
+    // The session's AMQP connection, watched outside the channel lock.
+    let mut link: Option<BrokerLink> = None;
+    let mut link_lost: Option<BoxFuture<'static, ()>> = None;
+    // Set on shutdown: no new input or deliveries; ends when in-flight work is done or
+    // at this deadline.
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut op: Option<BoxFuture<'static, OpResult>> = None;
     let mut consumers: StreamMap<String, DeliveryStream> = StreamMap::new();
     // Subscriptions served by the shared fan-out: their event streams and memberships.
@@ -286,9 +296,16 @@ pub async fn run<I, O>(
             subscriptions_counted = subs;
         }
 
+        // Draining: once nothing is in flight (publishes confirmed, so their RECEIPTs are
+        // out), tell the client to reconnect and close.
+        if drain_deadline.is_some() && !session.is_closed() && op.is_none() && confirms.is_empty() {
+            session.handle_shutdown();
+            continue;
+        }
+
         // 2. Feed buffered client frames while the session accepts them.
         let mut fed = false;
-        while session.wants_input() {
+        while session.wants_input() && drain_deadline.is_none() {
             match decoder.decode() {
                 Ok(Some(Decoded::Frame(frame))) => {
                     metrics.frame_in(frame.command.as_str());
@@ -321,17 +338,31 @@ pub async fn run<I, O>(
             .next_timeout()
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-        let wants_input = session.wants_input() && input_open;
+        let wants_input = session.wants_input() && input_open && drain_deadline.is_none();
+        let live = !session.is_closed() && close_reason.is_none();
         tokio::select! {
             biased;
-            _ = ctx.shutdown.cancelled(), if !session.is_closed() && close_reason.is_none() => {
+            _ = ctx.shutdown.cancelled(), if live && drain_deadline.is_none() => {
+                drain_deadline = Some(tokio::time::Instant::now() + ctx.flush_timeout);
+            }
+            _ = async { tokio::time::sleep_until(drain_deadline.expect("guarded")).await }, if live && drain_deadline.is_some() => {
+                tracing::warn!("in-flight work still outstanding at the drain deadline");
                 session.handle_shutdown();
+            }
+            _ = async { link_lost.as_mut().expect("guarded").await }, if live && link_lost.is_some() => {
+                link_lost = None;
+                session.handle_broker_failure(BrokerFailure::connection_lost(
+                    "The AMQP connection to RabbitMQ was lost; reconnect and resubscribe.\n",
+                ));
             }
             result = async { op.as_mut().expect("guarded").await }, if op.is_some() => {
                 op = None;
                 let reply = match result {
                     OpResult::Connected(Ok(ch)) => {
-                        channel = Some(Arc::new(tokio::sync::Mutex::new(ch)));
+                        let watch = ch.link();
+                        link_lost = Some(watch.lost().boxed());
+                        link = Some(watch);
+                        channel = Some(Arc::new(tokio::sync::Mutex::new(*ch)));
                         BrokerReply::Connected { server_product: ctx.broker.server_product() }
                     }
                     OpResult::Connected(Err(failure)) => BrokerReply::ConnectFailed(failure),
@@ -382,7 +413,7 @@ pub async fn run<I, O>(
                 flush_deadline = None;
                 op = Some(close_channel(channel.clone()));
             }
-            Some((tag, item)) = consumers.next(), if !consumers.is_empty() => {
+            Some((tag, item)) = consumers.next(), if !consumers.is_empty() && drain_deadline.is_none() => {
                 match item {
                     Some(Ok(delivery)) => session.handle_delivery(Delivery {
                         consumer_tag: tag,
@@ -394,13 +425,21 @@ pub async fn run<I, O>(
                         body: Bytes::from(delivery.data),
                     }),
                     Some(Err(e)) => session.handle_broker_failure(broker::to_failure(e)),
+                    None if link.as_ref().is_some_and(BrokerLink::is_lost) => {
+                        // The consumer ended with its connection: report the loss, once.
+                        consumers.remove(&tag);
+                        link_lost = None;
+                        session.handle_broker_failure(BrokerFailure::connection_lost(
+                            "The AMQP connection to RabbitMQ was lost; reconnect and resubscribe.\n",
+                        ));
+                    }
                     None => {
                         consumers.remove(&tag);
                         session.handle_consumer_cancelled(&tag);
                     }
                 }
             }
-            Some((tag, item)) = shared.next(), if !shared.is_empty() => {
+            Some((tag, item)) = shared.next(), if !shared.is_empty() && drain_deadline.is_none() => {
                 match item {
                     Some(Ok(SharedEvent::Frame(bytes))) => session.handle_shared_frame(&tag, bytes),
                     Some(Ok(SharedEvent::Failed(failure))) => session.handle_broker_failure(failure),
@@ -516,7 +555,12 @@ fn start_request(
             let broker = ctx.broker.clone();
             Some(
                 async move {
-                    OpResult::Connected(broker.open_channel(&login, &passcode, &vhost).await)
+                    OpResult::Connected(
+                        broker
+                            .open_channel(&login, &passcode, &vhost)
+                            .await
+                            .map(Box::new),
+                    )
                 }
                 .boxed(),
             )
@@ -562,10 +606,7 @@ fn close_channel(
 }
 
 fn no_channel() -> BrokerFailure {
-    BrokerFailure {
-        name: "Connection to RabbitMQ lost".to_string(),
-        text: "The session has no broker channel.\n".to_string(),
-    }
+    BrokerFailure::connection_lost("The session has no broker channel.\n")
 }
 
 /// Runs one operation on the session's channel.

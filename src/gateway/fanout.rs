@@ -360,11 +360,20 @@ impl Fanout {
 
 impl Hub {
     async fn run(&self, channel: SessionChannel, mut consumer: lapin::Consumer) {
+        let link = channel.link();
+        let lost = || {
+            BrokerFailure::connection_lost(
+                "The AMQP connection to RabbitMQ was lost; reconnect and resubscribe.\n",
+            )
+        };
         let failure = loop {
             tokio::select! {
                 _ = self.stop.cancelled() => break None,
+                // Listeners learn of a lost connection at once, and as such (reconnect).
+                _ = link.lost() => break Some(lost()),
                 item = consumer.next() => match item {
                     Some(Ok(delivery)) => self.distribute(delivery),
+                    Some(Err(_)) | None if link.is_lost() => break Some(lost()),
                     Some(Err(e)) => break Some(to_failure(e)),
                     None => break Some(BrokerFailure {
                         name: "Server cancelled subscription".to_string(),

@@ -191,6 +191,9 @@ impl Gateway {
         for server in self.servers {
             server.abort();
         }
+        // Unacknowledged client-ack messages go back to their queues now (redelivered to the
+        // reconnected clients with redelivered:true), not when the process exits.
+        self.state.ctx.broker.close_all().await;
     }
 
     pub fn metrics_text(&self) -> String {
@@ -251,7 +254,11 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
         broker: broker.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
-        flush_timeout: Duration::from_secs(10),
+        // Also bounds a session's drain; leaves the process time to close before the
+        // drain timeout (and Kubernetes' grace period) runs out.
+        flush_timeout: Duration::from_secs(10).min(Duration::from_secs(
+            args.drain_timeout_secs.saturating_sub(1).max(1),
+        )),
         write_timeout: Duration::from_secs(args.write_timeout_secs.max(1)),
         fanout: args.fanout.then(|| {
             Fanout::new(
@@ -292,6 +299,9 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
             }
         });
     }
+
+    // Readiness: follows RabbitMQ, re-probing with backoff while it is down.
+    tokio::spawn(broker.clone().monitor(shutdown.clone()));
 
     let mut router = Router::new()
         .route(&args.ws_path, get(ws_handler))
@@ -536,7 +546,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if state.draining.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    if state.ctx.broker.reachable().await {
+    let broker = &state.ctx.broker;
+    // Before the monitor's first probe, answer from a direct TCP check.
+    let up = if broker.probed() {
+        broker.is_up()
+    } else {
+        broker.reachable().await
+    };
+    if up {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "RabbitMQ unreachable\n").into_response()

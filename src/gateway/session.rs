@@ -73,8 +73,11 @@ pub enum CloseReason {
     Disconnect,
     /// Fatal protocol error (already reported with an ERROR frame).
     ProtocolError,
-    /// The broker closed our channel or connection (already reported with an ERROR frame).
+    /// The broker closed our channel (already reported with an ERROR frame).
     BrokerError,
+    /// The AMQP connection to RabbitMQ was lost (already reported with an ERROR frame that
+    /// carries `reconnect:true`).
+    BrokerLost,
     /// Login failed (already reported with an ERROR frame).
     LoginFailed,
     /// No frame or heart-beat from the client within the negotiated interval.
@@ -146,6 +149,25 @@ pub struct PublishRequest {
 pub struct BrokerFailure {
     pub name: String,
     pub text: String,
+}
+
+/// ERROR `message` when the AMQP connection itself is gone (broker stopped, crashed, or
+/// closed the connection): the client should reconnect (with backoff) and resubscribe.
+pub const BROKER_LOST: &str = "Connection to RabbitMQ lost";
+
+impl BrokerFailure {
+    /// The AMQP connection is gone; `text` says how.
+    pub fn connection_lost(text: impl Into<String>) -> Self {
+        BrokerFailure {
+            name: BROKER_LOST.to_string(),
+            text: text.into(),
+        }
+    }
+
+    /// True when the connection (not just the channel) failed: transient, worth a reconnect.
+    pub fn is_connection_lost(&self) -> bool {
+        self.name == BROKER_LOST
+    }
 }
 
 /// Why opening the session's broker connection failed.
@@ -475,6 +497,7 @@ impl Session {
                 BrokerReply::Connected { server_product },
             ) => self.finish_connect(version, heartbeat, server_product),
             (InFlight::Connect { .. }, BrokerReply::ConnectFailed(failure)) => {
+                let transient = matches!(failure, ConnectFailure::Unavailable(_));
                 let detail = match failure {
                     ConnectFailure::AccessRefused => {
                         format!("Access refused for user '{}'\n", self.login)
@@ -492,7 +515,12 @@ impl Session {
                 } else {
                     detail
                 };
-                self.send_error("Bad CONNECT", &detail, None);
+                let mut frame = error_frame("Bad CONNECT", &detail, None);
+                if transient {
+                    // RabbitMQ is down, not the credentials wrong: worth retrying.
+                    frame.headers.push("reconnect", "true");
+                }
+                self.actions.push_back(Action::Send(frame));
                 self.close(CloseReason::LoginFailed);
             }
             (
@@ -1148,8 +1176,14 @@ impl Session {
     }
 
     fn broker_died(&mut self, failure: &BrokerFailure) {
-        self.send_error(&failure.name, &failure.text, None);
-        self.close(CloseReason::BrokerError);
+        if failure.is_connection_lost() {
+            let frame = error_frame(&failure.name, &failure.text, None).header("reconnect", "true");
+            self.actions.push_back(Action::Send(frame));
+            self.close(CloseReason::BrokerLost);
+        } else {
+            self.send_error(&failure.name, &failure.text, None);
+            self.close(CloseReason::BrokerError);
+        }
     }
 
     fn close(&mut self, reason: CloseReason) {

@@ -9,9 +9,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector as K8sSecretKeySelector,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretKeySelector as K8sSecretKeySelector, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -35,6 +36,15 @@ pub const APPLIED_HASH_ANNOTATION: &str = "stompgate.io/applied-hash";
 /// Name of the gateway container (podTemplate overrides merge into it by this name).
 pub const CONTAINER: &str = "gateway";
 /// Field manager of every server-side apply.
+/// Seconds the pod keeps serving after Kubernetes starts terminating it (preStop `sleep`),
+/// so that Services and ingresses stop routing new clients to it before it stops accepting.
+/// The kubelet's built-in sleep action needs no shell or binary in the (distroless) image.
+pub const PRESTOP_SLEEP_SECONDS: i64 = 5;
+
+/// terminationGracePeriodSeconds = preStop sleep + the gateway's drain timeout + this margin
+/// (process exit after the drain), so the kubelet never SIGKILLs a draining gateway.
+pub const TERMINATION_MARGIN_SECONDS: i64 = 5;
+
 pub const FIELD_MANAGER: &str = "stompgateway-operator";
 
 /// Builder failures: the StompGateway lacks what a child needs.
@@ -460,6 +470,15 @@ fn build_pod_template(
         ports: Some(ports),
         liveness_probe: Some(probe("/healthz", 10, 3)),
         readiness_probe: Some(probe("/readyz", 5, 2)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRESTOP_SLEEP_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".to_string(), Quantity("50m".into())),
@@ -490,7 +509,11 @@ fn build_pod_template(
             volumes: Some(volumes),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
-            termination_grace_period_seconds: Some(i64::from(spec.drain_timeout_seconds) + 5),
+            termination_grace_period_seconds: Some(
+                PRESTOP_SLEEP_SECONDS
+                    + i64::from(spec.drain_timeout_seconds)
+                    + TERMINATION_MARGIN_SECONDS,
+            ),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 run_as_user: Some(65532),

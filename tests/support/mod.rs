@@ -172,6 +172,29 @@ impl Client {
         }
     }
 
+    /// Like [`Client::send`], but reports a failed write (server gone) instead of panicking.
+    pub async fn try_send(&mut self, frame: Frame) -> bool {
+        let mut buf = BytesMut::new();
+        encode(&frame, self.version, &mut buf);
+        match &mut self.transport {
+            Transport::Ws(ws) => ws
+                .send(Message::Binary(Bytes::copy_from_slice(&buf)))
+                .await
+                .is_ok(),
+            Transport::Tcp(s) => s.write_all(&buf).await.is_ok(),
+        }
+    }
+
+    /// Connects over WebSocket to `url`, or None when the connection is refused.
+    pub async fn try_ws_url(url: &str) -> Option<Client> {
+        let mut request = url.into_client_request().ok()?;
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "v12.stomp".parse().ok()?);
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.ok()?;
+        Some(Client::new(Transport::Ws(Box::new(ws))))
+    }
+
     /// Sends raw bytes as one WebSocket text message.
     pub async fn send_text(&mut self, text: &str) {
         if let Transport::Ws(ws) = &mut self.transport {

@@ -492,6 +492,53 @@ fn broker_failure_is_reported_then_closes() {
 }
 
 #[test]
+fn lost_broker_connection_asks_the_client_to_reconnect() {
+    let mut s = connected("1.2");
+    s.handle_broker_failure(BrokerFailure::connection_lost("The broker went away.\n"));
+    let actions = drain(&mut s);
+    let error = sent(&actions)[0];
+    assert_eq!(error.get("message"), Some(BROKER_LOST));
+    assert_eq!(error.get("reconnect"), Some("true"));
+    assert!(matches!(
+        actions.last(),
+        Some(Action::Close(CloseReason::BrokerLost))
+    ));
+}
+
+#[test]
+fn channel_errors_carry_no_reconnect_hint() {
+    let mut s = connected("1.2");
+    s.handle_broker_failure(BrokerFailure {
+        name: "precondition_failed".into(),
+        text: "PRECONDITION_FAILED - unknown delivery tag 7".into(),
+    });
+    let actions = drain(&mut s);
+    assert_eq!(sent(&actions)[0].get("reconnect"), None);
+    assert!(matches!(
+        actions.last(),
+        Some(Action::Close(CloseReason::BrokerError))
+    ));
+}
+
+#[test]
+fn unreachable_broker_at_connect_is_worth_a_retry() {
+    let mut s = session();
+    s.handle_frame(frame(
+        Command::Connect,
+        &[("login", "guest"), ("passcode", "guest")],
+    ));
+    drain(&mut s);
+    s.handle_broker_reply(BrokerReply::ConnectFailed(ConnectFailure::Unavailable(
+        "connection refused".into(),
+    )));
+    let actions = drain(&mut s);
+    let error = sent(&actions)[0];
+    assert_eq!(error.get("message"), Some("Bad CONNECT"));
+    assert_eq!(error.get("reconnect"), Some("true"));
+    assert!(s.is_closed());
+}
+
+#[test]
 fn duplicate_subscription_closes_the_session() {
     let mut s = connected("1.2");
     let sub = || {

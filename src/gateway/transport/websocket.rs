@@ -35,8 +35,19 @@ pub async fn serve(socket: WebSocket, ctx: ConnectionContext) {
             })),
         })
     });
-    connection::run(ctx, "websocket", Box::pin(inbound), Box::pin(outbound)).await;
+    let mut inbound = Box::pin(inbound);
+    connection::run(ctx, "websocket", &mut inbound, Box::pin(outbound)).await;
+    // Read on until the client answers our close (or briefly): closing a socket with
+    // unread input (e.g. pipelined SENDs during a drain) makes the kernel send a reset,
+    // which can destroy the ERROR and close frame before the client reads them.
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while inbound.next().await.is_some() {}
+    })
+    .await;
 }
+
+/// Longest wait for the client's side of the closing handshake.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Text frames like Web-STOMP (what stomp.js 2.x expects); binary only when the frame is
 /// not valid UTF-8, which a text frame could not carry.
