@@ -44,7 +44,12 @@ pub struct BrokerConfig {
 
 impl BrokerConfig {
     pub fn from_url(url: &str) -> Result<Self, BrokerError> {
-        let uri = AMQPUri::from_str(url).map_err(BrokerError::InvalidUrl)?;
+        let mut uri = AMQPUri::from_str(url).map_err(BrokerError::InvalidUrl)?;
+        // Notice a silently dead broker (no reset: host down, partition) within about two
+        // intervals rather than RabbitMQ's default 60 s; `?heartbeat=N` in the URL overrides.
+        if uri.query.heartbeat.is_none() {
+            uri.query.heartbeat = Some(DEFAULT_AMQP_HEARTBEAT_SECS);
+        }
         Ok(BrokerConfig {
             uri,
             idle_connection_ttl: Duration::from_secs(30),
@@ -462,6 +467,8 @@ fn is_channel_error(error: &lapin::Error) -> bool {
         if matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Soft(_)))
 }
 
+/// AMQP heart-beat interval asked for when the URL sets none.
+pub const DEFAULT_AMQP_HEARTBEAT_SECS: u16 = 20;
 /// Connect timeout while the monitor reports RabbitMQ down.
 const DOWN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Probe interval while RabbitMQ is up but the monitor holds no connection of its own.

@@ -33,8 +33,15 @@ pub async fn serve(stream: TcpStream, ctx: ConnectionContext) {
     let inbound = FramedRead::with_capacity(read, BytesCodec::new(), READ_CHUNK)
         .map(|chunk| chunk.map(BytesMut::freeze));
     let mut outbound = FramedWrite::new(write, OutboundEncoder);
-    connection::run(ctx, "tcp", Box::pin(inbound), &mut outbound).await;
+    let mut inbound = Box::pin(inbound);
+    connection::run(ctx, "tcp", &mut inbound, &mut outbound).await;
     let _ = outbound.close().await;
+    // Read until the client closes too (or briefly): unread input at close makes the
+    // kernel send a reset, which can destroy the final ERROR before the client reads it.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(Ok(_)) = inbound.next().await {}
+    })
+    .await;
 }
 
 /// Answers a connection refused before a session starts (limit reached) and closes it.
