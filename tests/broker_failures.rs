@@ -650,6 +650,7 @@ async fn sigterm_drains_receipts_first_and_loses_no_client_ack_message() {
             other => panic!("unexpected {other:?}"),
         }
     };
+    let error_in = t.elapsed();
     assert_eq!(error.get("message"), Some("Server shutting down"));
     assert_eq!(error.get("reconnect"), Some("true"));
     assert_eq!(close_code_of(&mut publisher).await, Some(1001));
@@ -716,8 +717,8 @@ async fn sigterm_drains_receipts_first_and_loses_no_client_ack_message() {
     );
     eprintln!(
         "FIGURES drain: {} SENDs written before SIGTERM, {} RECEIPTs before the ERROR, \
-         {} unacked redelivered (redelivered:true), gateway exited {exited_in:?} after SIGTERM, \
-         0 lost",
+         ERROR {error_in:?} after SIGTERM, {} unacked redelivered (redelivered:true), gateway \
+         exited {exited_in:?} after SIGTERM, 0 lost",
         in_flight.len(),
         receipted.len(),
         unacked.len()

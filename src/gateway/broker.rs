@@ -512,6 +512,8 @@ impl Broker {
                         }
                         _ = lost.cancelled() => {}
                     }
+                    // Never spin on a connection that is lost as soon as it opens.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Probe::Answered => {
                     login = false;
