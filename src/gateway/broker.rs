@@ -38,6 +38,8 @@ pub struct BrokerConfig {
     pub max_channels_per_connection: usize,
     /// Connection attempt timeout.
     pub connect_timeout: Duration,
+    /// Trust settings for `amqps://` (None: lapin's defaults, the system roots).
+    pub tls: Option<crate::gateway::tls::AmqpTls>,
 }
 
 impl BrokerConfig {
@@ -48,7 +50,12 @@ impl BrokerConfig {
             idle_connection_ttl: Duration::from_secs(30),
             max_channels_per_connection: 2000,
             connect_timeout: Duration::from_secs(10),
+            tls: None,
         })
+    }
+
+    fn is_tls(&self) -> bool {
+        self.uri.scheme == lapin::uri::AMQPScheme::AMQPS
     }
 
     /// The credentials in the URL (service-user mode).
@@ -242,7 +249,17 @@ impl Broker {
         uri.vhost = vhost.to_string();
         let props = ConnectionProperties::default()
             .with_connection_name(format!("stompgate {login}@{vhost}").into());
-        let attempt = Connection::connect_uri(uri, props);
+        let tls = self
+            .inner
+            .config
+            .tls
+            .as_ref()
+            .map(|t| t.lapin.clone())
+            .unwrap_or_default();
+        let attempt = async {
+            let runtime = lapin::runtime::default_runtime()?;
+            Connection::connect_uri_with_config(uri, props, tls, runtime).await
+        };
         let result = tokio::time::timeout(self.inner.config.connect_timeout, attempt).await;
         match result {
             Err(_) => Err(ConnectFailure::Unavailable(
@@ -336,13 +353,27 @@ impl Broker {
 
     /// True when RabbitMQ accepts TCP connections (readiness).
     pub async fn reachable(&self) -> bool {
-        let authority = &self.inner.config.uri.authority;
-        let addr = format!("{}:{}", authority.host, authority.port);
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-                .await,
-            Ok(Ok(_))
-        )
+        self.check_reachable().await.is_ok()
+    }
+
+    /// Readiness: RabbitMQ accepts TCP connections and, for `amqps://`, completes a TLS
+    /// handshake we trust (so a wrong CA shows as not ready, with the reason).
+    pub async fn check_reachable(&self) -> Result<(), String> {
+        let config = &self.inner.config;
+        let authority = &config.uri.authority;
+        let attempt = async {
+            match (&config.tls, config.is_tls()) {
+                (Some(tls), true) => tls.connect(&authority.host, authority.port).await.map(drop),
+                _ => tokio::net::TcpStream::connect((authority.host.as_str(), authority.port))
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            Ok(result) => result,
+            Err(_) => Err("no answer within 2s".to_string()),
+        }
     }
 }
 
@@ -674,7 +705,10 @@ pub async fn probe_server_product(config: &BrokerConfig) -> Option<String> {
     let authority = &config.uri.authority;
     let addr = format!("{}:{}", authority.host, authority.port);
     let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut stream: Box<dyn Io> = match (&config.tls, config.is_tls()) {
+            (Some(tls), true) => Box::new(tls.connect(&authority.host, authority.port).await.ok()?),
+            _ => Box::new(tokio::net::TcpStream::connect(addr).await.ok()?),
+        };
         stream.write_all(b"AMQP\x00\x00\x09\x01").await.ok()?;
         let mut header = [0u8; 7];
         stream.read_exact(&mut header).await.ok()?;
@@ -691,6 +725,9 @@ pub async fn probe_server_product(config: &BrokerConfig) -> Option<String> {
         .ok()
         .flatten()
 }
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// Extracts `product/version` from a connection.start method payload.
 fn parse_start_product(payload: &[u8]) -> Option<String> {

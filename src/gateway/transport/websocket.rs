@@ -9,8 +9,9 @@ use futures::{SinkExt, StreamExt};
 /// Subprotocols we accept, in order of preference (Web-STOMP offers the same three).
 pub const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 
-/// Runs a session over an upgraded WebSocket.
-pub async fn serve(socket: WebSocket, ctx: ConnectionContext) {
+/// Runs a session over an upgraded WebSocket; `bearer` is the upgrade request's
+/// `Authorization: Bearer` token (JWT auth mode).
+pub async fn serve(socket: WebSocket, ctx: ConnectionContext, bearer: Option<String>) {
     let (sink, stream) = socket.split();
     let inbound = stream.filter_map(|message| async move {
         match message {
@@ -35,7 +36,14 @@ pub async fn serve(socket: WebSocket, ctx: ConnectionContext) {
             })),
         })
     });
-    connection::run(ctx, "websocket", Box::pin(inbound), Box::pin(outbound)).await;
+    connection::run_with_bearer(
+        ctx,
+        "websocket",
+        Box::pin(inbound),
+        Box::pin(outbound),
+        bearer,
+    )
+    .await;
 }
 
 /// Text frames like Web-STOMP (what stomp.js 2.x expects); binary only when the frame is
