@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/bin/bash
 # Start (or stop) a private RabbitMQ node with an AMQPS listener, beside the system node,
 # for the gateway's amqps:// tests (tests/gateway/tls.rs).
 #
@@ -10,14 +10,18 @@
 # Idempotent: a node left running from DIR is stopped first, and its data wiped.
 # Prints the beam.smp PID. Needs root (it runs the node as the rabbitmq user, like
 # Debian's service) and Debian's rabbitmq-server (scripts/ensure-rabbitmq.sh installs it).
-set -eu
+set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
+[ "$(id -u)" = 0 ] || exec sudo -n "$0" "$@"
+
+listening() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
 stop_node() {
   d=$1
   [ -s "$d/pid" ] || return 0
   pid=$(cat "$d/pid")
-  if kill -0 "$pid" 2>/dev/null; then
+  # Only our node: a stale pid file may name a recycled pid.
+  if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q tlsnode; then
     kill "$pid"
     for _ in $(seq 60); do
       kill -0 "$pid" 2>/dev/null || break
@@ -39,7 +43,7 @@ for f in ca.pem server.pem server.key; do
 done
 stop_node "$D"
 # A node still bound to our ports (e.g. from another DIR) would make this one fail.
-if ss -ltn 'sport = :27372' | grep -q LISTEN; then
+if listening 27372; then
   echo "error: port 27372 is taken; stop the node using it" >&2
   exit 1
 fi
@@ -68,7 +72,7 @@ setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups \
   RABBITMQ_PLUGINS_EXPAND_DIR="$D/plugins-expand" \
   rabbitmq-server -detached
 for _ in $(seq 120); do
-  if [ -s "$D/pid" ] && ss -ltn 'sport = :27372' | grep -q LISTEN; then
+  if [ -s "$D/pid" ] && listening 27372; then
     echo "tlsnode up, beam.smp pid $(cat "$D/pid")"
     exit 0
   fi
