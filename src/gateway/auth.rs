@@ -261,7 +261,7 @@ impl JwtVerifier {
             match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, key, &validation) {
                 Ok(data) => return self.grant(&data.claims),
                 Err(e) => {
-                    last = map_error(e.kind());
+                    last = map_error(e.kind(), &alg);
                     // Another key may match; any other failure is final.
                     if last != AuthError::BadSignature {
                         return Err(last);
@@ -332,7 +332,7 @@ fn header_alg(token: &str) -> Result<String, AuthError> {
         .ok_or(AuthError::Malformed)
 }
 
-fn map_error(kind: &ErrorKind) -> AuthError {
+fn map_error(kind: &ErrorKind, alg: &str) -> AuthError {
     match kind {
         ErrorKind::InvalidSignature => AuthError::BadSignature,
         ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -344,7 +344,7 @@ fn map_error(kind: &ErrorKind) -> AuthError {
             claim: c.clone(),
             message: "wrong type".to_string(),
         },
-        ErrorKind::InvalidAlgorithm => AuthError::Algorithm("mismatch".to_string()),
+        ErrorKind::InvalidAlgorithm => AuthError::Algorithm(alg.to_string()),
         _ => AuthError::Malformed,
     }
 }

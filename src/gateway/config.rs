@@ -400,6 +400,37 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_jwt_flags_are_checked_together() {
+        let err = parse_gateway_args(&argv(&["--tls-cert-file", "/c.pem"])).unwrap_err();
+        assert!(err.to_string().contains("--tls-key-file"), "{err}");
+        let err = parse_gateway_args(&argv(&["--amqp-client-key-file", "/k.pem"])).unwrap_err();
+        assert!(err.to_string().contains("--amqp-client-cert-file"), "{err}");
+        let err = parse_gateway_args(&argv(&["--auth", "jwt"])).unwrap_err();
+        assert!(err.to_string().contains("--jwt-hs256-secret-file"), "{err}");
+        let err = parse_gateway_args(&argv(&["--jwt-jwks-file", "/j.json"])).unwrap_err();
+        assert!(err.to_string().contains("need --auth-mode jwt"), "{err}");
+        let args = parse_gateway_args(&argv(&["--auth-mode", "jwt", "--jwt-jwks-file", "/j.json"]))
+            .unwrap();
+        assert_eq!(args.auth_mode, AuthMode::Jwt);
+        assert_eq!(args.jwt_destinations_claim, "stomp_destinations");
+    }
+
+    #[test]
+    fn the_operators_ca_variable_name_is_accepted() {
+        // The operator sets STOMPGATE_AMQP_TLS_CA_FILE (flag --amqp-tls-ca-file).
+        let args = parse_gateway_args(&argv(&["--amqp-tls-ca-file", "/ca.crt"])).unwrap();
+        assert_eq!(args.amqp_ca(), Some(std::path::Path::new("/ca.crt")));
+        let args = parse_gateway_args(&argv(&[
+            "--amqp-tls-ca-file",
+            "/ca.crt",
+            "--amqp-ca-file",
+            "/mine.crt",
+        ]))
+        .unwrap();
+        assert_eq!(args.amqp_ca(), Some(std::path::Path::new("/mine.crt")));
+    }
+
+    #[test]
     fn invalid_values_are_rejected_with_the_flag_name() {
         let err = parse_gateway_args(&argv(&["--ws-path", "ws"])).unwrap_err();
         assert!(err.to_string().contains("--ws-path"), "{err}");

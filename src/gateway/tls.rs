@@ -45,6 +45,8 @@ pub enum TlsError {
     BadCa { path: String, message: String },
     #[error("'{0}' is not a valid TLS server name")]
     ServerName(String),
+    #[error("TLS client configuration: {0}")]
+    Client(rustls::Error),
 }
 
 /// The one crypto backend of the process: both rustls backends may be linked (lapin and
@@ -319,11 +321,7 @@ impl AmqpTls {
         }
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|source| TlsError::Rustls {
-                cert: String::new(),
-                key: String::new(),
-                source,
-            })?
+            .map_err(TlsError::Client)?
             .with_root_certificates(roots);
         let (config, identity) = match client {
             None => (builder.with_no_client_auth(), None),
