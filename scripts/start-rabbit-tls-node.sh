@@ -16,19 +16,27 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 listening() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
+# PIDs of nodes started from DIR, found by their environment (not the pid file, which a
+# crashed test may have removed, nor the command line, which does not name the node).
+node_pids() {
+  for env in /proc/[0-9]*/environ; do
+    if { tr '\0' '\n' < "$env"; } 2>/dev/null | grep -qxF "RABBITMQ_PID_FILE=$1/pid"; then
+      p=${env#/proc/}
+      echo "${p%/environ}"
+    fi
+  done
+}
+
 stop_node() {
   d=$1
-  [ -s "$d/pid" ] || return 0
-  pid=$(cat "$d/pid")
-  # Only our node: a stale pid file may name a recycled pid.
-  if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q tlsnode; then
-    kill "$pid"
+  for pid in $(node_pids "$d"); do
+    kill "$pid" 2>/dev/null || continue
     for _ in $(seq 60); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.5
     done
     kill -9 "$pid" 2>/dev/null || true
-  fi
+  done
   rm -f "$d/pid"
 }
 

@@ -528,11 +528,13 @@ async fn accept_tcp(
             // The handshake runs in the connection's task, bounded, so a client that
             // never finishes it cannot stall the accept loop.
             state.tracker.spawn(async move {
-                let handshake = tokio::time::timeout(
-                    crate::gateway::tls::HANDSHAKE_TIMEOUT,
-                    acceptor.accept(stream),
-                );
-                let Ok(Ok(stream)) = handshake.await else {
+                let plaintext = encode_frame(&error_frame(
+                    "Connection refused",
+                    "This port speaks STOMP over TLS (stomp+ssl).\n",
+                    None,
+                ));
+                let Some(stream) = crate::gateway::tls::accept(&acceptor, stream, &plaintext).await
+                else {
                     return;
                 };
                 if full {

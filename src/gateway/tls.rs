@@ -220,6 +220,51 @@ impl ServerTls {
 /// Longest a client may take to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// First byte of a TLS handshake record (a ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// What a plaintext HTTP client gets from a TLS port.
+pub fn plaintext_http_answer() -> Vec<u8> {
+    let body = "This port speaks TLS: use https:// or wss://.\n";
+    format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The server side of a handshake, bounded by [`HANDSHAKE_TIMEOUT`]. A client that speaks
+/// plaintext cannot read a TLS alert, so it gets `plaintext_answer` instead, then the close.
+pub async fn accept(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    plaintext_answer: &[u8],
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut first = [0u8; 1];
+        if stream.peek(&mut first).await.ok()? == 0 {
+            return None;
+        }
+        if first[0] == TLS_HANDSHAKE_RECORD {
+            return acceptor.accept(stream).await.ok();
+        }
+        let mut stream = stream;
+        let _ = stream.write_all(plaintext_answer).await;
+        let _ = stream.shutdown().await;
+        // Read what the client sent, so that closing does not reset the connection and
+        // discard the answer.
+        let mut sink = [0u8; 4096];
+        let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+        None
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// An `axum::serve` listener that hands out TLS streams. Handshakes run in their own tasks,
 /// so a slow or hostile client cannot hold up the accept loop.
 pub struct TlsListener {
@@ -233,6 +278,7 @@ impl TlsListener {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (tx, accepted) = tokio::sync::mpsc::channel(64);
+        let plaintext: Arc<[u8]> = plaintext_http_answer().into();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -249,14 +295,14 @@ impl TlsListener {
                 };
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
+                let answer = plaintext.clone();
                 tokio::spawn(async move {
                     let _ = stream.set_nodelay(true);
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
+                    match accept(&acceptor, stream, &answer).await {
+                        Some(tls) => {
                             let _ = tx.send((tls, peer)).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        None => tracing::debug!(%peer, "TLS handshake failed"),
                     }
                 });
             }

@@ -147,10 +147,15 @@ async fn plain_ws_to_a_tls_listener_fails_cleanly() {
     )
     .await
     .expect("a plain client gets an answer, not a hang");
-    assert!(
-        attempt.is_err(),
-        "plain WebSocket upgrade succeeded over TLS"
-    );
+    match attempt {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400);
+            let text = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                .into_owned();
+            assert_eq!(text, "This port speaks TLS: use https:// or wss://.\n");
+        }
+        other => panic!("expected HTTP 400, got {other:?}"),
+    }
     // The listener still serves TLS clients afterwards.
     let mut c = Client::ws_tls(&wss_url(&gw), pki.client_config(), None)
         .await
@@ -194,7 +199,7 @@ async fn stomp_over_tls_on_the_tcp_listener() {
     let message = c.recv().await;
     assert_eq!(body(&message), "stomp+ssl");
     c.disconnect().await;
-    // A plain STOMP client gets no CONNECTED from a TLS port.
+    // A plain STOMP client is told, in plain STOMP, then closed.
     let mut plain = Client::tcp(&gw).await;
     plain
         .send(
@@ -204,7 +209,13 @@ async fn stomp_over_tls_on_the_tcp_listener() {
                 .header("passcode", "guest"),
         )
         .await;
-    assert!(plain.recv_within(Duration::from_secs(2)).await.is_none());
+    let reply = plain.recv().await;
+    assert_eq!(reply.command, Command::Error);
+    assert_eq!(
+        body(&reply),
+        "This port speaks STOMP over TLS (stomp+ssl).\n"
+    );
+    plain.wait_closed().await;
     amqp.delete_queue(&queue).await;
 }
 
