@@ -22,7 +22,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -79,10 +80,15 @@ pub struct JwtSettings {
     pub destinations_claim: String,
 }
 
-/// Validates tokens; shared by every session.
-pub struct JwtVerifier {
+/// The signing keys in force; swapped whole when the key files change.
+struct Keys {
     hs256: Option<DecodingKey>,
     rsa_keys: Vec<(Option<String>, DecodingKey)>,
+}
+
+/// Validates tokens; shared by every session.
+pub struct JwtVerifier {
+    keys: RwLock<Arc<Keys>>,
     issuer: Option<String>,
     audience: Option<String>,
     claim: String,
@@ -91,9 +97,10 @@ pub struct JwtVerifier {
 impl std::fmt::Debug for JwtVerifier {
     // Keys stay out of logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = self.keys();
         f.debug_struct("JwtVerifier")
-            .field("hs256", &self.hs256.is_some())
-            .field("rs256_keys", &self.rsa_keys.len())
+            .field("hs256", &keys.hs256.is_some())
+            .field("rs256_keys", &keys.rsa_keys.len())
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("claim", &self.claim)
@@ -191,21 +198,81 @@ pub fn pattern_matches(pattern: &str, destination: &str) -> bool {
     pattern == destination
 }
 
+/// Where the keys come from, for reloading (`--jwt-hs256-secret-file`, `--jwt-jwks-file`).
+#[derive(Clone, Debug, Default)]
+pub struct KeyFiles {
+    pub hs256_secret: Option<PathBuf>,
+    pub jwks: Option<PathBuf>,
+}
+
+impl KeyFiles {
+    /// Reads both files.
+    pub fn load(&self) -> Result<(Option<Vec<u8>>, Vec<(Option<String>, DecodingKey)>), AuthError> {
+        let secret = self
+            .hs256_secret
+            .as_deref()
+            .map(read_hs256_secret)
+            .transpose()?;
+        let rsa = match &self.jwks {
+            Some(path) => read_jwks(path)?,
+            None => Vec::new(),
+        };
+        Ok((secret, rsa))
+    }
+
+    /// The files' bytes, to notice a change (unreadable files count as changed content).
+    pub fn contents(&self) -> Vec<Option<Vec<u8>>> {
+        [&self.hs256_secret, &self.jwks]
+            .into_iter()
+            .flatten()
+            .map(|p| std::fs::read(p).ok())
+            .collect()
+    }
+}
+
+fn keys(
+    secret: Option<&[u8]>,
+    rsa_keys: Vec<(Option<String>, DecodingKey)>,
+) -> Result<Keys, AuthError> {
+    if secret.is_none() && rsa_keys.is_empty() {
+        return Err(AuthError::NoVerifier);
+    }
+    Ok(Keys {
+        hs256: secret.map(DecodingKey::from_secret),
+        rsa_keys,
+    })
+}
+
 impl JwtVerifier {
     pub fn new(settings: JwtSettings) -> Result<Self, AuthError> {
-        if settings.hs256_secret.is_none() && settings.rsa_keys.is_empty() {
-            return Err(AuthError::NoVerifier);
-        }
+        let keys = keys(settings.hs256_secret.as_deref(), settings.rsa_keys)?;
         Ok(JwtVerifier {
-            hs256: settings
-                .hs256_secret
-                .as_deref()
-                .map(DecodingKey::from_secret),
-            rsa_keys: settings.rsa_keys,
+            keys: RwLock::new(Arc::new(keys)),
             issuer: settings.issuer,
             audience: settings.audience,
             claim: settings.destinations_claim,
         })
+    }
+
+    fn keys(&self) -> Arc<Keys> {
+        match self.keys.read() {
+            Ok(keys) => keys.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts new keys in force (an IdP rotated its keys); tokens already accepted stay valid.
+    pub fn replace_keys(
+        &self,
+        hs256_secret: Option<&[u8]>,
+        rsa_keys: Vec<(Option<String>, DecodingKey)>,
+    ) -> Result<(), AuthError> {
+        let keys = Arc::new(keys(hs256_secret, rsa_keys)?);
+        match self.keys.write() {
+            Ok(mut current) => *current = keys,
+            Err(poisoned) => *poisoned.into_inner() = keys,
+        }
+        Ok(())
     }
 
     /// Checks signature, algorithm, `exp`, `nbf`, `iss` and `aud`, then reads the grant.
@@ -215,20 +282,23 @@ impl JwtVerifier {
             return Err(AuthError::Missing);
         }
         let alg = header_alg(token)?;
+        let current = self.keys();
         // The algorithm is pinned by which keys exist, never taken on the token's word.
         let (algorithm, keys): (Algorithm, Vec<&DecodingKey>) = match alg.as_str() {
-            "HS256" if self.hs256.is_some() => (Algorithm::HS256, self.hs256.iter().collect()),
-            "RS256" if !self.rsa_keys.is_empty() => {
+            "HS256" if current.hs256.is_some() => {
+                (Algorithm::HS256, current.hs256.iter().collect())
+            }
+            "RS256" if !current.rsa_keys.is_empty() => {
                 let header =
                     jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
                 let keys: Vec<&DecodingKey> = match &header.kid {
-                    Some(kid) => self
+                    Some(kid) => current
                         .rsa_keys
                         .iter()
                         .filter(|(id, _)| id.as_deref() == Some(kid.as_str()))
                         .map(|(_, k)| k)
                         .collect(),
-                    None => self.rsa_keys.iter().map(|(_, k)| k).collect(),
+                    None => current.rsa_keys.iter().map(|(_, k)| k).collect(),
                 };
                 if keys.is_empty() {
                     return Err(AuthError::UnknownKey(header.kid.unwrap_or_default()));

@@ -119,6 +119,9 @@ pub struct GatewayArgs {
     /// Required `aud` of JWTs (unchecked when unset).
     #[arg(long, env = "STOMPGATE_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// Seconds between checks of the JWT key files for rotated keys (0: never reload).
+    #[arg(long, env = "STOMPGATE_JWT_RELOAD_SECS", default_value_t = 60)]
+    pub jwt_reload_secs: u64,
     /// JWT claim holding `{"subscribe": [patterns], "send": [patterns]}`.
     #[arg(
         long,

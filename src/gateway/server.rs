@@ -1,6 +1,6 @@
 //! Listeners, limits, drain, health and metrics wiring for `stompgate gateway`.
 
-use crate::gateway::auth::{self, JwtSettings, JwtVerifier};
+use crate::gateway::auth::{JwtSettings, JwtVerifier, KeyFiles};
 use crate::gateway::broker::{Broker, BrokerConfig};
 use crate::gateway::config::{AuthMode, GatewayArgs};
 use crate::gateway::connection::{ConnectionContext, ConnectionSettings, Outbound, encode_frame};
@@ -237,21 +237,59 @@ pub fn session_config(args: &GatewayArgs, broker: &BrokerConfig) -> SessionConfi
     }
 }
 
+fn jwt_key_files(args: &GatewayArgs) -> KeyFiles {
+    KeyFiles {
+        hs256_secret: args.jwt_hs256_secret_file.clone(),
+        jwks: args.jwt_jwks_file.clone(),
+    }
+}
+
+/// Re-reads the JWT key files when their bytes change (an IdP rotating its JWKS); a file
+/// that does not load keeps the keys in force.
+fn spawn_jwt_reloader(
+    verifier: Arc<JwtVerifier>,
+    files: KeyFiles,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut seen = files.contents();
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let now = files.contents();
+            if now == seen {
+                continue;
+            }
+            match files
+                .load()
+                .and_then(|(secret, rsa)| verifier.replace_keys(secret.as_deref(), rsa))
+            {
+                Ok(()) => {
+                    tracing::info!("JWT keys reloaded");
+                    seen = now;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "JWT keys not reloaded; keeping the current ones")
+                }
+            }
+        }
+    });
+}
+
 /// The JWT verifier of `--auth-mode jwt`, from its key files.
 pub fn jwt_verifier(args: &GatewayArgs) -> Result<Option<Arc<JwtVerifier>>, ServerError> {
     if args.auth_mode != AuthMode::Jwt {
         return Ok(None);
     }
+    let (hs256_secret, rsa_keys) = jwt_key_files(args).load()?;
     let settings = JwtSettings {
-        hs256_secret: args
-            .jwt_hs256_secret_file
-            .as_deref()
-            .map(auth::read_hs256_secret)
-            .transpose()?,
-        rsa_keys: match &args.jwt_jwks_file {
-            Some(path) => auth::read_jwks(path)?,
-            None => Vec::new(),
-        },
+        hs256_secret,
+        rsa_keys,
         issuer: args.jwt_issuer.clone(),
         audience: args.jwt_audience.clone(),
         destinations_claim: args.jwt_destinations_claim.clone(),
@@ -288,6 +326,7 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
         _ => None,
     };
     let jwt = jwt_verifier(&args)?;
+    let jwt_reload = jwt.clone();
     let metrics = GatewayMetrics::default();
     let registry = SharedRegistry::default();
     if let Ok(mut r) = registry.0.lock() {
@@ -419,6 +458,16 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
         None => None,
     };
 
+    if let Some(verifier) = &jwt_reload
+        && args.jwt_reload_secs > 0
+    {
+        spawn_jwt_reloader(
+            verifier.clone(),
+            jwt_key_files(&args),
+            Duration::from_secs(args.jwt_reload_secs),
+            shutdown.clone(),
+        );
+    }
     let tls = server_tls.is_some();
     tracing::info!(%http_addr, ws_path = %args.ws_path, ?stomp_addr, ?metrics_addr, tls, "gateway listening");
     Ok(Gateway {

@@ -238,3 +238,60 @@ async fn rs256_token_from_jwks_in_the_authorization_header() {
     assert_eq!(reply.get("message"), Some("Bad CONNECT"));
     assert_eq!(body(&reply), "Access refused: token signature is invalid\n");
 }
+
+#[tokio::test]
+async fn a_rotated_jwks_is_used_after_reload() {
+    let dir = std::env::temp_dir().join(unique("stompgate-jwks"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jwks = dir.join("jwks.json");
+    let original = std::fs::read_to_string(fixtures().join("jwks.json")).unwrap();
+    std::fs::write(&jwks, &original).unwrap();
+    let gw = start_gateway(&[
+        "--auth-mode",
+        "jwt",
+        "--jwt-jwks-file",
+        jwks.to_str().unwrap(),
+        "--jwt-reload-secs",
+        "1",
+    ])
+    .await;
+    let old_kid = rs256(&claims(300, &["/topic/a"], &[]));
+    let (_c, reply) = connect_with_token(&gw, &old_kid).await;
+    assert_eq!(reply.command, Command::Connected, "{reply:?}");
+
+    // A broken file is not applied; the keys in force stay.
+    std::fs::write(&jwks, "{ not json").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (_c, reply) = connect_with_token(&gw, &old_kid).await;
+    assert_eq!(reply.command, Command::Connected, "{reply:?}");
+
+    // The IdP rotates: the same key now published under another kid.
+    std::fs::write(&jwks, original.replace("test-rs256", "rotated")).unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_c, reply) = connect_with_token(&gw, &old_kid).await;
+        if reply.command == Command::Error {
+            assert_eq!(
+                body(&reply),
+                "Access refused: token signing key 'test-rs256' is unknown\n"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rotated JWKS not used within 10s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let pem = std::fs::read(fixtures().join("rs256-test-key.pem")).unwrap();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rotated".to_string());
+    let new_kid = encode(
+        &header,
+        &claims(300, &["/topic/a"], &[]),
+        &EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap();
+    let (_c, reply) = connect_with_token(&gw, &new_kid).await;
+    assert_eq!(reply.command, Command::Connected, "{reply:?}");
+}
