@@ -74,7 +74,7 @@ pub enum AuthError {
 pub struct JwtSettings {
     pub hs256_secret: Option<Vec<u8>>,
     /// RS256 keys with their `kid`.
-    pub rsa_keys: Vec<(Option<String>, DecodingKey)>,
+    pub rsa_keys: RsaKeys,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub destinations_claim: String,
@@ -83,7 +83,7 @@ pub struct JwtSettings {
 /// The signing keys in force; swapped whole when the key files change.
 struct Keys {
     hs256: Option<DecodingKey>,
-    rsa_keys: Vec<(Option<String>, DecodingKey)>,
+    rsa_keys: RsaKeys,
 }
 
 /// Validates tokens; shared by every session.
@@ -127,7 +127,7 @@ pub fn read_hs256_secret(path: &Path) -> Result<Vec<u8>, AuthError> {
 }
 
 /// Reads the RS256 keys of a JWKS file; other keys are skipped.
-pub fn read_jwks(path: &Path) -> Result<Vec<(Option<String>, DecodingKey)>, AuthError> {
+pub fn read_jwks(path: &Path) -> Result<RsaKeys, AuthError> {
     let text = std::fs::read_to_string(path).map_err(|e| AuthError::Read {
         what: "JWKS file",
         path: path.display().to_string(),
@@ -145,7 +145,7 @@ pub fn read_jwks(path: &Path) -> Result<Vec<(Option<String>, DecodingKey)>, Auth
 }
 
 /// `Err(None)`: no usable key; `Err(Some(text))`: not a JWKS.
-fn parse_jwks(text: &str) -> Result<Vec<(Option<String>, DecodingKey)>, Option<String>> {
+fn parse_jwks(text: &str) -> Result<RsaKeys, Option<String>> {
     let set: JwkSet = serde_json::from_str(text).map_err(|e| Some(e.to_string()))?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
@@ -198,6 +198,9 @@ pub fn pattern_matches(pattern: &str, destination: &str) -> bool {
     pattern == destination
 }
 
+/// RS256 keys with their `kid`.
+pub type RsaKeys = Vec<(Option<String>, DecodingKey)>;
+
 /// Where the keys come from, for reloading (`--jwt-hs256-secret-file`, `--jwt-jwks-file`).
 #[derive(Clone, Debug, Default)]
 pub struct KeyFiles {
@@ -207,7 +210,7 @@ pub struct KeyFiles {
 
 impl KeyFiles {
     /// Reads both files.
-    pub fn load(&self) -> Result<(Option<Vec<u8>>, Vec<(Option<String>, DecodingKey)>), AuthError> {
+    pub fn load(&self) -> Result<(Option<Vec<u8>>, RsaKeys), AuthError> {
         let secret = self
             .hs256_secret
             .as_deref()
@@ -230,10 +233,7 @@ impl KeyFiles {
     }
 }
 
-fn keys(
-    secret: Option<&[u8]>,
-    rsa_keys: Vec<(Option<String>, DecodingKey)>,
-) -> Result<Keys, AuthError> {
+fn keys(secret: Option<&[u8]>, rsa_keys: RsaKeys) -> Result<Keys, AuthError> {
     if secret.is_none() && rsa_keys.is_empty() {
         return Err(AuthError::NoVerifier);
     }
@@ -265,7 +265,7 @@ impl JwtVerifier {
     pub fn replace_keys(
         &self,
         hs256_secret: Option<&[u8]>,
-        rsa_keys: Vec<(Option<String>, DecodingKey)>,
+        rsa_keys: RsaKeys,
     ) -> Result<(), AuthError> {
         let keys = Arc::new(keys(hs256_secret, rsa_keys)?);
         match self.keys.write() {
