@@ -1,6 +1,7 @@
 //! JWT auth mode: validates a bearer token (HS256 secret and/or RS256 keys from a JWKS
 //! file) and turns its destinations claim into what the session may subscribe to and send
-//! to. Pure functions; the session calls them, the broker never sees a token.
+//! to. The session calls [`JwtVerifier::verify`] (no IO); the key files are read at
+//! startup and when they change. The broker never sees a token, and no token is logged.
 //!
 //! Destination patterns (claim `stomp_destinations` by default):
 //!
