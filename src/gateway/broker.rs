@@ -40,6 +40,8 @@ pub struct BrokerConfig {
     pub max_channels_per_connection: usize,
     /// Connection attempt timeout.
     pub connect_timeout: Duration,
+    /// Trust settings for `amqps://` (None: lapin's defaults, the system roots).
+    pub tls: Option<crate::gateway::tls::AmqpTls>,
 }
 
 impl BrokerConfig {
@@ -55,7 +57,12 @@ impl BrokerConfig {
             idle_connection_ttl: Duration::from_secs(30),
             max_channels_per_connection: 2000,
             connect_timeout: Duration::from_secs(10),
+            tls: None,
         })
+    }
+
+    fn is_tls(&self) -> bool {
+        self.uri.scheme == lapin::uri::AMQPScheme::AMQPS
     }
 
     /// The credentials in the URL (service-user mode).
@@ -120,6 +127,9 @@ struct Health {
     probed: AtomicBool,
     /// Woken when a pooled connection is lost: probe now rather than at the next tick.
     recheck: Notify,
+    /// Why the last probe failed, for /readyz (never holds credentials: lapin's and our
+    /// connect errors do not include the URI).
+    down_reason: std::sync::Mutex<String>,
 }
 
 /// Exponential backoff with jitter for reconnect attempts: the delay doubles from `base`
@@ -320,7 +330,7 @@ impl Broker {
         uri.vhost = vhost.to_string();
         let props = ConnectionProperties::default()
             .with_connection_name(format!("stompgate {login}@{vhost}").into());
-        let attempt = Connection::connect_uri(uri, props);
+        let attempt = self.open_connection(uri, props);
         // While RabbitMQ is known to be down, new sessions learn it quickly instead of
         // waiting out the full timeout (the attempt is still made: the monitor may lag).
         let timeout = if self.known_down() {
@@ -429,13 +439,27 @@ impl Broker {
 
     /// True when RabbitMQ accepts TCP connections (readiness).
     pub async fn reachable(&self) -> bool {
-        let authority = &self.inner.config.uri.authority;
-        let addr = format!("{}:{}", authority.host, authority.port);
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-                .await,
-            Ok(Ok(_))
-        )
+        self.check_reachable().await.is_ok()
+    }
+
+    /// Readiness: RabbitMQ accepts TCP connections and, for `amqps://`, completes a TLS
+    /// handshake we trust (so a wrong CA shows as not ready, with the reason).
+    pub async fn check_reachable(&self) -> Result<(), String> {
+        let config = &self.inner.config;
+        let authority = &config.uri.authority;
+        let attempt = async {
+            match (&config.tls, config.is_tls()) {
+                (Some(tls), true) => tls.connect(&authority.host, authority.port).await.map(drop),
+                _ => tokio::net::TcpStream::connect((authority.host.as_str(), authority.port))
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            Ok(result) => result,
+            Err(_) => Err("no answer within 2s".to_string()),
+        }
     }
 }
 
@@ -531,6 +555,9 @@ impl Broker {
                         down_since = Some(Instant::now());
                     }
                     was_up = false;
+                    if let Ok(mut r) = self.inner.health.down_reason.lock() {
+                        *r = reason;
+                    }
                     self.inner.health.up.store(false, Ordering::Release);
                     self.inner.health.probed.store(true, Ordering::Release);
                     self.inner.metrics.broker_up.set(0);
@@ -570,7 +597,7 @@ impl Broker {
         }
         let props =
             ConnectionProperties::default().with_connection_name("stompgate readiness".into());
-        let attempt = Connection::connect_uri(config.uri.clone(), props);
+        let attempt = self.open_connection(config.uri.clone(), props);
         match tokio::time::timeout(config.connect_timeout, attempt).await {
             Err(_) => Probe::Down("timed out connecting to RabbitMQ".to_string()),
             Ok(Ok(conn)) => {
@@ -598,6 +625,33 @@ impl Broker {
                 _ => Probe::Answered,
             },
         }
+    }
+
+    /// Opens an AMQP connection with the configured TLS settings (`amqps://`).
+    async fn open_connection(
+        &self,
+        uri: lapin::uri::AMQPUri,
+        props: ConnectionProperties,
+    ) -> lapin::Result<Connection> {
+        let tls = self
+            .inner
+            .config
+            .tls
+            .as_ref()
+            .map(|t| t.lapin.clone())
+            .unwrap_or_default();
+        let runtime = lapin::runtime::default_runtime()?;
+        Connection::connect_uri_with_config(uri, props, tls, runtime).await
+    }
+
+    /// Why the last readiness probe failed (empty while RabbitMQ is up).
+    pub fn down_reason(&self) -> String {
+        self.inner
+            .health
+            .down_reason
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// True when the last readiness probe reached RabbitMQ.
@@ -950,7 +1004,10 @@ pub async fn probe_server_product(config: &BrokerConfig) -> Option<String> {
     let authority = &config.uri.authority;
     let addr = format!("{}:{}", authority.host, authority.port);
     let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut stream: Box<dyn Io> = match (&config.tls, config.is_tls()) {
+            (Some(tls), true) => Box::new(tls.connect(&authority.host, authority.port).await.ok()?),
+            _ => Box::new(tokio::net::TcpStream::connect(addr).await.ok()?),
+        };
         stream.write_all(b"AMQP\x00\x00\x09\x01").await.ok()?;
         let mut header = [0u8; 7];
         stream.read_exact(&mut header).await.ok()?;
@@ -967,6 +1024,9 @@ pub async fn probe_server_product(config: &BrokerConfig) -> Option<String> {
         .ok()
         .flatten()
 }
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// Extracts `product/version` from a connection.start method payload.
 fn parse_start_product(payload: &[u8]) -> Option<String> {

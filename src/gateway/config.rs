@@ -36,6 +36,10 @@ pub enum AuthMode {
     Passthrough,
     /// Every session uses the gateway's own credentials (--amqp-url or --amqp-username).
     ServiceUser,
+    /// CONNECT carries a JWT (passcode, or login when passcode is empty, or an
+    /// `Authorization: Bearer` header on the WebSocket upgrade); sessions use the gateway's
+    /// credentials and may only use the destinations the token grants.
+    Jwt,
 }
 
 /// `stompgate gateway` flags. Every flag also reads `STOMPGATE_<FLAG>`.
@@ -56,6 +60,15 @@ pub struct GatewayArgs {
     /// Plain STOMP over TCP listener (off unless given), e.g. 0.0.0.0:61613.
     #[arg(long, env = "STOMPGATE_STOMP_LISTEN")]
     pub stomp_listen: Option<SocketAddr>,
+    /// PEM certificate chain: --listen serves https/wss and --stomp-listen STOMP over TLS.
+    #[arg(long, env = "STOMPGATE_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "STOMPGATE_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Seconds between checks of the TLS files for a rotated certificate (0: never reload).
+    #[arg(long, env = "STOMPGATE_TLS_RELOAD_SECS", default_value_t = 30)]
+    pub tls_reload_secs: u64,
     /// Separate listener for /metrics, /healthz and /readyz (default: served on --listen).
     #[arg(long, env = "STOMPGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -67,6 +80,18 @@ pub struct GatewayArgs {
         hide_env_values = true
     )]
     pub amqp_url: String,
+    /// PEM CA bundle trusted for amqps:// in addition to the system roots.
+    #[arg(long, env = "STOMPGATE_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
+    /// Same as --amqp-ca-file (the variable the operator sets from spec.rabbitmq.tls).
+    #[arg(long, env = "STOMPGATE_AMQP_TLS_CA_FILE", hide = true)]
+    pub amqp_tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate for amqps:// mutual TLS (with --amqp-client-key-file).
+    #[arg(long, env = "STOMPGATE_AMQP_CLIENT_CERT_FILE")]
+    pub amqp_client_cert_file: Option<PathBuf>,
+    /// PEM private key of --amqp-client-cert-file.
+    #[arg(long, env = "STOMPGATE_AMQP_CLIENT_KEY_FILE")]
+    pub amqp_client_key_file: Option<PathBuf>,
     /// Overrides the user in --amqp-url.
     #[arg(long, env = "STOMPGATE_AMQP_USERNAME")]
     pub amqp_username: Option<String>,
@@ -76,11 +101,34 @@ pub struct GatewayArgs {
     /// How STOMP sessions authenticate to RabbitMQ.
     #[arg(
         long,
+        alias = "auth",
         env = "STOMPGATE_AUTH_MODE",
         value_enum,
         default_value = "passthrough"
     )]
     pub auth_mode: AuthMode,
+    /// File holding the HS256 secret of JWT auth mode (trailing newline ignored).
+    #[arg(long, env = "STOMPGATE_JWT_HS256_SECRET_FILE")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    /// JWKS (JSON Web Key Set) file with the RS256 public keys of JWT auth mode.
+    #[arg(long, env = "STOMPGATE_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// Required `iss` of JWTs (unchecked when unset).
+    #[arg(long, env = "STOMPGATE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of JWTs (unchecked when unset).
+    #[arg(long, env = "STOMPGATE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Seconds between checks of the JWT key files for rotated keys (0: never reload).
+    #[arg(long, env = "STOMPGATE_JWT_RELOAD_SECS", default_value_t = 60)]
+    pub jwt_reload_secs: u64,
+    /// JWT claim holding `{"subscribe": [patterns], "send": [patterns]}`.
+    #[arg(
+        long,
+        env = "STOMPGATE_JWT_DESTINATIONS_CLAIM",
+        default_value = "stomp_destinations"
+    )]
+    pub jwt_destinations_claim: String,
     /// Login used when CONNECT has none (RabbitMQ's stomp.default_user). Off by default:
     /// anonymous clients are refused.
     #[arg(long, env = "STOMPGATE_DEFAULT_LOGIN")]
@@ -136,6 +184,13 @@ pub struct GatewayArgs {
 }
 
 impl GatewayArgs {
+    /// The CA bundle for amqps://, from either spelling of the flag.
+    pub fn amqp_ca(&self) -> Option<&std::path::Path> {
+        self.amqp_ca_file
+            .as_deref()
+            .or(self.amqp_tls_ca_file.as_deref())
+    }
+
     /// Checks values clap cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, path) in [
@@ -166,6 +221,27 @@ impl GatewayArgs {
         if self.default_login.is_some() != self.default_passcode.is_some() {
             return Err(ConfigError::Invalid(
                 "--default-login and --default-passcode go together".to_string(),
+            ));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "--tls-cert-file and --tls-key-file go together".to_string(),
+            ));
+        }
+        if self.amqp_client_cert_file.is_some() != self.amqp_client_key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "--amqp-client-cert-file and --amqp-client-key-file go together".to_string(),
+            ));
+        }
+        let jwt_keys = self.jwt_hs256_secret_file.is_some() || self.jwt_jwks_file.is_some();
+        if self.auth_mode == AuthMode::Jwt && !jwt_keys {
+            return Err(ConfigError::Invalid(
+                "--auth-mode jwt needs --jwt-hs256-secret-file and/or --jwt-jwks-file".to_string(),
+            ));
+        }
+        if self.auth_mode != AuthMode::Jwt && jwt_keys {
+            return Err(ConfigError::Invalid(
+                "--jwt-hs256-secret-file and --jwt-jwks-file need --auth-mode jwt".to_string(),
             ));
         }
         for origin in &self.allowed_origins {
@@ -324,6 +400,37 @@ mod tests {
             err.to_string().contains("unknown key 'max-frame-byte'"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tls_and_jwt_flags_are_checked_together() {
+        let err = parse_gateway_args(&argv(&["--tls-cert-file", "/c.pem"])).unwrap_err();
+        assert!(err.to_string().contains("--tls-key-file"), "{err}");
+        let err = parse_gateway_args(&argv(&["--amqp-client-key-file", "/k.pem"])).unwrap_err();
+        assert!(err.to_string().contains("--amqp-client-cert-file"), "{err}");
+        let err = parse_gateway_args(&argv(&["--auth", "jwt"])).unwrap_err();
+        assert!(err.to_string().contains("--jwt-hs256-secret-file"), "{err}");
+        let err = parse_gateway_args(&argv(&["--jwt-jwks-file", "/j.json"])).unwrap_err();
+        assert!(err.to_string().contains("need --auth-mode jwt"), "{err}");
+        let args = parse_gateway_args(&argv(&["--auth-mode", "jwt", "--jwt-jwks-file", "/j.json"]))
+            .unwrap();
+        assert_eq!(args.auth_mode, AuthMode::Jwt);
+        assert_eq!(args.jwt_destinations_claim, "stomp_destinations");
+    }
+
+    #[test]
+    fn the_operators_ca_variable_name_is_accepted() {
+        // The operator sets STOMPGATE_AMQP_TLS_CA_FILE (flag --amqp-tls-ca-file).
+        let args = parse_gateway_args(&argv(&["--amqp-tls-ca-file", "/ca.crt"])).unwrap();
+        assert_eq!(args.amqp_ca(), Some(std::path::Path::new("/ca.crt")));
+        let args = parse_gateway_args(&argv(&[
+            "--amqp-tls-ca-file",
+            "/ca.crt",
+            "--amqp-ca-file",
+            "/mine.crt",
+        ]))
+        .unwrap();
+        assert_eq!(args.amqp_ca(), Some(std::path::Path::new("/mine.crt")));
     }
 
     #[test]

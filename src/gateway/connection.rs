@@ -67,6 +67,7 @@ impl CloseCode {
             CloseReason::LoginTimeout => (CloseCode::LoginTimeout, "login timeout"),
             CloseReason::Shutdown => (CloseCode::GoingAway, "gateway shutting down"),
             CloseReason::SlowConsumer => (CloseCode::SlowConsumer, "slow consumer"),
+            CloseReason::AccessRefused => (CloseCode::Normal, "access refused"),
         }
     }
 
@@ -81,6 +82,7 @@ impl CloseCode {
             CloseReason::LoginTimeout => "login_timeout",
             CloseReason::Shutdown => "shutdown",
             CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::AccessRefused => "access_refused",
         }
     }
 }
@@ -136,11 +138,21 @@ enum OpResult {
 
 /// Drives a session until it closes. `inbound` yields raw bytes from the client (any
 /// chunking); `outbound` receives encoded frames.
-pub async fn run<I, O>(
+pub async fn run<I, O>(ctx: ConnectionContext, transport: &'static str, inbound: I, outbound: O)
+where
+    I: Stream<Item = std::io::Result<Bytes>> + Unpin,
+    O: Sink<Outbound> + Unpin,
+{
+    run_with_bearer(ctx, transport, inbound, outbound, None).await
+}
+
+/// [`run`], with a token the transport received (JWT auth mode).
+pub async fn run_with_bearer<I, O>(
     ctx: ConnectionContext,
     transport: &'static str,
     mut inbound: I,
     mut outbound: O,
+    bearer: Option<String>,
 ) where
     I: Stream<Item = std::io::Result<Bytes>> + Unpin,
     O: Sink<Outbound> + Unpin,
@@ -152,6 +164,9 @@ pub async fn run<I, O>(
     metrics.connections.get_or_create(&transport_labels).inc();
     let session_id = format!("session-{}", random_token());
     let mut session = Session::new(ctx.session.clone(), session_id, Instant::now());
+    if let Some(token) = bearer {
+        session.set_bearer_token(token);
+    }
     let mut decoder = Decoder::new(ctx.limits.clone());
     let mut encode_buf = BytesMut::new();
     let mut channel: Option<Arc<tokio::sync::Mutex<SessionChannel>>> = None;

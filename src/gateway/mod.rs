@@ -1,5 +1,6 @@
 //! The data plane: STOMP clients over WebSocket/SockJS/TCP bridged to RabbitMQ.
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod connection;
@@ -8,4 +9,5 @@ pub mod fanout;
 pub mod properties;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod transport;

@@ -1,11 +1,13 @@
 //! Listeners, limits, drain, health and metrics wiring for `stompgate gateway`.
 
+use crate::gateway::auth::{JwtSettings, JwtVerifier, KeyFiles};
 use crate::gateway::broker::{Broker, BrokerConfig};
 use crate::gateway::config::{AuthMode, GatewayArgs};
 use crate::gateway::connection::{ConnectionContext, ConnectionSettings, Outbound, encode_frame};
 use crate::gateway::destination::PlanConfig;
 use crate::gateway::fanout::{Fanout, FanoutConfig};
 use crate::gateway::session::{SessionConfig, error_frame};
+use crate::gateway::tls::{AmqpTls, ServerTls, TlsListener};
 use crate::gateway::transport::sockjs::{self, SockJsConfig, SockJsSend};
 use crate::gateway::transport::{tcp, websocket};
 use crate::stomp::codec::Limits;
@@ -38,6 +40,10 @@ pub enum ServerError {
     Config(#[from] crate::gateway::config::ConfigError),
     #[error(transparent)]
     SockJs(#[from] sockjs::SockJsError),
+    #[error(transparent)]
+    Tls(#[from] crate::gateway::tls::TlsError),
+    #[error(transparent)]
+    Auth(#[from] crate::gateway::auth::AuthError),
 }
 
 /// Where the gateway serves the sockjs-client it vendors, for SockJS's iframe transports
@@ -219,12 +225,79 @@ pub fn session_config(args: &GatewayArgs, broker: &BrokerConfig) -> SessionConfi
             .default_login
             .clone()
             .zip(args.default_passcode.clone()),
-        forced_credentials: (args.auth_mode == AuthMode::ServiceUser).then_some(service_user),
-        default_vhost: "/".to_string(),
+        forced_credentials: matches!(args.auth_mode, AuthMode::ServiceUser | AuthMode::Jwt)
+            .then_some(service_user),
+        // JWT sessions live in the service user's vhost; the others name theirs in CONNECT.
+        default_vhost: if args.auth_mode == AuthMode::Jwt {
+            broker.uri.vhost.clone()
+        } else {
+            "/".to_string()
+        },
         login_timeout: Duration::from_secs(args.login_timeout_secs),
         max_subscriptions: args.max_subscriptions,
         plan: PlanConfig::default(),
+        jwt: None,
     }
+}
+
+fn jwt_key_files(args: &GatewayArgs) -> KeyFiles {
+    KeyFiles {
+        hs256_secret: args.jwt_hs256_secret_file.clone(),
+        jwks: args.jwt_jwks_file.clone(),
+    }
+}
+
+/// Re-reads the JWT key files when their bytes change (an IdP rotating its JWKS); a file
+/// that does not load keeps the keys in force.
+fn spawn_jwt_reloader(
+    verifier: Arc<JwtVerifier>,
+    files: KeyFiles,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut seen = files.contents();
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let now = files.contents();
+            if now == seen {
+                continue;
+            }
+            match files
+                .load()
+                .and_then(|(secret, rsa)| verifier.replace_keys(secret.as_deref(), rsa))
+            {
+                Ok(()) => {
+                    tracing::info!("JWT keys reloaded");
+                    seen = now;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "JWT keys not reloaded; keeping the current ones")
+                }
+            }
+        }
+    });
+}
+
+/// The JWT verifier of `--auth-mode jwt`, from its key files.
+pub fn jwt_verifier(args: &GatewayArgs) -> Result<Option<Arc<JwtVerifier>>, ServerError> {
+    if args.auth_mode != AuthMode::Jwt {
+        return Ok(None);
+    }
+    let (hs256_secret, rsa_keys) = jwt_key_files(args).load()?;
+    let settings = JwtSettings {
+        hs256_secret,
+        rsa_keys,
+        issuer: args.jwt_issuer.clone(),
+        audience: args.jwt_audience.clone(),
+        destinations_claim: args.jwt_destinations_claim.clone(),
+    };
+    Ok(Some(Arc::new(JwtVerifier::new(settings)?)))
 }
 
 /// Binds every listener and starts serving. `extra` routes are merged into the HTTP
@@ -238,6 +311,25 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
     if let Some(pass) = &args.amqp_password {
         broker_config.uri.authority.userinfo.password = pass.clone();
     }
+    // Pick the process's rustls backend before anything opens a TLS connection.
+    let _ = crate::gateway::tls::provider();
+    // Startup errors (unreadable files, bad PEM, a key that does not match) stop here.
+    let amqps = broker_config.uri.scheme == lapin::uri::AMQPScheme::AMQPS;
+    if amqps {
+        let client = args
+            .amqp_client_cert_file
+            .as_deref()
+            .zip(args.amqp_client_key_file.as_deref());
+        broker_config.tls = Some(AmqpTls::load(args.amqp_ca(), client)?);
+    } else if args.amqp_ca_file.is_some() || args.amqp_client_cert_file.is_some() {
+        tracing::warn!("--amqp-ca-file and --amqp-client-cert-file apply to amqps:// URLs only");
+    }
+    let server_tls = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => Some(ServerTls::load(cert, key)?),
+        _ => None,
+    };
+    let jwt = jwt_verifier(&args)?;
+    let jwt_reload = jwt.clone();
     let metrics = GatewayMetrics::default();
     let registry = SharedRegistry::default();
     if let Ok(mut r) = registry.0.lock() {
@@ -246,7 +338,10 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
     let broker = Broker::new(broker_config.clone(), metrics.clone());
     let shutdown = CancellationToken::new();
     let ctx: ConnectionContext = Arc::new(ConnectionSettings {
-        session: Arc::new(session_config(&args, &broker_config)),
+        session: Arc::new(SessionConfig {
+            jwt,
+            ..session_config(&args, &broker_config)
+        }),
         limits: Limits {
             max_frame_bytes: args.max_frame_bytes,
             ..Limits::default()
@@ -334,7 +429,16 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
     let mut servers = Vec::new();
     let listener = bind(args.listen).await?;
     let http_addr = local_addr(&listener, args.listen)?;
-    servers.push(spawn_http(listener, router, shutdown.clone()));
+    match &server_tls {
+        Some(tls) => {
+            let listener = TlsListener::new(listener, tls.http.clone(), shutdown.clone());
+            servers.push(spawn_http(listener, router, shutdown.clone()));
+            if args.tls_reload_secs > 0 {
+                tls.spawn_reloader(Duration::from_secs(args.tls_reload_secs), shutdown.clone());
+            }
+        }
+        None => servers.push(spawn_http(listener, router, shutdown.clone())),
+    }
 
     let metrics_addr = match args.metrics_listen {
         Some(addr) => {
@@ -354,13 +458,28 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
         Some(addr) => {
             let listener = bind(addr).await?;
             let bound = local_addr(&listener, addr)?;
-            servers.push(tokio::spawn(accept_tcp(listener, state.clone())));
+            servers.push(tokio::spawn(accept_tcp(
+                listener,
+                state.clone(),
+                server_tls.as_ref().map(|t| t.stomp.clone()),
+            )));
             Some(bound)
         }
         None => None,
     };
 
-    tracing::info!(%http_addr, ws_path = %args.ws_path, ?stomp_addr, ?metrics_addr, "gateway listening");
+    if let Some(verifier) = &jwt_reload
+        && args.jwt_reload_secs > 0
+    {
+        spawn_jwt_reloader(
+            verifier.clone(),
+            jwt_key_files(&args),
+            Duration::from_secs(args.jwt_reload_secs),
+            shutdown.clone(),
+        );
+    }
+    let tls = server_tls.is_some();
+    tracing::info!(%http_addr, ws_path = %args.ws_path, ?stomp_addr, ?metrics_addr, tls, "gateway listening");
     Ok(Gateway {
         http_addr,
         stomp_addr,
@@ -418,11 +537,15 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Se
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
-fn spawn_http(
-    listener: TcpListener,
+fn spawn_http<L>(
+    listener: L,
     router: Router,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio::task::JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     tokio::spawn(async move {
         let serve = axum::serve(listener, router.into_make_service())
             .with_graceful_shutdown(async move { shutdown.cancelled().await });
@@ -432,7 +555,11 @@ fn spawn_http(
     })
 }
 
-async fn accept_tcp(listener: TcpListener, state: AppState) {
+async fn accept_tcp(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let shutdown = state.ctx.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -448,7 +575,37 @@ async fn accept_tcp(listener: TcpListener, state: AppState) {
                 continue;
             }
         };
-        match state.connections.try_acquire() {
+        let slot = state.connections.try_acquire();
+        if let Some(acceptor) = &tls {
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let ctx = state.ctx.clone();
+            let full = slot.is_none();
+            if full {
+                count_rejected(&state);
+            }
+            // The handshake runs in the connection's task, bounded, so a client that
+            // never finishes it cannot stall the accept loop.
+            state.tracker.spawn(async move {
+                let plaintext = encode_frame(&error_frame(
+                    "Connection refused",
+                    "This port speaks STOMP over TLS (stomp+ssl).\n",
+                    None,
+                ));
+                let Some(stream) = crate::gateway::tls::accept(&acceptor, stream, &plaintext).await
+                else {
+                    return;
+                };
+                if full {
+                    tcp::refuse(stream, too_many_connections()).await;
+                } else {
+                    tcp::serve_tls(stream, ctx).await;
+                }
+                drop(slot);
+            });
+            continue;
+        }
+        match slot {
             Some(slot) => {
                 let ctx = state.ctx.clone();
                 state.tracker.spawn(async move {
@@ -457,23 +614,30 @@ async fn accept_tcp(listener: TcpListener, state: AppState) {
                 });
             }
             None => {
-                state
-                    .ctx
-                    .metrics
-                    .rejected_connections
-                    .get_or_create(&ReasonLabels {
-                        reason: "max_connections".to_string(),
-                    })
-                    .inc();
-                let frame = encode_frame(&error_frame(
-                    "Connection refused",
-                    "Too many connections to this gateway; try again later.\n",
-                    None,
-                ));
-                tokio::spawn(tcp::refuse(stream, frame));
+                count_rejected(&state);
+                tokio::spawn(tcp::refuse(stream, too_many_connections()));
             }
         }
     }
+}
+
+fn count_rejected(state: &AppState) {
+    state
+        .ctx
+        .metrics
+        .rejected_connections
+        .get_or_create(&ReasonLabels {
+            reason: "max_connections".to_string(),
+        })
+        .inc();
+}
+
+fn too_many_connections() -> bytes::Bytes {
+    encode_frame(&error_frame(
+        "Connection refused",
+        "Too many connections to this gateway; try again later.\n",
+        None,
+    ))
 }
 
 async fn ws_handler(
@@ -512,6 +676,11 @@ async fn ws_handler(
     };
     let ctx = state.ctx.clone();
     let tracker = state.tracker.clone();
+    let bearer = ctx
+        .session
+        .jwt
+        .as_ref()
+        .and_then(|_| bearer_token(&headers));
     let max_message = ctx.limits.max_frame_bytes + 1024;
     upgrade
         .protocols(websocket::SUBPROTOCOLS)
@@ -522,10 +691,20 @@ async fn ws_handler(
         .max_frame_size(max_message)
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
-                websocket::serve(socket, ctx).await;
+                websocket::serve(socket, ctx, bearer).await;
                 drop(slot);
             })
         })
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+        .filter(|t| !t.is_empty())
 }
 
 /// Browsers always send Origin; non-browser clients may not, and are not subject to
@@ -547,16 +726,23 @@ async fn readyz(State(state): State<AppState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
     let broker = &state.ctx.broker;
-    // Before the monitor's first probe, answer from a direct TCP check.
-    let up = if broker.probed() {
-        broker.is_up()
+    // Before the monitor's first probe, answer from a direct check.
+    let status = if broker.probed() {
+        if broker.is_up() {
+            Ok(())
+        } else {
+            Err(broker.down_reason())
+        }
     } else {
-        broker.reachable().await
+        broker.check_reachable().await
     };
-    if up {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "RabbitMQ unreachable\n").into_response()
+    match status {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("RabbitMQ unreachable: {reason}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! semantics (a SUBSCRIBE is established before the next SEND is published) and gives
 //! natural backpressure. Deliveries, publisher confirms and timers may arrive at any time.
 
+use crate::gateway::auth::{Grant, JwtVerifier};
 use crate::gateway::destination::{
     self, AckMode, Destination, PlanConfig, QueueDeclare, Route, SendPlan, SubscribePlan,
     TempQueuePlan,
@@ -46,6 +47,9 @@ pub struct SessionConfig {
     pub max_subscriptions: usize,
     /// Destination rules (the exchange behind `/topic/`, durable queue naming).
     pub plan: PlanConfig,
+    /// JWT auth mode: CONNECT must carry a token this accepts; sessions then use
+    /// `forced_credentials` and the token's destinations.
+    pub jwt: Option<Arc<JwtVerifier>>,
 }
 
 impl Default for SessionConfig {
@@ -62,6 +66,7 @@ impl Default for SessionConfig {
             login_timeout: Duration::from_secs(10),
             max_subscriptions: 1024,
             plan: PlanConfig::default(),
+            jwt: None,
         }
     }
 }
@@ -88,6 +93,9 @@ pub enum CloseReason {
     Shutdown,
     /// The client did not read its deliveries fast enough (already reported).
     SlowConsumer,
+    /// JWT mode: a destination outside the token's grant, or the token expired (already
+    /// reported with an ERROR frame).
+    AccessRefused,
 }
 
 /// A request the driver executes against the broker, then answers with a [`BrokerReply`].
@@ -315,6 +323,12 @@ pub struct Session {
     pending_receipts: HashMap<u64, String>,
     next_confirm_id: u64,
     in_flight: Option<InFlight>,
+    /// JWT mode: a token from the transport (WebSocket `Authorization: Bearer`), used by
+    /// CONNECT and then dropped.
+    bearer: Option<String>,
+    /// JWT mode: what the token allows, and when it expires.
+    grant: Option<Grant>,
+    token_deadline: Option<Instant>,
     /// Work waiting to be processed (COMMIT replays, a SEND waiting for its reply queue).
     work: VecDeque<Work>,
     actions: VecDeque<Action>,
@@ -344,9 +358,17 @@ impl Session {
             pending_receipts: HashMap::new(),
             next_confirm_id: 1,
             in_flight: None,
+            bearer: None,
+            grant: None,
+            token_deadline: None,
             work: VecDeque::new(),
             actions: VecDeque::new(),
         }
+    }
+
+    /// A token the transport received before CONNECT (JWT mode; ignored otherwise).
+    pub fn set_bearer_token(&mut self, token: String) {
+        self.bearer = Some(token);
     }
 
     /// The next output, if any. Drain after every `handle_*` call.
@@ -411,10 +433,10 @@ impl Session {
                     .then(|| self.last_sent + Duration::from_millis(self.heartbeat.send_ms));
                 let expect = (self.heartbeat.expect_ms > 0)
                     .then(|| self.last_received + receive_grace(self.heartbeat.expect_ms));
-                match (send, expect) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                [send, expect, self.token_deadline]
+                    .into_iter()
+                    .flatten()
+                    .min()
             }
             Phase::Closed => None,
         }
@@ -429,6 +451,15 @@ impl Session {
                 }
             }
             Phase::Connected => {
+                if self.token_deadline.is_some_and(|d| now >= d) {
+                    self.send_error(
+                        "Token expired",
+                        "The access token expired; reconnect with a new one.\n",
+                        None,
+                    );
+                    self.close(CloseReason::AccessRefused);
+                    return;
+                }
                 if self.heartbeat.expect_ms > 0
                     && now >= self.last_received + receive_grace(self.heartbeat.expect_ms)
                 {
@@ -764,6 +795,10 @@ impl Session {
             },
         };
         let heartbeat = HeartBeat::negotiate(client_heartbeat, self.config.heartbeat_min);
+        if let Some(jwt) = self.config.jwt.clone() {
+            self.connect_with_token(&jwt, &frame, version, heartbeat);
+            return;
+        }
         let (login, passcode) = if let Some((l, p)) = &self.config.forced_credentials {
             (l.clone(), p.clone())
         } else {
@@ -794,6 +829,75 @@ impl Session {
                 passcode,
                 vhost,
             }));
+    }
+
+    /// JWT mode: the token comes from the transport, else `passcode`, else `login`; the
+    /// broker sees only the gateway's credentials, in its own vhost (`host` is ignored).
+    fn connect_with_token(
+        &mut self,
+        jwt: &JwtVerifier,
+        frame: &Frame,
+        version: Version,
+        heartbeat: HeartBeat,
+    ) {
+        let token = self.bearer.take().or_else(|| {
+            [frame.get("passcode"), frame.get("login")]
+                .into_iter()
+                .flatten()
+                .find(|t| !t.is_empty())
+                .map(str::to_string)
+        });
+        let grant = match jwt.verify(token.as_deref().unwrap_or_default()) {
+            Ok(grant) => grant,
+            Err(e) => {
+                self.send_error("Bad CONNECT", &format!("Access refused: {e}\n"), None);
+                self.close(CloseReason::LoginFailed);
+                return;
+            }
+        };
+        let Some((login, passcode)) = self.config.forced_credentials.clone() else {
+            self.send_error("Bad CONNECT", "JWT auth mode has no service user\n", None);
+            self.close(CloseReason::LoginFailed);
+            return;
+        };
+        // The frame's arrival time: the session keeps no clock of its own.
+        self.token_deadline = grant.expires_in.map(|d| self.last_received + d);
+        self.grant = Some(grant);
+        let vhost = self.config.default_vhost.clone();
+        self.login = login.clone();
+        self.vhost = vhost.clone();
+        self.phase = Phase::Connecting;
+        self.in_flight = Some(InFlight::Connect { version, heartbeat });
+        self.actions
+            .push_back(Action::Broker(BrokerRequest::Connect {
+                login,
+                passcode,
+                vhost,
+            }));
+    }
+
+    /// JWT mode: refuses (ERROR, then close) a destination the token does not grant.
+    fn refused(&mut self, frame: &Frame, operation: &str) -> bool {
+        let Some(grant) = &self.grant else {
+            return false;
+        };
+        let Some(destination) = frame.get("destination") else {
+            return false;
+        };
+        let allowed = match operation {
+            "subscribe" => grant.may_subscribe(destination),
+            _ => grant.may_send(destination),
+        };
+        if allowed {
+            return false;
+        }
+        let detail = format!(
+            "ACCESS_REFUSED - {operation} access to destination '{destination}' refused for token subject '{}'\n",
+            grant.subject
+        );
+        self.send_error("access_refused", &detail, receipt_of(frame));
+        self.close(CloseReason::AccessRefused);
+        true
     }
 
     fn vhost_for_error(&self) -> &str {
@@ -880,6 +984,9 @@ impl Session {
     }
 
     fn on_send(&mut self, frame: Frame) {
+        if self.refused(&frame, "send") {
+            return;
+        }
         let receipt = receipt_of(&frame).map(str::to_string);
         let plan = match destination::plan_send(&frame.headers, &self.config.plan) {
             Ok(plan) => plan,
@@ -950,6 +1057,9 @@ impl Session {
     }
 
     fn on_subscribe(&mut self, frame: Frame) {
+        if self.refused(&frame, "subscribe") {
+            return;
+        }
         let receipt = receipt_of(&frame).map(str::to_string);
         let mut plan = match destination::plan_subscribe(&frame.headers, &self.config.plan) {
             Ok(plan) => plan,
@@ -1226,5 +1336,7 @@ pub fn error_frame(message: &str, detail: &str, receipt: Option<&str>) -> Frame 
     frame.with_body(Bytes::copy_from_slice(detail.as_bytes()))
 }
 
+#[cfg(test)]
+mod jwt_tests;
 #[cfg(test)]
 mod tests;

@@ -4,8 +4,10 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod auth;
 mod destinations;
 mod errors;
 mod fanout;
 mod session;
+mod tls;
 mod transport;

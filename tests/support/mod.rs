@@ -60,7 +60,8 @@ pub async fn start_gateway_with(extra: &[&str], router: axum::Router<server::App
 
 enum Transport {
     Ws(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>),
-    Tcp(TcpStream),
+    /// Plain, or TLS (`stomp+ssl`).
+    Tcp(Box<tokio_tungstenite::MaybeTlsStream<TcpStream>>),
 }
 
 /// What a client observed when the server ended the connection.
@@ -102,7 +103,67 @@ impl Client {
     pub async fn tcp(gateway: &Gateway) -> Client {
         let addr = gateway.stomp_addr.expect("tcp listener");
         let stream = TcpStream::connect(addr).await.expect("tcp connects");
-        Client::new(Transport::Tcp(stream))
+        Client::new(Transport::Tcp(Box::new(
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        )))
+    }
+
+    /// WebSocket over TLS (`wss://`) with this client configuration.
+    pub async fn ws_tls(
+        url: &str,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+        bearer: Option<&str>,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let mut request = url.into_client_request()?;
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "v12.stomp".parse().expect("header"),
+        );
+        if let Some(token) = bearer {
+            request.headers_mut().insert(
+                "Authorization",
+                format!("Bearer {token}").parse().expect("header"),
+            );
+        }
+        let connector = tokio_tungstenite::Connector::Rustls(tls);
+        let (ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
+                .await?;
+        Ok(Client::new(Transport::Ws(Box::new(ws))))
+    }
+
+    /// STOMP over TLS on the TCP listener, checking the server name `localhost`.
+    pub async fn tcp_tls(
+        gateway: &Gateway,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<Client> {
+        let addr = gateway.stomp_addr.expect("tcp listener");
+        let stream = TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, stream)
+            .await?;
+        Ok(Client::new(Transport::Tcp(Box::new(
+            tokio_tungstenite::MaybeTlsStream::Rustls(stream),
+        ))))
+    }
+
+    /// A WebSocket client with an `Authorization: Bearer` upgrade header.
+    pub async fn ws_bearer(gateway: &Gateway, token: &str) -> Client {
+        let url = format!("ws://{}/ws", gateway.http_addr);
+        let mut request = url.into_client_request().expect("request");
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "v12.stomp".parse().expect("header"),
+        );
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket connects");
+        Client::new(Transport::Ws(Box::new(ws)))
     }
 
     fn new(transport: Transport) -> Client {

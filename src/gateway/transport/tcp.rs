@@ -3,8 +3,7 @@
 use crate::gateway::connection::{self, ConnectionContext, Outbound};
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{BytesCodec, Encoder, FramedRead, FramedWrite};
 
 /// Bytes read per syscall; small, because most STOMP frames are.
@@ -27,9 +26,27 @@ impl Encoder<Outbound> for OutboundEncoder {
     }
 }
 
-pub async fn serve(stream: TcpStream, ctx: ConnectionContext) {
+pub async fn serve(stream: tokio::net::TcpStream, ctx: ConnectionContext) {
     let _ = stream.set_nodelay(true);
+    // Owned halves: no lock between reader and writer.
     let (read, write) = stream.into_split();
+    serve_halves(read, write, ctx).await;
+}
+
+/// STOMP over TLS (`stomp+ssl`).
+pub async fn serve_tls<S>(stream: S, ctx: ConnectionContext)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (read, write) = tokio::io::split(stream);
+    serve_halves(read, write, ctx).await;
+}
+
+async fn serve_halves<R, W>(read: R, write: W, ctx: ConnectionContext)
+where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
+{
     let inbound = FramedRead::with_capacity(read, BytesCodec::new(), READ_CHUNK)
         .map(|chunk| chunk.map(BytesMut::freeze));
     let mut outbound = FramedWrite::new(write, OutboundEncoder);
@@ -45,7 +62,7 @@ pub async fn serve(stream: TcpStream, ctx: ConnectionContext) {
 }
 
 /// Answers a connection refused before a session starts (limit reached) and closes it.
-pub async fn refuse(mut stream: TcpStream, error: Bytes) {
+pub async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, error: Bytes) {
     let _ = stream.write_all(&error).await;
     let _ = stream.shutdown().await;
 }

@@ -9,8 +9,9 @@ use futures::{SinkExt, StreamExt};
 /// Subprotocols we accept, in order of preference (Web-STOMP offers the same three).
 pub const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 
-/// Runs a session over an upgraded WebSocket.
-pub async fn serve(socket: WebSocket, ctx: ConnectionContext) {
+/// Runs a session over an upgraded WebSocket; `bearer` is the upgrade request's
+/// `Authorization: Bearer` token (JWT auth mode).
+pub async fn serve(socket: WebSocket, ctx: ConnectionContext, bearer: Option<String>) {
     let (sink, stream) = socket.split();
     let inbound = stream.filter_map(|message| async move {
         match message {
@@ -36,7 +37,7 @@ pub async fn serve(socket: WebSocket, ctx: ConnectionContext) {
         })
     });
     let mut inbound = Box::pin(inbound);
-    connection::run(ctx, "websocket", &mut inbound, Box::pin(outbound)).await;
+    connection::run_with_bearer(ctx, "websocket", &mut inbound, Box::pin(outbound), bearer).await;
     // Read on until the client answers our close (or briefly): closing a socket with
     // unread input (e.g. pipelined SENDs during a drain) makes the kernel send a reset,
     // which can destroy the ERROR and close frame before the client reads them.
