@@ -619,13 +619,40 @@ async fn an_exchange_created_just_before_a_crash_stays_owned() {
 
 #[tokio::test]
 async fn deletion_cleanup_gives_up_instead_of_wedging() {
-    // The Secret is gone (e.g. the namespace is being deleted): skip at once with a Warning.
+    // The Secret is gone (e.g. the namespace is being deleted) but this operator read it
+    // before: it cleans up with the credentials it last read.
     let ex = uniq("wedge");
     let env = Env::new(gateway_json(
         &ex,
         json!({"spec": {"topology": {"deletionPolicy": "Delete"}}}),
     ));
     env.reconcile().await.0.expect("create");
+    env.api.remove(SECRET);
+    env.api.edit(GW, |g| {
+        g["metadata"]["deletionTimestamp"] = json!(k8s_openapi::jiff::Timestamp::now().to_string())
+    });
+    let (r, calls) = env.reconcile().await;
+    r.expect("cleaned up");
+    assert!(env.api.get(GW).is_none());
+    let ev = calls
+        .iter()
+        .find(|c| c.method == "POST")
+        .and_then(|c| c.body.clone())
+        .expect("event");
+    assert_eq!(ev["reason"], "CleanedUp");
+    let c = rabbit().await;
+    assert!(!exchange_exists(&c, &ex).await, "removed");
+
+    // Same, but the operator never read the Secret (restarted meanwhile): skip at once with a
+    // Warning.
+    let ex = uniq("wedge1");
+    let env = Env::new(gateway_json(
+        &ex,
+        json!({"spec": {"topology": {"deletionPolicy": "Delete"}}}),
+    ));
+    env.reconcile().await.0.expect("create");
+    let state = env.api.get(GW).expect("gw");
+    let env = Env::new(state);
     env.api.remove(SECRET);
     env.api.edit(GW, |g| {
         g["metadata"]["deletionTimestamp"] = json!(k8s_openapi::jiff::Timestamp::now().to_string())
@@ -640,7 +667,6 @@ async fn deletion_cleanup_gives_up_instead_of_wedging() {
         .expect("event");
     assert_eq!(ev["reason"], "CleanupSkipped");
     assert_eq!(ev["type"], "Warning");
-    let c = rabbit().await;
     assert!(
         exchange_exists(&c, &ex).await,
         "left in RabbitMQ, as the event says"
