@@ -423,13 +423,13 @@ async fn broker_down_is_reported_retried_with_backoff_and_converges_when_it_list
             .get(&format!("/apis/apps/v1/namespaces/{ns}/deployments/gw"))
             .is_some()
     );
-    let events = op.events(ns, "gw");
-    assert!(
-        events
-            .iter()
-            .any(|e| e.0 == "Warning" && e.1 == "BrokerUnreachable"),
-        "{events:?}"
-    );
+    // The event follows the status write.
+    wait_for("a Warning BrokerUnreachable event", 10, || {
+        op.events(ns, "gw")
+            .into_iter()
+            .find(|e| e.0 == "Warning" && e.1 == "BrokerUnreachable")
+    })
+    .await;
 
     // Backoff: 1 s doubling with jitter, so ~5 attempts in 8 s, not a hot loop.
     let before = op.secret_reads(ns);
@@ -612,17 +612,21 @@ async fn conflicting_exchange_stalls_naming_it_declares_the_others_without_a_ret
         exchange_exists(&rmq, &free).await,
         "the other exchange is declared"
     );
-    let events = op.events(ns, "gw");
-    assert!(
-        events
-            .iter()
-            .any(|e| e.0 == "Warning" && e.1 == "ExchangeConflict" && e.2.contains(&taken)),
-        "{events:?}"
-    );
+    wait_for(
+        "a Warning ExchangeConflict event naming the exchange",
+        10,
+        || {
+            op.events(ns, "gw")
+                .into_iter()
+                .find(|e| e.0 == "Warning" && e.1 == "ExchangeConflict" && e.2.contains(&taken))
+        },
+    )
+    .await;
 
     // No retry storm: a conflict waits for a spec change or the slow resync. (The status write
     // itself causes one more, idle, reconcile: let it pass first.)
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let events = op.events(ns, "gw").len();
     let reads = op.secret_reads(ns);
     let writes = op.status_writes(ns, "gw");
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -632,7 +636,7 @@ async fn conflicting_exchange_stalls_naming_it_declares_the_others_without_a_ret
         0,
         "no status write in 5 s"
     );
-    assert_eq!(op.events(ns, "gw").len(), events.len(), "no new event");
+    assert_eq!(op.events(ns, "gw").len(), events, "no new event");
     eprintln!(
         "MEASURED conflict: Stalled/ExchangeConflict in {:.2}s; 0 retries in the next 5 s",
         detected.as_secs_f64()
