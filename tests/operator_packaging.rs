@@ -310,6 +310,46 @@ fn gateway_manifests() -> Vec<(String, Value)> {
     out
 }
 
+/// (kind, name) of a Role/ClusterRole.
+fn role_key(r: &Value) -> (String, String) {
+    let s = |p: &str| {
+        r.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    (s("/kind"), s("/metadata/name"))
+}
+
+/// Roles granted to a ServiceAccount (the operator's), as (kind, name); the others are the
+/// chart's roles for users, aggregated into admin/edit/view.
+fn bound_to_service_accounts(docs: &[(String, Value)]) -> Vec<(String, String)> {
+    docs.iter()
+        .filter(|(_, d)| {
+            matches!(
+                d["kind"].as_str(),
+                Some("RoleBinding" | "ClusterRoleBinding")
+            )
+        })
+        .filter(|(_, d)| {
+            d["subjects"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["kind"] == "ServiceAccount")
+        })
+        .map(|(_, d)| {
+            let s = |p: &str| {
+                d.pointer(p)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            (s("/roleRef/kind"), s("/roleRef/name"))
+        })
+        .collect()
+}
+
 #[test]
 fn roles_have_no_wildcards_and_secrets_are_read_only() {
     let all = shipped_manifests();
@@ -330,14 +370,72 @@ fn roles_have_no_wildcards_and_secrets_are_read_only() {
         }
     }
     assert!(problems.is_empty(), "{problems:#?}");
+    // The operator's own roles grant exactly what the code calls, nothing more.
+    let allowed: &[(&str, &str, &[&str])] = &[
+        (
+            "stompgate.io",
+            "stompgateways",
+            &["get", "list", "watch", "patch"],
+        ),
+        ("stompgate.io", "stompgateways/status", &["get", "patch"]),
+        // Owner references with blockOwnerDeletion need update on the owner's finalizers.
+        ("stompgate.io", "stompgateways/finalizers", &["update"]),
+        // Server-side apply creates what does not exist yet: create + patch.
+        (
+            "apps",
+            "deployments",
+            &["get", "list", "watch", "create", "patch"],
+        ),
+        ("", "services", &["get", "list", "watch", "create", "patch"]),
+        (
+            "",
+            "configmaps",
+            &["get", "list", "watch", "create", "patch"],
+        ),
+        // A disabled PodDisruptionBudget is removed.
+        (
+            "policy",
+            "poddisruptionbudgets",
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        ("", "secrets", &["get", "list", "watch"]),
+        ("events.k8s.io", "events", &["create", "patch"]),
+        (
+            "coordination.k8s.io",
+            "leases",
+            &["get", "create", "update"],
+        ),
+    ];
+    let bound = bound_to_service_accounts(&all);
+    let mut operator_roles = 0;
+    for (w, r) in &roles {
+        if !bound.contains(&role_key(r)) {
+            continue;
+        }
+        operator_roles += 1;
+        for rule in r["rules"].as_array().into_iter().flatten() {
+            for g in strs(&rule["apiGroups"]) {
+                for res in strs(&rule["resources"]) {
+                    for v in strs(&rule["verbs"]) {
+                        assert!(
+                            allowed.iter().any(|(ag, ar, av)| *ag == g
+                                && *ar == res
+                                && av.contains(&v.as_str())),
+                            "{w}: {v} on {g}/{res} is more than the operator needs"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        operator_roles >= 2,
+        "the operator role and the leader-election role"
+    );
     // The operator never deletes or edits what users own: its only delete is the PDB it
     // created, its only write on StompGateways is the finalizer and status.
     for (w, r) in &roles {
-        if r.pointer("/metadata/labels/rbac.authorization.k8s.io~1aggregate-to-edit")
-            .is_some()
-            || r.pointer("/metadata/labels/rbac.authorization.k8s.io~1aggregate-to-view")
-                .is_some()
-        {
+        if !bound.contains(&role_key(r)) {
             continue; // user-facing roles aggregated into admin/edit/view
         }
         for rule in r["rules"].as_array().into_iter().flatten() {
