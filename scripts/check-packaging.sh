@@ -96,6 +96,9 @@ if not os.path.exists(target) or open(target).read() != plain:
 sys.exit(1 if failed else 0)
 PY
 for f in "$WORK"/helm-*.yaml; do "${KV[@]}" "$f"; done
+# Least privilege and Pod Security `restricted` over every render (tests/operator_packaging.rs).
+mkdir -p "$WORK/rendered" && cp "$WORK"/helm-*.yaml "$WORK/rendered/"
+STOMPGATE_RENDERED_DIR="$WORK/rendered" cargo test -q --test operator_packaging
 
 echo "== deploy/ (kubectl kustomize)"
 if command -v kubectl >/dev/null; then

@@ -7,10 +7,25 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::{Arc, Mutex};
 
+/// Targets capped at DEBUG whatever RUST_LOG asks: lapin's I/O loop traces every outgoing frame
+/// with `Debug`, and Connection.StartOk carries the SASL PLAIN response (user and password).
+pub const CREDENTIAL_SAFE_DIRECTIVES: [&str; 1] = ["lapin::io_loop=debug"];
+
+/// RUST_LOG (or `default`) with [`CREDENTIAL_SAFE_DIRECTIVES`] applied last, so they win.
+pub fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    for d in CREDENTIAL_SAFE_DIRECTIVES {
+        if let Ok(d) = d.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    filter
+}
+
 /// Installs the tracing subscriber (RUST_LOG or `info`; JSON when `json` is set).
 pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn"));
+    let filter = log_filter("info,lapin=warn");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

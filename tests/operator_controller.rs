@@ -619,13 +619,40 @@ async fn an_exchange_created_just_before_a_crash_stays_owned() {
 
 #[tokio::test]
 async fn deletion_cleanup_gives_up_instead_of_wedging() {
-    // The Secret is gone (e.g. the namespace is being deleted): skip at once with a Warning.
+    // The Secret is gone (e.g. the namespace is being deleted) but this operator read it
+    // before: it cleans up with the credentials it last read.
     let ex = uniq("wedge");
     let env = Env::new(gateway_json(
         &ex,
         json!({"spec": {"topology": {"deletionPolicy": "Delete"}}}),
     ));
     env.reconcile().await.0.expect("create");
+    env.api.remove(SECRET);
+    env.api.edit(GW, |g| {
+        g["metadata"]["deletionTimestamp"] = json!(k8s_openapi::jiff::Timestamp::now().to_string())
+    });
+    let (r, calls) = env.reconcile().await;
+    r.expect("cleaned up");
+    assert!(env.api.get(GW).is_none());
+    let ev = calls
+        .iter()
+        .find(|c| c.method == "POST")
+        .and_then(|c| c.body.clone())
+        .expect("event");
+    assert_eq!(ev["reason"], "CleanedUp");
+    let c = rabbit().await;
+    assert!(!exchange_exists(&c, &ex).await, "removed");
+
+    // Same, but the operator never read the Secret (restarted meanwhile): skip at once with a
+    // Warning.
+    let ex = uniq("wedge1");
+    let env = Env::new(gateway_json(
+        &ex,
+        json!({"spec": {"topology": {"deletionPolicy": "Delete"}}}),
+    ));
+    env.reconcile().await.0.expect("create");
+    let state = env.api.get(GW).expect("gw");
+    let env = Env::new(state);
     env.api.remove(SECRET);
     env.api.edit(GW, |g| {
         g["metadata"]["deletionTimestamp"] = json!(k8s_openapi::jiff::Timestamp::now().to_string())
@@ -640,7 +667,6 @@ async fn deletion_cleanup_gives_up_instead_of_wedging() {
         .expect("event");
     assert_eq!(ev["reason"], "CleanupSkipped");
     assert_eq!(ev["type"], "Warning");
-    let c = rabbit().await;
     assert!(
         exchange_exists(&c, &ex).await,
         "left in RabbitMQ, as the event says"
@@ -726,6 +752,55 @@ fn backoff_is_exponential_with_jitter_and_capped() {
         );
     }
     assert!(backoff_delay(30) <= Duration::from_secs(300));
+}
+
+/// The delay of `Action::requeue` (kube keeps the field private; its Debug shows it).
+fn requeue_secs(a: &kube::runtime::controller::Action) -> f64 {
+    let s = format!("{a:?}");
+    let d = s
+        .split("Some(")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no requeue in {s}"));
+    let (num, unit) = d
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map(|i| d.split_at(i))
+        .unwrap_or_else(|| panic!("{d}"));
+    let v: f64 = num.parse().unwrap_or_else(|_| panic!("{d}"));
+    v * match unit {
+        "s" => 1.0,
+        "ms" => 1e-3,
+        "µs" => 1e-6,
+        "ns" => 1e-9,
+        u => panic!("unit {u} in {d}"),
+    }
+}
+
+#[tokio::test]
+async fn deletion_retries_never_wait_past_the_cleanup_deadline() {
+    let env = Env::new(gateway_json(
+        &uniq("deadline"),
+        json!({"spec": {"topology": {"deletionPolicy": "Delete"}}}),
+    ));
+    let err = || Error::Retry {
+        reason: stompgate::operator::status::Reason::BrokerUnreachable,
+        message: "down".into(),
+    };
+    // Not being deleted: plain exponential backoff, up to 5 minutes.
+    let mut last = 0.0;
+    for _ in 0..12 {
+        last = requeue_secs(&controller::error_policy(env.gw(), &err(), env.ctx.clone()));
+    }
+    assert!(last >= 150.0, "{last}");
+    // Deleted 290 s ago with the default 300 s bound: the next try is at the deadline, not
+    // minutes after it.
+    env.api.edit(GW, |g| {
+        let t =
+            k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(290);
+        g["metadata"]["deletionTimestamp"] = json!(t.to_string());
+    });
+    let d = requeue_secs(&controller::error_policy(env.gw(), &err(), env.ctx.clone()));
+    assert!((8.5..=10.2).contains(&d), "{d}");
 }
 
 #[tokio::test]

@@ -82,6 +82,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     // Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<StompGateway>, u32>>,
+    // Last broker target read from the Secrets of objects with a cleanup finalizer: a namespace
+    // deletion removes the Secret before the finalizer runs, and cleanup still needs it.
+    targets: Mutex<HashMap<ObjectRef<StompGateway>, BrokerTarget>>,
 }
 
 impl Context {
@@ -98,7 +101,33 @@ impl Context {
             brokers,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn remember_target(&self, r: &ObjectRef<StompGateway>, t: Option<&BrokerTarget>) {
+        if let Ok(mut m) = self.targets.lock() {
+            match t {
+                Some(t) => {
+                    m.insert(r.clone(), t.clone());
+                }
+                None => {
+                    m.remove(r);
+                }
+            }
+        }
+    }
+
+    fn remembered_target(&self, r: &ObjectRef<StompGateway>) -> Option<BrokerTarget> {
+        self.targets.lock().ok().and_then(|m| m.get(r).cloned())
+    }
+
+    /// Time left before broker cleanup of a deleted object gives up (None: not being deleted).
+    fn cleanup_time_left(&self, gw: &StompGateway) -> Option<Duration> {
+        let t = gw.metadata.deletion_timestamp.as_ref()?;
+        let since = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
+        let since = Duration::try_from(since).unwrap_or(Duration::ZERO);
+        Some(self.settings.finalizer_timeout.saturating_sub(since))
     }
 
     fn reset_failures(&self, r: &ObjectRef<StompGateway>) {
@@ -174,7 +203,14 @@ pub fn error_policy(gw: Arc<StompGateway>, err: &Error, ctx: Arc<Context>) -> Ac
     ctx.metrics.error(err.reason());
     let n = ctx.bump_failures(&ObjectRef::from_obj(&*gw));
     tracing::warn!(name = %gw.name_any(), namespace = ?gw.namespace(), attempt = n, error = %err, "reconcile failed");
-    Action::requeue(backoff_delay(n))
+    let mut delay = backoff_delay(n);
+    // A deletion must end at its deadline, not at the first backoff step after it.
+    if let Some(left) = ctx.cleanup_time_left(&gw)
+        && !left.is_zero()
+    {
+        delay = delay.min(left + Duration::from_millis(100));
+    }
+    Action::requeue(delay)
 }
 
 /// Reconciles one StompGateway (the `Controller` entry point).
@@ -259,6 +295,11 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
             });
         }
     };
+
+    ctx.remember_target(
+        &ObjectRef::from_obj(gw),
+        (gw.spec.topology.deletion_policy == DeletionPolicy::Delete).then_some(&secrets.target),
+    );
 
     // build and apply
     let inputs = BuildInputs {
@@ -691,7 +732,9 @@ async fn cleanup(
     ctx: &Context,
     api: &Api<StompGateway>,
 ) -> Result<Action, Error> {
+    let oref = ObjectRef::from_obj(gw);
     if !gw.finalizers().iter().any(|f| f == FINALIZER) {
+        ctx.remember_target(&oref, None);
         return Ok(Action::await_change());
     }
     let ledger = gw.status.as_ref().and_then(|s| s.topology.as_ref());
@@ -705,27 +748,29 @@ async fn cleanup(
         .collect();
     if !wants {
         set_finalizers(gw, api, remaining).await?;
+        ctx.remember_target(&oref, None);
         return Ok(Action::await_change());
     }
     let ns = gw.namespace().unwrap_or_default();
-    let deadline_passed = gw
-        .metadata
-        .deletion_timestamp
-        .as_ref()
-        .map(|t| {
-            let since = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
-            since.as_secs_f64() > ctx.settings.finalizer_timeout.as_secs_f64()
-        })
-        .unwrap_or(false);
-    let attempt: Result<Vec<String>, Problem> = async {
-        let secrets = match read_secrets(gw, ctx, &ns).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(p)) => return Err(p),
+    let time_left = ctx.cleanup_time_left(gw).unwrap_or(Duration::ZERO);
+    let deadline_passed = time_left.is_zero();
+    let attempt = async {
+        let target = match read_secrets(gw, ctx, &ns).await {
+            Ok(Ok(s)) => s.target,
+            // A namespace deletion removes the Secret first: use what the last reconcile read.
+            Ok(Err(p)) => match ctx.remembered_target(&oref) {
+                Some(t)
+                    if matches!(p.reason, Reason::SecretNotFound | Reason::SecretKeyMissing) =>
+                {
+                    t
+                }
+                _ => return Err(p),
+            },
             Err(e) => return Err(Problem::new(Reason::ApplyFailed, e.to_string())),
         };
         let broker = ctx
             .brokers
-            .get(&secrets.target)
+            .get(&target)
             .await
             .map_err(|e| broker_problem(&e))?;
         let ledger = ledger.cloned().unwrap_or_default();
@@ -733,8 +778,20 @@ async fn cleanup(
             .cleanup(&ledger)
             .await
             .map_err(|e| broker_problem(&e))
-    }
-    .await;
+    };
+    // One attempt may not outlive the deadline either (a broker that never answers).
+    let attempt: Result<Vec<String>, Problem> =
+        match tokio::time::timeout(time_left.max(Duration::from_millis(100)), attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(Problem::new(
+                Reason::BrokerUnreachable,
+                format!(
+                    "broker cleanup did not finish within {}s",
+                    ctx.settings.finalizer_timeout.as_secs()
+                ),
+            )),
+        };
+    let gave_up_in_time = attempt.is_err() && ctx.cleanup_time_left(gw) == Some(Duration::ZERO);
     match attempt {
         Ok(removed) => {
             if !removed.is_empty() {
@@ -748,11 +805,14 @@ async fn cleanup(
                 .await;
             }
             set_finalizers(gw, api, remaining).await?;
+            ctx.remember_target(&oref, None);
             Ok(Action::await_change())
         }
-        // Without the Secret nothing can ever succeed; give up now rather than wedge.
+        // Without the Secret (and no remembered target) nothing can ever succeed; give up now
+        // rather than wedge.
         Err(p)
             if deadline_passed
+                || gave_up_in_time
                 || matches!(p.reason, Reason::SecretNotFound | Reason::SecretKeyMissing) =>
         {
             publish(
@@ -764,6 +824,7 @@ async fn cleanup(
             )
             .await;
             set_finalizers(gw, api, remaining).await?;
+            ctx.remember_target(&oref, None);
             Ok(Action::await_change())
         }
         Err(p) => Err(Error::Retry {

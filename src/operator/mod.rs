@@ -148,10 +148,7 @@ async fn shutdown_signal() {
 /// `stompgate operator`.
 pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn")),
-        )
+        .with_env_filter(crate::telemetry::log_filter("info,kube=warn"))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();

@@ -43,10 +43,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "stompgate.rules" -}}
 - apiGroups: ["stompgate.io"]
   resources: ["stompgateways"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["stompgate.io"]
   resources: ["stompgateways/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["get", "patch"]
 - apiGroups: ["stompgate.io"]
   resources: ["stompgateways/finalizers"]
   verbs: ["update"]
