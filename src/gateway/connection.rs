@@ -43,6 +43,8 @@ pub enum CloseCode {
     ProtocolError = 1002,
     /// 1007: invalid frame payload (RabbitMQ's framing-error code).
     InvalidPayload = 1007,
+    /// 1009: a WebSocket message or frame over the size limit.
+    MessageTooBig = 1009,
     /// 1011: the broker failed.
     InternalError = 1011,
     /// 4000: heart-beat timeout.
@@ -78,6 +80,26 @@ impl CloseCode {
             CloseReason::Shutdown => "shutdown",
             CloseReason::SlowConsumer => "slow_consumer",
         }
+    }
+}
+
+/// A violation of the transport's own protocol (e.g. an unmasked or oversized WebSocket
+/// frame). A transport yields it as the inbound `io::Error`'s inner error; the driver then
+/// answers like a STOMP framing error (ERROR frame) but closes with the transport's code.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct TransportViolation {
+    pub close: CloseCode,
+    pub close_text: &'static str,
+    /// `message` of the ERROR frame.
+    pub summary: &'static str,
+    /// ERROR body.
+    pub detail: String,
+}
+
+impl From<TransportViolation> for std::io::Error {
+    fn from(v: TransportViolation) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, v)
     }
 }
 
@@ -166,6 +188,8 @@ pub async fn run<I, O>(
     let mut close_reason: Option<CloseReason> = None;
     // Set when the client stopped reading and a write timed out.
     let mut stuck = false;
+    // Close code of a transport violation, replacing the session's.
+    let mut close_override: Option<(CloseCode, &'static str)> = None;
 
     'outer: loop {
         // 1. Perform everything the session asked for.
@@ -423,7 +447,20 @@ pub async fn run<I, O>(
                         session.note_received(Instant::now());
                         decoder.feed(&bytes);
                     }
-                    Some(Err(_)) | None => {
+                    Some(Err(e)) => {
+                        if let Some(v) = e
+                            .get_ref()
+                            .and_then(|inner| inner.downcast_ref::<TransportViolation>())
+                        {
+                            close_override = Some((v.close, v.close_text));
+                            session.handle_codec_error(v.summary, &v.detail);
+                        }
+                        input_open = false;
+                        if session.wants_input() {
+                            break;
+                        }
+                    }
+                    None => {
                         input_open = false;
                         if session.wants_input() {
                             break;
@@ -455,7 +492,7 @@ pub async fn run<I, O>(
                 reason: CloseCode::label(reason).to_string(),
             })
             .inc();
-        let (code, text) = CloseCode::for_reason(reason);
+        let (code, text) = close_override.unwrap_or_else(|| CloseCode::for_reason(reason));
         let _ = tokio::time::timeout(
             ctx.write_timeout,
             outbound.send(Outbound::Close(code, text)),

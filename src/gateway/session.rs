@@ -403,6 +403,15 @@ impl Session {
         match self.phase {
             Phase::AwaitingConnect | Phase::Connecting => {
                 if now >= self.started + self.config.login_timeout {
+                    // Say why: a client trickling its CONNECT (slowloris) or a slow
+                    // broker login would otherwise see an unexplained close.
+                    let secs = self.config.login_timeout.as_secs();
+                    let detail = if self.phase == Phase::AwaitingConnect {
+                        format!("No CONNECT frame within {secs} s of opening the connection.\n")
+                    } else {
+                        format!("RabbitMQ did not accept the login within {secs} s.\n")
+                    };
+                    self.send_error("Login timeout", &detail, None);
                     self.close(CloseReason::LoginTimeout);
                 }
             }

@@ -1,10 +1,14 @@
 //! STOMP over WebSocket (RabbitMQ Web-STOMP's `/ws`): each text or binary message is a
 //! chunk of the STOMP byte stream; each outgoing frame is one message.
 
-use crate::gateway::connection::{self, ConnectionContext, Outbound};
+use crate::gateway::connection::{
+    self, CloseCode, ConnectionContext, Outbound, TransportViolation,
+};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Error as WsError;
 
 /// Subprotocols we accept, in order of preference (Web-STOMP offers the same three).
 pub const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
@@ -22,9 +26,10 @@ pub async fn serve(socket: WebSocket, ctx: ConnectionContext) {
                 std::io::ErrorKind::ConnectionAborted,
                 "client closed the WebSocket",
             ))),
-            Err(e) => Some(Err(std::io::Error::other(e))),
+            Err(e) => Some(Err(read_error(e))),
         }
     });
+    let mut inbound = Box::pin(inbound);
     let outbound = sink.with(|out: Outbound| async move {
         Ok::<_, axum::Error>(match out {
             Outbound::Frame(bytes) => to_message(bytes),
@@ -35,7 +40,40 @@ pub async fn serve(socket: WebSocket, ctx: ConnectionContext) {
             })),
         })
     });
-    connection::run(ctx, "websocket", Box::pin(inbound), Box::pin(outbound)).await;
+    connection::run(ctx, "websocket", &mut inbound, Box::pin(outbound)).await;
+    // Read on until the client answers our Close (or LINGER passes): closing the socket
+    // with unread input makes the kernel reset the connection, and the reset can destroy
+    // the ERROR and Close frames before the client reads them.
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(_)) = inbound.next().await {}
+    })
+    .await;
+}
+
+/// Longest wait for the client's Close after ours.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Maps a WebSocket read error; protocol and size violations become a
+/// [`TransportViolation`] so the client learns what was wrong (1002 / 1009).
+fn read_error(e: axum::Error) -> std::io::Error {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(c)) => TransportViolation {
+            close: CloseCode::MessageTooBig,
+            close_text: "message too big",
+            summary: "Frame too large",
+            detail: format!("WebSocket message over the size limit: {c}"),
+        }
+        .into(),
+        Some(WsError::Protocol(p)) => TransportViolation {
+            close: CloseCode::ProtocolError,
+            close_text: "WebSocket protocol error",
+            summary: "Invalid frame",
+            detail: format!("WebSocket protocol error: {p}"),
+        }
+        .into(),
+        _ => std::io::Error::other(inner),
+    }
 }
 
 /// Text frames like Web-STOMP (what stomp.js 2.x expects); binary only when the frame is
