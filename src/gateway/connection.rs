@@ -553,7 +553,10 @@ fn start_request(
             let broker = ctx.broker.clone();
             Some(
                 async move {
-                    OpResult::Connected(broker.open_channel(&login, &passcode, &vhost).await)
+                    // `passcode` is zeroed when this future completes.
+                    OpResult::Connected(
+                        broker.open_channel(&login, passcode.as_str(), &vhost).await,
+                    )
                 }
                 .boxed(),
             )

@@ -8,5 +8,6 @@ mod bad_input;
 mod destinations;
 mod errors;
 mod fanout;
+mod secrets;
 mod session;
 mod transport;

@@ -667,3 +667,17 @@ fn consumers_ending_during_disconnect_are_silent() {
     let actions = drain(&mut s);
     assert_eq!(sent(&actions).len(), 1, "only the RECEIPT");
 }
+
+#[test]
+fn the_passcode_is_redacted_in_debug_output() {
+    let mut s = session();
+    s.handle_frame(frame(
+        Command::Connect,
+        &[("login", "alice"), ("passcode", "Hunter2-Very-Secret")],
+    ));
+    let actions = drain(&mut s);
+    let text = format!("{actions:?}");
+    assert!(text.contains("alice"), "{text}");
+    assert!(text.contains("Passcode(<redacted>)"), "{text}");
+    assert!(!text.contains("Hunter2"), "{text}");
+}
