@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered};
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamMap;
@@ -119,22 +119,125 @@ pub struct ConnectionSettings {
     pub fanout: Option<Fanout>,
     /// A write that cannot complete for this long means the client stopped reading.
     pub write_timeout: Duration,
+    /// Deliveries a session may have waiting behind a blocked write before it is closed
+    /// as a slow consumer (`--max-queued-messages`, as for shared queues).
+    pub max_queued_messages: usize,
 }
 
-/// Feeds one item to the transport, bounded by `timeout`; false when the session must end
-/// (`stuck` tells whether because the client stopped reading).
-async fn write<O: Sink<Outbound> + Unpin>(
-    outbound: &mut O,
-    item: Outbound,
+/// A delivery (or the end marker) from one of the session's own consumers.
+type ConsumerItem = (String, Option<lapin::Result<lapin::message::Delivery>>);
+
+/// An event of a shared (fan-out) subscription.
+type SharedItem = (
+    String,
+    Option<Result<SharedEvent, BroadcastStreamRecvError>>,
+);
+
+/// What arrived for the session while a write to its client was blocked.
+enum Pending {
+    // Boxed: a lapin delivery is large, and this queue is usually empty.
+    Own(Box<ConsumerItem>),
+    Shared(SharedItem),
+}
+
+/// Deliveries taken from the session's consumers while a write was blocked.
+struct Backlog {
+    items: VecDeque<Pending>,
+    limit: usize,
+}
+
+/// Runs one write (feed or flush) bounded by `timeout`, meanwhile moving deliveries into
+/// `backlog`: lapin buffers deliveries without limit and an auto-ack consumer has no
+/// prefetch limit, so a client that stops reading would otherwise make the gateway hold
+/// everything RabbitMQ pushes until the timeout. False when the session must end (`stuck`
+/// tells whether because the client stopped reading: timeout, or more than
+/// `backlog.limit` deliveries waiting).
+async fn drive<F, E>(
+    write: F,
     timeout: Duration,
     stuck: &mut bool,
-) -> bool {
-    match tokio::time::timeout(timeout, outbound.feed(item)).await {
-        Ok(Ok(())) => true,
-        Ok(Err(_)) => false,
-        Err(_) => {
+    consumers: &mut StreamMap<String, DeliveryStream>,
+    shared: &mut StreamMap<String, SharedStream>,
+    backlog: &mut Backlog,
+) -> bool
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    tokio::pin!(write);
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut write => return result.is_ok(),
+            _ = tokio::time::sleep_until(deadline) => {
+                *stuck = true;
+                return false;
+            }
+            Some(item) = consumers.next(), if !consumers.is_empty() => {
+                backlog.items.push_back(Pending::Own(Box::new(item)));
+            }
+            Some((tag, item)) = shared.next(), if !shared.is_empty() => {
+                if matches!(item, Some(Err(BroadcastStreamRecvError::Lagged(_)))) {
+                    // Fell behind: read no more of it. The session is closed as a slow
+                    // consumer (with an ERROR) once this write completes, or as stuck if
+                    // it never does; the shared queue's ring bounds the memory meanwhile.
+                    shared.remove(&tag);
+                }
+                backlog.items.push_back(Pending::Shared((tag, item)));
+            }
+        }
+        if backlog.items.len() > backlog.limit {
             *stuck = true;
-            false
+            return false;
+        }
+    }
+}
+
+/// Hands one shared-subscription event to the session.
+fn on_shared_item(
+    session: &mut Session,
+    shared: &mut StreamMap<String, SharedStream>,
+    memberships: &mut HashMap<String, Membership>,
+    metrics: &GatewayMetrics,
+    (tag, item): SharedItem,
+) {
+    match item {
+        Some(Ok(SharedEvent::Frame(bytes))) => session.handle_shared_frame(&tag, bytes),
+        Some(Ok(SharedEvent::Failed(failure))) => session.handle_broker_failure(failure),
+        Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
+            metrics.slow_consumers.inc();
+            shared.remove(&tag);
+            memberships.remove(&tag);
+            session.handle_slow_consumer();
+        }
+        None => {
+            shared.remove(&tag);
+            memberships.remove(&tag);
+            session.handle_consumer_cancelled(&tag);
+        }
+    }
+}
+
+/// Hands one consumer item to the session.
+fn on_consumer_item(
+    session: &mut Session,
+    consumers: &mut StreamMap<String, DeliveryStream>,
+    (tag, item): ConsumerItem,
+) {
+    match item {
+        Some(Ok(delivery)) => session.handle_delivery(Delivery {
+            consumer_tag: tag,
+            delivery_tag: delivery.delivery_tag,
+            exchange: delivery.exchange.to_string(),
+            routing_key: delivery.routing_key.to_string(),
+            redelivered: delivery.redelivered,
+            properties: delivery.properties,
+            body: Bytes::from(delivery.data),
+        }),
+        Some(Err(e)) => session.handle_broker_failure(broker::to_failure(e)),
+        None => {
+            consumers.remove(&tag);
+            session.handle_consumer_cancelled(&tag);
         }
     }
 }
@@ -175,6 +278,10 @@ pub async fn run<I, O>(
     let mut channel: Option<Arc<tokio::sync::Mutex<SessionChannel>>> = None;
     let mut op: Option<BoxFuture<'static, OpResult>> = None;
     let mut consumers: StreamMap<String, DeliveryStream> = StreamMap::new();
+    let mut backlog = Backlog {
+        items: VecDeque::new(),
+        limit: ctx.max_queued_messages,
+    };
     // Subscriptions served by the shared fan-out: their event streams and memberships.
     let mut shared: StreamMap<String, SharedStream> = StreamMap::new();
     let mut memberships: HashMap<String, Membership> = HashMap::new();
@@ -204,11 +311,13 @@ pub async fn run<I, O>(
                     metrics.frame_out(frame.command.as_str());
                     codec::encode(&frame, session.version(), &mut encode_buf);
                     let bytes = encode_buf.split().freeze();
-                    if !write(
-                        &mut outbound,
-                        Outbound::Frame(bytes),
+                    if !drive(
+                        outbound.feed(Outbound::Frame(bytes)),
                         ctx.write_timeout,
                         &mut stuck,
+                        &mut consumers,
+                        &mut shared,
+                        &mut backlog,
                     )
                     .await
                     {
@@ -228,11 +337,13 @@ pub async fn run<I, O>(
                 }
                 Action::SendEncoded(bytes) => {
                     metrics.frame_out("MESSAGE");
-                    if !write(
-                        &mut outbound,
-                        Outbound::Frame(bytes),
+                    if !drive(
+                        outbound.feed(Outbound::Frame(bytes)),
                         ctx.write_timeout,
                         &mut stuck,
+                        &mut consumers,
+                        &mut shared,
+                        &mut backlog,
                     )
                     .await
                     {
@@ -241,11 +352,13 @@ pub async fn run<I, O>(
                     session.note_sent(Instant::now());
                 }
                 Action::SendHeartbeat => {
-                    if !write(
-                        &mut outbound,
-                        Outbound::Heartbeat,
+                    if !drive(
+                        outbound.feed(Outbound::Heartbeat),
                         ctx.write_timeout,
                         &mut stuck,
+                        &mut consumers,
+                        &mut shared,
+                        &mut backlog,
                     )
                     .await
                     {
@@ -294,13 +407,17 @@ pub async fn run<I, O>(
                 }
             }
         }
-        match tokio::time::timeout(ctx.write_timeout, outbound.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => break,
-            Err(_) => {
-                stuck = true;
-                break;
-            }
+        if !drive(
+            outbound.flush(),
+            ctx.write_timeout,
+            &mut stuck,
+            &mut consumers,
+            &mut shared,
+            &mut backlog,
+        )
+        .await
+        {
+            break;
         }
         let subs = session.subscription_count();
         if subs != subscriptions_counted {
@@ -334,6 +451,18 @@ pub async fn run<I, O>(
         }
         if fed {
             continue;
+        }
+        // Deliveries that arrived while a write was blocked go first, in order.
+        match backlog.items.pop_front() {
+            Some(Pending::Own(item)) => {
+                on_consumer_item(&mut session, &mut consumers, *item);
+                continue;
+            }
+            Some(Pending::Shared(item)) => {
+                on_shared_item(&mut session, &mut shared, &mut memberships, metrics, item);
+                continue;
+            }
+            None => {}
         }
         if !input_open && session.wants_input() && op.is_none() {
             // Client went away and nothing is pending.
@@ -406,40 +535,11 @@ pub async fn run<I, O>(
                 flush_deadline = None;
                 op = Some(close_channel(channel.clone()));
             }
-            Some((tag, item)) = consumers.next(), if !consumers.is_empty() => {
-                match item {
-                    Some(Ok(delivery)) => session.handle_delivery(Delivery {
-                        consumer_tag: tag,
-                        delivery_tag: delivery.delivery_tag,
-                        exchange: delivery.exchange.to_string(),
-                        routing_key: delivery.routing_key.to_string(),
-                        redelivered: delivery.redelivered,
-                        properties: delivery.properties,
-                        body: Bytes::from(delivery.data),
-                    }),
-                    Some(Err(e)) => session.handle_broker_failure(broker::to_failure(e)),
-                    None => {
-                        consumers.remove(&tag);
-                        session.handle_consumer_cancelled(&tag);
-                    }
-                }
+            Some(item) = consumers.next(), if !consumers.is_empty() => {
+                on_consumer_item(&mut session, &mut consumers, item);
             }
-            Some((tag, item)) = shared.next(), if !shared.is_empty() => {
-                match item {
-                    Some(Ok(SharedEvent::Frame(bytes))) => session.handle_shared_frame(&tag, bytes),
-                    Some(Ok(SharedEvent::Failed(failure))) => session.handle_broker_failure(failure),
-                    Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
-                        metrics.slow_consumers.inc();
-                        shared.remove(&tag);
-                        memberships.remove(&tag);
-                        session.handle_slow_consumer();
-                    }
-                    None => {
-                        shared.remove(&tag);
-                        memberships.remove(&tag);
-                        session.handle_consumer_cancelled(&tag);
-                    }
-                }
+            Some(item) = shared.next(), if !shared.is_empty() => {
+                on_shared_item(&mut session, &mut shared, &mut memberships, metrics, item);
             }
             data = inbound.next(), if wants_input => {
                 match data {

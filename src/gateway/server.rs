@@ -253,6 +253,7 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
         shutdown: shutdown.clone(),
         flush_timeout: Duration::from_secs(10),
         write_timeout: Duration::from_secs(args.write_timeout_secs.max(1)),
+        max_queued_messages: args.max_queued_messages,
         fanout: args.fanout.then(|| {
             Fanout::new(
                 FanoutConfig {
