@@ -831,3 +831,62 @@ async fn open_ws(addr: std::net::SocketAddr) -> Result<Held, String> {
         Err(e) => Err(e.to_string()),
     }
 }
+
+// ---- HTTP before the WebSocket upgrade ----
+
+/// Writes `request` to the HTTP listener and returns the status line of the answer ("" if
+/// the connection was closed without one).
+async fn raw_http(gw: &Gateway, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
+    // The server may answer and close before everything is written.
+    let _ = s.write_all(request).await;
+    let mut response = Vec::new();
+    let read_status_line = async {
+        let mut chunk = [0u8; 1024];
+        while !response.windows(2).any(|w| w == b"\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => response.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), read_status_line).await;
+    String::from_utf8_lossy(&response)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn garbage_and_oversized_http_before_the_upgrade_get_4xx() {
+    let gw = start_gateway(&[]).await;
+    let status = raw_http(
+        &gw,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 400"), "{status:?}");
+    // 10,000 request headers.
+    let mut request = b"GET /ws HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..10_000 {
+        request.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    let status = raw_http(&gw, &request).await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status:?}");
+    // One 1 MiB header line.
+    let mut request = b"GET /ws HTTP/1.1\r\nHost: x\r\nX-Long: ".to_vec();
+    request.extend(std::iter::repeat_n(b'a', 1024 * 1024));
+    request.extend_from_slice(b"\r\n\r\n");
+    let status = raw_http(&gw, &request).await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status:?}");
+    // An upgrade without the WebSocket key.
+    let status = raw_http(
+        &gw,
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 400"), "{status:?}");
+    still_serves(&gw).await;
+}
