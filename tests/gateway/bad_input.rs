@@ -416,9 +416,13 @@ async fn slowloris_connect_is_closed_at_the_login_timeout() {
 
 /// Opens a WebSocket to `/ws` by hand and returns the socket after the 101.
 async fn raw_websocket(gw: &Gateway) -> TcpStream {
+    raw_websocket_at(gw, "/ws").await
+}
+
+async fn raw_websocket_at(gw: &Gateway, path: &str) -> TcpStream {
     let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
     let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
          Sec-WebSocket-Protocol: v12.stomp\r\n\r\n",
         gw.http_addr
@@ -542,6 +546,41 @@ async fn a_declared_length_of_2_pow_62_is_refused_without_allocating() {
         .unwrap();
     let (code, _) = read_until_close(&mut s).await;
     assert_eq!(code, Some(1002));
+    still_serves(&gw).await;
+}
+
+#[tokio::test]
+async fn sockjs_websocket_violations_get_close_codes() {
+    let gw = start_gateway(&[]).await;
+    // Raw: the WebSocket close code says it. Framed: SockJS's close frame `c[code,...]`
+    // says it, then the WebSocket closes normally.
+    let framed = format!("/stomp/1/{}/websocket", unique("s"));
+    for (path, raw) in [("/stomp/websocket", true), (framed.as_str(), false)] {
+        for (frame, code) in [
+            // Unmasked client frame.
+            (ws_frame(0x1, b"CONNECT\n\n\0", None), 1002),
+            // A declared length of 2^62: SockJS's "message too big".
+            (
+                [
+                    &[0x81, 0x80 | 127][..],
+                    &(1u64 << 62).to_be_bytes(),
+                    &[9, 9, 9, 9],
+                ]
+                .concat(),
+                4413,
+            ),
+        ] {
+            let mut s = raw_websocket_at(&gw, path).await;
+            s.write_all(&frame).await.unwrap();
+            let (ws_code, text) = read_until_close(&mut s).await;
+            if raw {
+                assert_eq!(ws_code, Some(code), "{path}");
+            } else {
+                assert!(text.contains(&format!("c[{code},")), "{path}: {text}");
+                assert_eq!(ws_code, Some(1000), "{path}");
+            }
+        }
+    }
     still_serves(&gw).await;
 }
 
