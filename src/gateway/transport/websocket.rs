@@ -7,6 +7,8 @@ use crate::gateway::connection::{
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
@@ -16,17 +18,27 @@ pub const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 /// Runs a session over an upgraded WebSocket.
 pub async fn serve(socket: WebSocket, ctx: ConnectionContext) {
     let (sink, stream) = socket.split();
-    let inbound = stream.filter_map(|message| async move {
-        match message {
-            Ok(Message::Text(text)) => Some(Ok(Bytes::from(text))),
-            Ok(Message::Binary(data)) => Some(Ok(data)),
-            // Pings are answered by tungstenite; pongs carry nothing for STOMP.
-            Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => None,
-            Ok(Message::Close(_)) => Some(Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "client closed the WebSocket",
-            ))),
-            Err(e) => Some(Err(read_error(e))),
+    // Set when reading failed (protocol or size violation): the rest of the client's bytes
+    // can no longer be read and drained.
+    let broken = Arc::new(AtomicBool::new(false));
+    let broken_in = broken.clone();
+    let inbound = stream.filter_map(move |message| {
+        let broken = broken_in.clone();
+        async move {
+            match message {
+                Ok(Message::Text(text)) => Some(Ok(Bytes::from(text))),
+                Ok(Message::Binary(data)) => Some(Ok(data)),
+                // Pings are answered by tungstenite; pongs carry nothing for STOMP.
+                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => None,
+                Ok(Message::Close(_)) => Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "client closed the WebSocket",
+                ))),
+                Err(e) => {
+                    broken.store(true, Ordering::Relaxed);
+                    Some(Err(read_error(e)))
+                }
+            }
         }
     });
     let mut inbound = Box::pin(inbound);
@@ -48,7 +60,15 @@ pub async fn serve(socket: WebSocket, ctx: ConnectionContext) {
         while let Some(Ok(_)) = inbound.next().await {}
     })
     .await;
+    if broken.load(Ordering::Relaxed) {
+        // Unread input is left and closing will reset the connection: give the client a
+        // moment to read our ERROR and Close first.
+        tokio::time::sleep(BROKEN_LINGER).await;
+    }
 }
+
+/// Wait before dropping a connection whose input could not be drained.
+const BROKEN_LINGER: Duration = Duration::from_millis(500);
 
 /// Longest wait for the client's Close after ours.
 const LINGER: Duration = Duration::from_secs(2);
