@@ -922,3 +922,44 @@ async fn garbage_and_oversized_http_before_the_upgrade_get_4xx() {
     assert!(status.starts_with("HTTP/1.1 400"), "{status:?}");
     still_serves(&gw).await;
 }
+
+#[tokio::test]
+async fn one_millisecond_heart_beats_are_honoured_without_harm() {
+    let gw = start_gateway(&[]).await;
+    let mut c = Client::ws(&gw).await;
+    let reply = c
+        .connect_with(&[
+            ("accept-version", "1.2"),
+            ("login", "guest"),
+            ("passcode", "guest"),
+            ("heart-beat", "1,1"),
+        ])
+        .await;
+    // Honoured as asked (--heartbeat-server-ms / --heartbeat-client-ms set floors).
+    assert_eq!(reply.get("heart-beat"), Some("1,1"));
+    let _ = c.recv_within(Duration::from_millis(500)).await;
+    let beats = c.heartbeats;
+    eprintln!("1 ms heart-beats: {beats} received in 500 ms");
+    assert!(beats > 10, "{beats}");
+    // The client sends none: closed at 1 ms + grace (about 1 s) with 4000.
+    assert_eq!(c.close_code().await, Some(4000));
+    still_serves(&gw).await;
+    // A floor set by the operator wins.
+    let gw = start_gateway(&[
+        "--heartbeat-server-ms",
+        "1000",
+        "--heartbeat-client-ms",
+        "1000",
+    ])
+    .await;
+    let mut c = Client::ws(&gw).await;
+    let reply = c
+        .connect_with(&[
+            ("accept-version", "1.2"),
+            ("login", "guest"),
+            ("passcode", "guest"),
+            ("heart-beat", "1,1"),
+        ])
+        .await;
+    assert_eq!(reply.get("heart-beat"), Some("1000,1000"));
+}
