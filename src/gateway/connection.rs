@@ -198,14 +198,12 @@ fn on_shared_item(
     session: &mut Session,
     shared: &mut StreamMap<String, SharedStream>,
     memberships: &mut HashMap<String, Membership>,
-    metrics: &GatewayMetrics,
     (tag, item): SharedItem,
 ) {
     match item {
         Some(Ok(SharedEvent::Frame(bytes))) => session.handle_shared_frame(&tag, bytes),
         Some(Ok(SharedEvent::Failed(failure))) => session.handle_broker_failure(failure),
         Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
-            metrics.slow_consumers.inc();
             shared.remove(&tag);
             memberships.remove(&tag);
             session.handle_slow_consumer();
@@ -459,7 +457,7 @@ pub async fn run<I, O>(
                 continue;
             }
             Some(Pending::Shared(item)) => {
-                on_shared_item(&mut session, &mut shared, &mut memberships, metrics, item);
+                on_shared_item(&mut session, &mut shared, &mut memberships, item);
                 continue;
             }
             None => {}
@@ -539,7 +537,7 @@ pub async fn run<I, O>(
                 on_consumer_item(&mut session, &mut consumers, item);
             }
             Some(item) = shared.next(), if !shared.is_empty() => {
-                on_shared_item(&mut session, &mut shared, &mut memberships, metrics, item);
+                on_shared_item(&mut session, &mut shared, &mut memberships, item);
             }
             data = inbound.next(), if wants_input => {
                 match data {
@@ -586,6 +584,10 @@ pub async fn run<I, O>(
             })
             .inc();
     } else if let Some(reason) = &close_reason {
+        if *reason == CloseReason::SlowConsumer {
+            // Counted here, once, whether or not its ERROR could still be written.
+            metrics.slow_consumers.inc();
+        }
         metrics
             .closes
             .get_or_create(&ReasonLabels {

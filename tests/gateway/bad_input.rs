@@ -667,6 +667,12 @@ async fn never_reading_subscriber_is_cut_off(fanout: bool) {
         assert!(Instant::now() < deadline, "{metrics}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Counted once.
+    let metrics = gw.metrics_text();
+    assert!(
+        metrics.contains("stompgate_slow_consumers_total 1\n"),
+        "{metrics}"
+    );
     // When the client finally reads, it finds the end of the stream (no hang).
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
