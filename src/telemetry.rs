@@ -7,23 +7,49 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::{Arc, Mutex};
 
-/// Targets capped at DEBUG whatever RUST_LOG asks: lapin's I/O loop traces every outgoing frame
-/// with `Debug`, and Connection.StartOk carries the SASL PLAIN response (user and password).
-pub const CREDENTIAL_SAFE_DIRECTIVES: [&str; 1] = ["lapin::io_loop=debug"];
+/// Targets whose trace output carries raw protocol payloads (STOMP CONNECT frames with
+/// their passcode; lapin's I/O loop prints Connection.StartOk, whose SASL PLAIN response
+/// holds user and password): capped at `debug` whatever RUST_LOG says, so that no log
+/// level writes credentials.
+pub const PAYLOAD_LOGGING_TARGETS: [&str; 3] =
+    ["tungstenite", "tokio_tungstenite", "lapin::io_loop"];
 
-/// RUST_LOG (or `default`) with [`CREDENTIAL_SAFE_DIRECTIVES`] applied last, so they win.
+/// The log filter: RUST_LOG (or `default`), minus payload tracing.
 pub fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    for d in CREDENTIAL_SAFE_DIRECTIVES {
-        if let Ok(d) = d.parse() {
-            filter = filter.add_directive(d);
+    log_filter_from(std::env::var("RUST_LOG").ok().as_deref(), default)
+}
+
+/// [`log_filter`] for a given RUST_LOG value.
+pub fn log_filter_from(spec: Option<&str>, default: &str) -> tracing_subscriber::EnvFilter {
+    // Directives naming those targets (or their modules) are dropped, so the caps below are
+    // the most specific ones for them.
+    let spec = spec.map(|s| {
+        s.split(',')
+            .filter(|directive| {
+                let target = directive
+                    .split(['=', '['])
+                    .next()
+                    .unwrap_or_default()
+                    .trim();
+                !PAYLOAD_LOGGING_TARGETS
+                    .iter()
+                    .any(|t| target == *t || target.starts_with(&format!("{t}::")))
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let mut filter = spec
+        .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
+    for target in PAYLOAD_LOGGING_TARGETS {
+        if let Ok(directive) = format!("{target}=debug").parse() {
+            filter = filter.add_directive(directive);
         }
     }
     filter
 }
 
-/// Installs the tracing subscriber (RUST_LOG or `info`; JSON when `json` is set).
+/// Installs the tracing subscriber (see [`log_filter`]; JSON when `json` is set).
 pub fn init_logging(json: bool) {
     let filter = log_filter("info,lapin=warn");
     let builder = tracing_subscriber::fmt()
@@ -224,5 +250,34 @@ impl SharedRegistry {
             let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    fn enabled(spec: &str, target_is_tungstenite: bool) -> bool {
+        let subscriber = tracing_subscriber::registry().with(log_filter_from(Some(spec), "info"));
+        tracing::subscriber::with_default(subscriber, || {
+            if target_is_tungstenite {
+                tracing::enabled!(target: "tungstenite::protocol", tracing::Level::TRACE)
+            } else {
+                tracing::enabled!(target: "stompgate::gateway", tracing::Level::TRACE)
+            }
+        })
+    }
+
+    #[test]
+    fn payload_tracing_stays_off_at_any_level() {
+        for spec in [
+            "trace",
+            "trace,tungstenite=trace",
+            "tungstenite::protocol=trace",
+        ] {
+            assert!(!enabled(spec, true), "{spec}");
+        }
+        assert!(enabled("trace", false));
     }
 }

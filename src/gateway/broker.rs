@@ -4,13 +4,14 @@
 use crate::gateway::destination::{QueueDeclare, SubscribePlan, TempQueuePlan};
 use crate::gateway::session::{BrokerFailure, ConnectFailure, PublishRequest};
 use crate::telemetry::GatewayMetrics;
+use lapin::auth::AuthProvider;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{FieldTable, ShortString};
-use lapin::uri::{AMQPUri, AMQPUserInfo};
+use lapin::types::{FieldTable, LongString, ShortString};
+use lapin::uri::{AMQPUri, AMQPUserInfo, SASLMechanism};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Consumer, ErrorKind};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -69,6 +70,39 @@ impl BrokerConfig {
     pub fn url_credentials(&self) -> (String, String) {
         let info = &self.uri.authority.userinfo;
         (info.username.clone(), info.password.clone())
+    }
+}
+
+/// SASL PLAIN that gives lapin the password once, for the handshake, and zeroes its copy:
+/// pooled connections outlive the sessions that opened them, and nothing needs the
+/// password after the login.
+struct OneShotPlain {
+    username: String,
+    password: Mutex<Option<zeroize::Zeroizing<String>>>,
+}
+
+impl OneShotPlain {
+    fn new(username: &str, password: &str) -> Self {
+        OneShotPlain {
+            username: username.to_string(),
+            password: Mutex::new(Some(zeroize::Zeroizing::new(password.to_string()))),
+        }
+    }
+}
+
+impl AuthProvider for OneShotPlain {
+    fn mechanism(&self) -> ShortString {
+        SASLMechanism::Plain.name().into()
+    }
+
+    fn auth_starter(&self) -> Result<LongString, String> {
+        let password = self
+            .password
+            .lock()
+            .ok()
+            .and_then(|mut p| p.take())
+            .ok_or_else(|| "credentials were already used for this connection".to_string())?;
+        Ok(format!("\0{}\0{}", self.username, password.as_str()).into())
     }
 }
 
@@ -323,13 +357,23 @@ impl Broker {
         lost: CancellationToken,
     ) -> Result<Connection, ConnectFailure> {
         let mut uri = self.inner.config.uri.clone();
+        let mut props = ConnectionProperties::default()
+            .with_connection_name(format!("stompgate {login}@{vhost}").into());
+        let plain = matches!(uri.query.auth_mechanism, None | Some(SASLMechanism::Plain));
         uri.authority.userinfo = AMQPUserInfo {
             username: login.to_string(),
-            password: passcode.to_string(),
+            // lapin keeps the URI and its default auth provider for the connection's
+            // life; with PLAIN the password goes through a one-shot provider instead.
+            password: if plain {
+                String::new()
+            } else {
+                passcode.to_string()
+            },
         };
+        if plain {
+            props = props.with_auth_provider(OneShotPlain::new(login, passcode));
+        }
         uri.vhost = vhost.to_string();
-        let props = ConnectionProperties::default()
-            .with_connection_name(format!("stompgate {login}@{vhost}").into());
         let attempt = self.open_connection(uri, props);
         // While RabbitMQ is known to be down, new sessions learn it quickly instead of
         // waiting out the full timeout (the attempt is still made: the monitor may lag).
@@ -1074,6 +1118,15 @@ fn parse_start_product(payload: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_shot_plain_gives_the_password_once() {
+        let provider = OneShotPlain::new("alice", "pw");
+        assert_eq!(provider.mechanism().as_str(), "PLAIN");
+        let token = provider.auth_starter().expect("first use");
+        assert_eq!(token.as_bytes(), b"\0alice\0pw");
+        assert!(provider.auth_starter().is_err(), "the password is gone");
+    }
 
     #[test]
     fn parses_product_and_version_from_connection_start() {

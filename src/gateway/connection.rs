@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered};
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamMap;
@@ -43,6 +43,8 @@ pub enum CloseCode {
     ProtocolError = 1002,
     /// 1007: invalid frame payload (RabbitMQ's framing-error code).
     InvalidPayload = 1007,
+    /// 1009: a WebSocket message or frame over the size limit.
+    MessageTooBig = 1009,
     /// 1011: the broker failed.
     InternalError = 1011,
     /// 1013: try again later (the AMQP connection to RabbitMQ was lost; reconnect with backoff).
@@ -87,6 +89,26 @@ impl CloseCode {
     }
 }
 
+/// A violation of the transport's own protocol (e.g. an unmasked or oversized WebSocket
+/// frame). A transport yields it as the inbound `io::Error`'s inner error; the driver then
+/// answers like a STOMP framing error (ERROR frame) but closes with the transport's code.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct TransportViolation {
+    pub close: CloseCode,
+    pub close_text: &'static str,
+    /// `message` of the ERROR frame.
+    pub summary: &'static str,
+    /// ERROR body.
+    pub detail: String,
+}
+
+impl From<TransportViolation> for std::io::Error {
+    fn from(v: TransportViolation) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, v)
+    }
+}
+
 /// Everything a connection needs from the server, shared (one pointer per connection).
 pub type ConnectionContext = Arc<ConnectionSettings>;
 
@@ -103,24 +125,136 @@ pub struct ConnectionSettings {
     pub fanout: Option<Fanout>,
     /// A write that cannot complete for this long means the client stopped reading.
     pub write_timeout: Duration,
+    /// Deliveries a session may have waiting behind a blocked write before it is closed
+    /// as a slow consumer (`--max-queued-messages`, as for shared queues).
+    pub max_queued_messages: usize,
 }
 
-/// Feeds one item to the transport, bounded by `timeout`; false when the session must end
-/// (`stuck` tells whether because the client stopped reading).
-async fn write<O: Sink<Outbound> + Unpin>(
-    outbound: &mut O,
-    item: Outbound,
+/// A delivery (or the end marker) from one of the session's own consumers.
+type ConsumerItem = (String, Option<lapin::Result<lapin::message::Delivery>>);
+
+/// An event of a shared (fan-out) subscription.
+type SharedItem = (
+    String,
+    Option<Result<SharedEvent, BroadcastStreamRecvError>>,
+);
+
+/// What arrived for the session while a write to its client was blocked.
+enum Pending {
+    // Boxed: a lapin delivery is large, and this queue is usually empty.
+    Own(Box<ConsumerItem>),
+    Shared(SharedItem),
+}
+
+/// Deliveries taken from the session's consumers while a write was blocked.
+struct Backlog {
+    items: VecDeque<Pending>,
+    limit: usize,
+}
+
+/// Runs one write (feed or flush) bounded by `timeout`, meanwhile moving deliveries into
+/// `backlog`: lapin buffers deliveries without limit and an auto-ack consumer has no
+/// prefetch limit, so a client that stops reading would otherwise make the gateway hold
+/// everything RabbitMQ pushes until the timeout. False when the session must end (`stuck`
+/// tells whether because the client stopped reading: timeout, or more than
+/// `backlog.limit` deliveries waiting).
+async fn drive<F, E>(
+    write: F,
     timeout: Duration,
     stuck: &mut bool,
-) -> bool {
-    match tokio::time::timeout(timeout, outbound.feed(item)).await {
-        Ok(Ok(())) => true,
-        Ok(Err(_)) => false,
-        Err(_) => {
+    consumers: &mut StreamMap<String, DeliveryStream>,
+    shared: &mut StreamMap<String, SharedStream>,
+    backlog: &mut Backlog,
+) -> bool
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    tokio::pin!(write);
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut write => return result.is_ok(),
+            _ = tokio::time::sleep_until(deadline) => {
+                *stuck = true;
+                return false;
+            }
+            Some(item) = consumers.next(), if !consumers.is_empty() => {
+                backlog.items.push_back(Pending::Own(Box::new(item)));
+            }
+            Some((tag, item)) = shared.next(), if !shared.is_empty() => {
+                if matches!(item, Some(Err(BroadcastStreamRecvError::Lagged(_)))) {
+                    // Fell behind: read no more of it. The session is closed as a slow
+                    // consumer (with an ERROR) once this write completes, or as stuck if
+                    // it never does; the shared queue's ring bounds the memory meanwhile.
+                    shared.remove(&tag);
+                }
+                backlog.items.push_back(Pending::Shared((tag, item)));
+            }
+        }
+        if backlog.items.len() > backlog.limit {
             *stuck = true;
-            false
+            return false;
         }
     }
+}
+
+/// Hands one shared-subscription event to the session.
+fn on_shared_item(
+    session: &mut Session,
+    shared: &mut StreamMap<String, SharedStream>,
+    memberships: &mut HashMap<String, Membership>,
+    (tag, item): SharedItem,
+) {
+    match item {
+        Some(Ok(SharedEvent::Frame(bytes))) => session.handle_shared_frame(&tag, bytes),
+        Some(Ok(SharedEvent::Failed(failure))) => session.handle_broker_failure(failure),
+        Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
+            shared.remove(&tag);
+            memberships.remove(&tag);
+            session.handle_slow_consumer();
+        }
+        None => {
+            shared.remove(&tag);
+            memberships.remove(&tag);
+            session.handle_consumer_cancelled(&tag);
+        }
+    }
+}
+
+/// Hands one consumer item to the session; true when it reported the loss of the
+/// session's AMQP connection (a consumer ends with its connection).
+fn on_consumer_item(
+    session: &mut Session,
+    consumers: &mut StreamMap<String, DeliveryStream>,
+    link: Option<&BrokerLink>,
+    (tag, item): ConsumerItem,
+) -> bool {
+    match item {
+        Some(Ok(delivery)) => session.handle_delivery(Delivery {
+            consumer_tag: tag,
+            delivery_tag: delivery.delivery_tag,
+            exchange: delivery.exchange.to_string(),
+            routing_key: delivery.routing_key.to_string(),
+            redelivered: delivery.redelivered,
+            properties: delivery.properties,
+            body: Bytes::from(delivery.data),
+        }),
+        Some(Err(e)) => session.handle_broker_failure(broker::to_failure(e)),
+        None if link.is_some_and(BrokerLink::is_lost) => {
+            // Report the loss once.
+            consumers.remove(&tag);
+            session.handle_broker_failure(BrokerFailure::connection_lost(
+                "The AMQP connection to RabbitMQ was lost; reconnect and resubscribe.\n",
+            ));
+            return true;
+        }
+        None => {
+            consumers.remove(&tag);
+            session.handle_consumer_cancelled(&tag);
+        }
+    }
+    false
 }
 
 type DeliveryStream = BoxStream<'static, Option<lapin::Result<lapin::message::Delivery>>>;
@@ -178,6 +312,10 @@ pub async fn run_with_bearer<I, O>(
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut op: Option<BoxFuture<'static, OpResult>> = None;
     let mut consumers: StreamMap<String, DeliveryStream> = StreamMap::new();
+    let mut backlog = Backlog {
+        items: VecDeque::new(),
+        limit: ctx.max_queued_messages,
+    };
     // Subscriptions served by the shared fan-out: their event streams and memberships.
     let mut shared: StreamMap<String, SharedStream> = StreamMap::new();
     let mut memberships: HashMap<String, Membership> = HashMap::new();
@@ -191,6 +329,8 @@ pub async fn run_with_bearer<I, O>(
     let mut close_reason: Option<CloseReason> = None;
     // Set when the client stopped reading and a write timed out.
     let mut stuck = false;
+    // Close code of a transport violation, replacing the session's.
+    let mut close_override: Option<(CloseCode, &'static str)> = None;
 
     'outer: loop {
         // 1. Perform everything the session asked for.
@@ -205,11 +345,13 @@ pub async fn run_with_bearer<I, O>(
                     metrics.frame_out(frame.command.as_str());
                     codec::encode(&frame, session.version(), &mut encode_buf);
                     let bytes = encode_buf.split().freeze();
-                    if !write(
-                        &mut outbound,
-                        Outbound::Frame(bytes),
+                    if !drive(
+                        outbound.feed(Outbound::Frame(bytes)),
                         ctx.write_timeout,
                         &mut stuck,
+                        &mut consumers,
+                        &mut shared,
+                        &mut backlog,
                     )
                     .await
                     {
@@ -229,11 +371,13 @@ pub async fn run_with_bearer<I, O>(
                 }
                 Action::SendEncoded(bytes) => {
                     metrics.frame_out("MESSAGE");
-                    if !write(
-                        &mut outbound,
-                        Outbound::Frame(bytes),
+                    if !drive(
+                        outbound.feed(Outbound::Frame(bytes)),
                         ctx.write_timeout,
                         &mut stuck,
+                        &mut consumers,
+                        &mut shared,
+                        &mut backlog,
                     )
                     .await
                     {
@@ -242,11 +386,13 @@ pub async fn run_with_bearer<I, O>(
                     session.note_sent(Instant::now());
                 }
                 Action::SendHeartbeat => {
-                    if !write(
-                        &mut outbound,
-                        Outbound::Heartbeat,
+                    if !drive(
+                        outbound.feed(Outbound::Heartbeat),
                         ctx.write_timeout,
                         &mut stuck,
+                        &mut consumers,
+                        &mut shared,
+                        &mut backlog,
                     )
                     .await
                     {
@@ -295,13 +441,17 @@ pub async fn run_with_bearer<I, O>(
                 }
             }
         }
-        match tokio::time::timeout(ctx.write_timeout, outbound.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => break,
-            Err(_) => {
-                stuck = true;
-                break;
-            }
+        if !drive(
+            outbound.flush(),
+            ctx.write_timeout,
+            &mut stuck,
+            &mut consumers,
+            &mut shared,
+            &mut backlog,
+        )
+        .await
+        {
+            break;
         }
         let subs = session.subscription_count();
         if subs != subscriptions_counted {
@@ -342,6 +492,25 @@ pub async fn run_with_bearer<I, O>(
         }
         if fed {
             continue;
+        }
+        // Deliveries that arrived while a write was blocked go first, in order.
+        let next_pending = if drain_deadline.is_none() {
+            backlog.items.pop_front()
+        } else {
+            None
+        };
+        match next_pending {
+            Some(Pending::Own(item)) => {
+                if on_consumer_item(&mut session, &mut consumers, link.as_ref(), *item) {
+                    link_lost = None;
+                }
+                continue;
+            }
+            Some(Pending::Shared(item)) => {
+                on_shared_item(&mut session, &mut shared, &mut memberships, item);
+                continue;
+            }
+            None => {}
         }
         if !input_open && session.wants_input() && op.is_none() {
             // Client went away and nothing is pending.
@@ -428,48 +597,13 @@ pub async fn run_with_bearer<I, O>(
                 flush_deadline = None;
                 op = Some(close_channel(channel.clone()));
             }
-            Some((tag, item)) = consumers.next(), if !consumers.is_empty() && drain_deadline.is_none() => {
-                match item {
-                    Some(Ok(delivery)) => session.handle_delivery(Delivery {
-                        consumer_tag: tag,
-                        delivery_tag: delivery.delivery_tag,
-                        exchange: delivery.exchange.to_string(),
-                        routing_key: delivery.routing_key.to_string(),
-                        redelivered: delivery.redelivered,
-                        properties: delivery.properties,
-                        body: Bytes::from(delivery.data),
-                    }),
-                    Some(Err(e)) => session.handle_broker_failure(broker::to_failure(e)),
-                    None if link.as_ref().is_some_and(BrokerLink::is_lost) => {
-                        // The consumer ended with its connection: report the loss, once.
-                        consumers.remove(&tag);
-                        link_lost = None;
-                        session.handle_broker_failure(BrokerFailure::connection_lost(
-                            "The AMQP connection to RabbitMQ was lost; reconnect and resubscribe.\n",
-                        ));
-                    }
-                    None => {
-                        consumers.remove(&tag);
-                        session.handle_consumer_cancelled(&tag);
-                    }
+            Some(item) = consumers.next(), if !consumers.is_empty() && drain_deadline.is_none() => {
+                if on_consumer_item(&mut session, &mut consumers, link.as_ref(), item) {
+                    link_lost = None;
                 }
             }
-            Some((tag, item)) = shared.next(), if !shared.is_empty() && drain_deadline.is_none() => {
-                match item {
-                    Some(Ok(SharedEvent::Frame(bytes))) => session.handle_shared_frame(&tag, bytes),
-                    Some(Ok(SharedEvent::Failed(failure))) => session.handle_broker_failure(failure),
-                    Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
-                        metrics.slow_consumers.inc();
-                        shared.remove(&tag);
-                        memberships.remove(&tag);
-                        session.handle_slow_consumer();
-                    }
-                    None => {
-                        shared.remove(&tag);
-                        memberships.remove(&tag);
-                        session.handle_consumer_cancelled(&tag);
-                    }
-                }
+            Some(item) = shared.next(), if !shared.is_empty() && drain_deadline.is_none() => {
+                on_shared_item(&mut session, &mut shared, &mut memberships, item);
             }
             data = inbound.next(), if wants_input => {
                 match data {
@@ -477,7 +611,20 @@ pub async fn run_with_bearer<I, O>(
                         session.note_received(Instant::now());
                         decoder.feed(&bytes);
                     }
-                    Some(Err(_)) | None => {
+                    Some(Err(e)) => {
+                        if let Some(v) = e
+                            .get_ref()
+                            .and_then(|inner| inner.downcast_ref::<TransportViolation>())
+                        {
+                            close_override = Some((v.close, v.close_text));
+                            session.handle_codec_error(v.summary, &v.detail);
+                        }
+                        input_open = false;
+                        if session.wants_input() {
+                            break;
+                        }
+                    }
+                    None => {
                         input_open = false;
                         if session.wants_input() {
                             break;
@@ -503,13 +650,17 @@ pub async fn run_with_bearer<I, O>(
             })
             .inc();
     } else if let Some(reason) = &close_reason {
+        if *reason == CloseReason::SlowConsumer {
+            // Counted here, once, whether or not its ERROR could still be written.
+            metrics.slow_consumers.inc();
+        }
         metrics
             .closes
             .get_or_create(&ReasonLabels {
                 reason: CloseCode::label(reason).to_string(),
             })
             .inc();
-        let (code, text) = CloseCode::for_reason(reason);
+        let (code, text) = close_override.unwrap_or_else(|| CloseCode::for_reason(reason));
         let _ = tokio::time::timeout(
             ctx.write_timeout,
             outbound.send(Outbound::Close(code, text)),
@@ -570,9 +721,10 @@ fn start_request(
             let broker = ctx.broker.clone();
             Some(
                 async move {
+                    // `passcode` is zeroed when this future completes.
                     OpResult::Connected(
                         broker
-                            .open_channel(&login, &passcode, &vhost)
+                            .open_channel(&login, passcode.as_str(), &vhost)
                             .await
                             .map(Box::new),
                     )

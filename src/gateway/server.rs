@@ -355,6 +355,7 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
             args.drain_timeout_secs.saturating_sub(1).max(1),
         )),
         write_timeout: Duration::from_secs(args.write_timeout_secs.max(1)),
+        max_queued_messages: args.max_queued_messages,
         fanout: args.fanout.then(|| {
             Fanout::new(
                 FanoutConfig {

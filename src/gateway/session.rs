@@ -104,13 +104,33 @@ pub enum BrokerRequest {
     /// Open (or reuse) an AMQP connection for these credentials and a channel for this session.
     Connect {
         login: String,
-        passcode: String,
+        passcode: Passcode,
         vhost: String,
     },
     /// An operation on the session's channel.
     Channel(ChannelOp),
     /// Wait until every outstanding publish is confirmed (DISCONNECT: nothing is lost).
     Flush,
+}
+
+/// A password on its way to the broker: zeroed when dropped, redacted in `Debug`, so it
+/// lives no longer than the login and never reaches a log line.
+pub struct Passcode(zeroize::Zeroizing<String>);
+
+impl Passcode {
+    pub fn new(passcode: impl Into<String>) -> Self {
+        Passcode(zeroize::Zeroizing::new(passcode.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Passcode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passcode(<redacted>)")
+    }
 }
 
 /// Operations on the session's AMQP channel.
@@ -447,6 +467,15 @@ impl Session {
         match self.phase {
             Phase::AwaitingConnect | Phase::Connecting => {
                 if now >= self.started + self.config.login_timeout {
+                    // Say why: a client trickling its CONNECT (slowloris) or a slow
+                    // broker login would otherwise see an unexplained close.
+                    let secs = self.config.login_timeout.as_secs();
+                    let detail = if self.phase == Phase::AwaitingConnect {
+                        format!("No CONNECT frame within {secs} s of opening the connection.\n")
+                    } else {
+                        format!("RabbitMQ did not accept the login within {secs} s.\n")
+                    };
+                    self.send_error("Login timeout", &detail, None);
                     self.close(CloseReason::LoginTimeout);
                 }
             }
@@ -762,7 +791,13 @@ impl Session {
         }
     }
 
-    fn on_connect(&mut self, frame: Frame) {
+    fn on_connect(&mut self, mut frame: Frame) {
+        self.login_with(&mut frame);
+        // Whatever the outcome, the frame's passcode is not needed any more.
+        frame.headers.zeroize_values("passcode");
+    }
+
+    fn login_with(&mut self, frame: &mut Frame) {
         let version = match version::negotiate_version(frame.get("accept-version")) {
             Ok(v) => v,
             Err(_) => {
@@ -776,7 +811,6 @@ impl Session {
             }
         };
         // RabbitMQ left-trims 1.0 header values; the codec cannot for CONNECT (version unknown).
-        let mut frame = frame;
         if version == Version::V1_0 {
             frame.headers.trim_start_values();
         }
@@ -796,18 +830,18 @@ impl Session {
         };
         let heartbeat = HeartBeat::negotiate(client_heartbeat, self.config.heartbeat_min);
         if let Some(jwt) = self.config.jwt.clone() {
-            self.connect_with_token(&jwt, &frame, version, heartbeat);
+            self.connect_with_token(&jwt, frame, version, heartbeat);
             return;
         }
         let (login, passcode) = if let Some((l, p)) = &self.config.forced_credentials {
-            (l.clone(), p.clone())
+            (l.clone(), Passcode::new(p.as_str()))
         } else {
             match (frame.get("login"), &self.config.default_credentials) {
                 (Some(login), _) => (
                     login.to_string(),
-                    frame.get("passcode").unwrap_or_default().to_string(),
+                    Passcode::new(frame.get("passcode").unwrap_or_default()),
                 ),
-                (None, Some((l, p))) => (l.clone(), p.clone()),
+                (None, Some((l, p))) => (l.clone(), Passcode::new(p.as_str())),
                 (None, None) => {
                     self.send_error("Bad CONNECT", "Access refused for user ''\n", None);
                     self.close(CloseReason::LoginFailed);
@@ -871,7 +905,7 @@ impl Session {
         self.actions
             .push_back(Action::Broker(BrokerRequest::Connect {
                 login,
-                passcode,
+                passcode: Passcode::new(passcode),
                 vhost,
             }));
     }

@@ -140,6 +140,17 @@ impl Headers {
         first
     }
 
+    /// Overwrites every value of `name` with zeros in place (for secrets such as
+    /// `passcode`, once they have been copied where they are needed).
+    pub fn zeroize_values(&mut self, name: &str) {
+        use zeroize::Zeroize;
+        for (k, v) in &mut self.0 {
+            if k == name {
+                v.zeroize();
+            }
+        }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
@@ -249,5 +260,27 @@ impl Version {
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeroize_values_blanks_only_the_named_header() {
+        let mut h = Headers::new();
+        h.push("login", "guest");
+        h.push("passcode", "s3cret");
+        h.push("passcode", "again");
+        h.zeroize_values("passcode");
+        assert_eq!(
+            h.into_vec(),
+            vec![
+                ("login".to_string(), "guest".to_string()),
+                ("passcode".to_string(), String::new()),
+                ("passcode".to_string(), String::new()),
+            ]
+        );
     }
 }

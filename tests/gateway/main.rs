@@ -5,9 +5,11 @@
 mod support;
 
 mod auth;
+mod bad_input;
 mod destinations;
 mod errors;
 mod fanout;
+mod secrets;
 mod session;
 mod tls;
 mod transport;

@@ -253,3 +253,76 @@ async fn sockjs_info_and_client_script_are_served() {
     let (status, _) = http_get(&format!("http://{}/stomp/info", gw.http_addr)).await;
     assert_eq!(status, 404);
 }
+
+/// A request with an `Origin` header; returns the status code.
+async fn status_with_origin(method: &str, url: &str, origin: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').expect("path");
+    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let request = format!(
+        "{method} /{path} HTTP/1.0\r\nHost: {host}\r\nOrigin: {origin}\r\nConnection: close\r\n\
+         Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    String::from_utf8_lossy(&response)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn foreign_origin_is_forbidden_on_sockjs_xhr_and_websocket() {
+    let gw = start_gateway(&["--allowed-origins", "https://app.example"]).await;
+    let session = format!("http://{}/stomp/123/{}", gw.http_addr, unique("s"));
+    // xhr: the session cannot even be opened from a foreign page, nor fed.
+    assert_eq!(
+        status_with_origin(
+            "POST",
+            &format!("{session}/xhr"),
+            "https://evil.example",
+            ""
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        status_with_origin(
+            "POST",
+            &format!("{session}/xhr_send"),
+            "https://evil.example",
+            "[\"CONNECT\\nlogin:guest\\npasscode:guest\\n\\n\\u0000\"]"
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        status_with_origin("POST", &format!("{session}/xhr"), "https://app.example", "").await,
+        200
+    );
+    // websocket transport (framed and raw).
+    for path in [
+        format!("/stomp/123/{}/websocket", unique("s")),
+        "/stomp/websocket".to_string(),
+    ] {
+        let url = format!("ws://{}{path}", gw.http_addr);
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Origin", "https://evil.example".parse().unwrap());
+        let err = tokio_tungstenite::connect_async(request).await.unwrap_err();
+        assert!(err.to_string().contains("403"), "{path}: {err}");
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Origin", "https://app.example".parse().unwrap());
+        assert!(
+            tokio_tungstenite::connect_async(request).await.is_ok(),
+            "{path}"
+        );
+    }
+}

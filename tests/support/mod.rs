@@ -101,7 +101,10 @@ impl Client {
     }
 
     pub async fn tcp(gateway: &Gateway) -> Client {
-        let addr = gateway.stomp_addr.expect("tcp listener");
+        Self::tcp_addr(gateway.stomp_addr.expect("tcp listener")).await
+    }
+
+    pub async fn tcp_addr(addr: std::net::SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).await.expect("tcp connects");
         Client::new(Transport::Tcp(Box::new(
             tokio_tungstenite::MaybeTlsStream::Plain(stream),

@@ -93,7 +93,7 @@ fn token_connects_as_the_service_user_in_its_vhost() {
             }),
         ] => {
             assert_eq!(login, "svc");
-            assert_eq!(passcode, "svc-pw");
+            assert_eq!(passcode.as_str(), "svc-pw");
             assert_eq!(vhost, "apps");
         }
         other => panic!("{other:?}"),

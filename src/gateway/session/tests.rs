@@ -614,9 +614,43 @@ fn login_timeout_closes_a_session_that_never_connects() {
     let mut s = Session::new(SessionConfig::default(), "s".into(), start);
     assert_eq!(s.next_timeout(), Some(start + Duration::from_secs(10)));
     s.handle_timeout(start + Duration::from_secs(10));
+    let actions = drain(&mut s);
+    let frames = sent(&actions);
+    assert_eq!(frames.len(), 1, "{actions:?}");
+    assert_eq!(frames[0].get("message"), Some("Login timeout"));
+    assert_eq!(
+        String::from_utf8_lossy(&frames[0].body),
+        "No CONNECT frame within 10 s of opening the connection.\n"
+    );
     assert!(matches!(
-        drain(&mut s).as_slice(),
-        [Action::Close(CloseReason::LoginTimeout)]
+        actions.last(),
+        Some(Action::Close(CloseReason::LoginTimeout))
+    ));
+}
+
+#[test]
+fn login_timeout_while_the_broker_login_is_pending_says_so() {
+    let start = now();
+    let mut s = Session::new(SessionConfig::default(), "s".into(), start);
+    s.handle_frame(frame(
+        Command::Connect,
+        &[
+            ("accept-version", "1.2"),
+            ("login", "guest"),
+            ("passcode", "guest"),
+        ],
+    ));
+    drain(&mut s);
+    s.handle_timeout(start + Duration::from_secs(10));
+    let actions = drain(&mut s);
+    let frames = sent(&actions);
+    assert_eq!(
+        String::from_utf8_lossy(&frames[0].body),
+        "RabbitMQ did not accept the login within 10 s.\n"
+    );
+    assert!(matches!(
+        actions.last(),
+        Some(Action::Close(CloseReason::LoginTimeout))
     ));
 }
 
@@ -679,4 +713,18 @@ fn consumers_ending_during_disconnect_are_silent() {
     s.handle_broker_reply(BrokerReply::Done);
     let actions = drain(&mut s);
     assert_eq!(sent(&actions).len(), 1, "only the RECEIPT");
+}
+
+#[test]
+fn the_passcode_is_redacted_in_debug_output() {
+    let mut s = session();
+    s.handle_frame(frame(
+        Command::Connect,
+        &[("login", "alice"), ("passcode", "Hunter2-Very-Secret")],
+    ));
+    let actions = drain(&mut s);
+    let text = format!("{actions:?}");
+    assert!(text.contains("alice"), "{text}");
+    assert!(text.contains("Passcode(<redacted>)"), "{text}");
+    assert!(!text.contains("Hunter2"), "{text}");
 }

@@ -1,10 +1,16 @@
 //! STOMP over WebSocket (RabbitMQ Web-STOMP's `/ws`): each text or binary message is a
 //! chunk of the STOMP byte stream; each outgoing frame is one message.
 
-use crate::gateway::connection::{self, ConnectionContext, Outbound};
+use crate::gateway::connection::{
+    self, CloseCode, ConnectionContext, Outbound, TransportViolation,
+};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Error as WsError;
 
 /// Subprotocols we accept, in order of preference (Web-STOMP offers the same three).
 pub const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
@@ -13,19 +19,30 @@ pub const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 /// `Authorization: Bearer` token (JWT auth mode).
 pub async fn serve(socket: WebSocket, ctx: ConnectionContext, bearer: Option<String>) {
     let (sink, stream) = socket.split();
-    let inbound = stream.filter_map(|message| async move {
-        match message {
-            Ok(Message::Text(text)) => Some(Ok(Bytes::from(text))),
-            Ok(Message::Binary(data)) => Some(Ok(data)),
-            // Pings are answered by tungstenite; pongs carry nothing for STOMP.
-            Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => None,
-            Ok(Message::Close(_)) => Some(Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "client closed the WebSocket",
-            ))),
-            Err(e) => Some(Err(std::io::Error::other(e))),
+    // Set when reading failed (protocol or size violation): the rest of the client's bytes
+    // can no longer be read and drained.
+    let broken = Arc::new(AtomicBool::new(false));
+    let broken_in = broken.clone();
+    let inbound = stream.filter_map(move |message| {
+        let broken = broken_in.clone();
+        async move {
+            match message {
+                Ok(Message::Text(text)) => Some(Ok(Bytes::from(text))),
+                Ok(Message::Binary(data)) => Some(Ok(data)),
+                // Pings are answered by tungstenite; pongs carry nothing for STOMP.
+                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => None,
+                Ok(Message::Close(_)) => Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "client closed the WebSocket",
+                ))),
+                Err(e) => {
+                    broken.store(true, Ordering::Relaxed);
+                    Some(Err(read_error(e)))
+                }
+            }
         }
     });
+    let mut inbound = Box::pin(inbound);
     let outbound = sink.with(|out: Outbound| async move {
         Ok::<_, axum::Error>(match out {
             Outbound::Frame(bytes) => to_message(bytes),
@@ -36,19 +53,49 @@ pub async fn serve(socket: WebSocket, ctx: ConnectionContext, bearer: Option<Str
             })),
         })
     });
-    let mut inbound = Box::pin(inbound);
     connection::run_with_bearer(ctx, "websocket", &mut inbound, Box::pin(outbound), bearer).await;
-    // Read on until the client answers our close (or briefly): closing a socket with
-    // unread input (e.g. pipelined SENDs during a drain) makes the kernel send a reset,
-    // which can destroy the ERROR and close frame before the client reads them.
-    let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        while inbound.next().await.is_some() {}
+    // Read on until the client answers our Close (or LINGER passes): closing the socket
+    // with unread input makes the kernel reset the connection, and the reset can destroy
+    // the ERROR and Close frames before the client reads them.
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(_)) = inbound.next().await {}
     })
     .await;
+    if broken.load(Ordering::Relaxed) {
+        // Unread input is left and closing will reset the connection: give the client a
+        // moment to read our ERROR and Close first.
+        tokio::time::sleep(BROKEN_LINGER).await;
+    }
 }
 
-/// Longest wait for the client's side of the closing handshake.
-const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+/// Wait before dropping a connection whose input could not be drained.
+const BROKEN_LINGER: Duration = Duration::from_millis(500);
+
+/// Longest wait for the client's Close after ours.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Maps a WebSocket read error; protocol and size violations become a
+/// [`TransportViolation`] so the client learns what was wrong (1002 / 1009).
+fn read_error(e: axum::Error) -> std::io::Error {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(c)) => TransportViolation {
+            close: CloseCode::MessageTooBig,
+            close_text: "message too big",
+            summary: "Frame too large",
+            detail: format!("WebSocket message over the size limit: {c}"),
+        }
+        .into(),
+        Some(WsError::Protocol(p)) => TransportViolation {
+            close: CloseCode::ProtocolError,
+            close_text: "WebSocket protocol error",
+            summary: "Invalid frame",
+            detail: format!("WebSocket protocol error: {p}"),
+        }
+        .into(),
+        _ => std::io::Error::other(inner),
+    }
+}
 
 /// Text frames like Web-STOMP (what stomp.js 2.x expects); binary only when the frame is
 /// not valid UTF-8, which a text frame could not carry.

@@ -17,7 +17,8 @@ use futures::{SinkExt, StreamExt};
 use super::frame;
 use super::http::{Server, too_many_sessions};
 use super::session::{Attach, Attachment, Permit, ReceiverId, Session, Take};
-use super::{CLOSE_MESSAGE_TOO_BIG, SessionHandler};
+use super::{CLOSE_INTERRUPTED, CLOSE_MESSAGE_TOO_BIG, SessionHandler};
+use tokio_tungstenite::tungstenite::Error as WsError;
 
 /// How long to wait for the client's close reply after our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -129,7 +130,20 @@ async fn read_loop(
                 Err(_) => return,
             },
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(Message::Close(_)) | Err(_) => return,
+            Ok(Message::Close(_)) => return,
+            Err(e) => {
+                // A WebSocket protocol violation or an over-size frame: tell the client
+                // with a close code (the writer sends it) rather than vanishing.
+                let inner = e.into_inner();
+                let (code, reason) = match inner.downcast_ref::<WsError>() {
+                    Some(WsError::Capacity(_)) => (CLOSE_MESSAGE_TOO_BIG, "Message too big"),
+                    Some(WsError::Protocol(_)) => (CLOSE_INTERRUPTED, "WebSocket protocol error"),
+                    _ => return,
+                };
+                session.close(code, reason, false);
+                std::future::pending::<()>().await;
+                return;
+            }
         };
         let messages = if raw {
             vec![text]
