@@ -112,6 +112,9 @@ pub struct GatewayMetrics {
     pub fanout_queues: Gauge,
     pub fanout_listeners: Gauge,
     pub slow_consumers: Counter,
+    /// `frames_out{command="MESSAGE"}` and `frames_in{command="SEND"}`, resolved once: the
+    /// per-frame label lookup (a String allocation and a hash) showed in fan-out profiles.
+    hot_counters: Arc<std::sync::OnceLock<[Counter; 2]>>,
 }
 
 impl GatewayMetrics {
@@ -204,7 +207,23 @@ impl GatewayMetrics {
         );
     }
 
+    fn hot(&self) -> &[Counter; 2] {
+        self.hot_counters.get_or_init(|| {
+            let label = |command: &str| CommandLabels {
+                command: command.to_string(),
+            };
+            [
+                self.frames_out.get_or_create(&label("MESSAGE")).clone(),
+                self.frames_in.get_or_create(&label("SEND")).clone(),
+            ]
+        })
+    }
+
     pub fn frame_in(&self, command: &str) {
+        if command == "SEND" {
+            self.hot()[1].inc();
+            return;
+        }
         self.frames_in
             .get_or_create(&CommandLabels {
                 command: command_label(command).to_string(),
@@ -213,6 +232,10 @@ impl GatewayMetrics {
     }
 
     pub fn frame_out(&self, command: &str) {
+        if command == "MESSAGE" {
+            self.hot()[0].inc();
+            return;
+        }
         self.frames_out
             .get_or_create(&CommandLabels {
                 command: command_label(command).to_string(),
@@ -257,6 +280,32 @@ impl SharedRegistry {
 mod tests {
     use super::*;
     use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn cached_frame_counters_are_the_exported_ones() {
+        let metrics = GatewayMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let clone = metrics.clone();
+        metrics.frame_out("MESSAGE");
+        clone.frame_out("MESSAGE");
+        metrics.frame_out("RECEIPT");
+        clone.frame_in("SEND");
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
+        assert!(
+            out.contains("stompgate_frames_sent_total{command=\"MESSAGE\"} 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains("stompgate_frames_sent_total{command=\"RECEIPT\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("stompgate_frames_received_total{command=\"SEND\"} 1"),
+            "{out}"
+        );
+    }
 
     fn enabled(spec: &str, target_is_tungstenite: bool) -> bool {
         let subscriber = tracing_subscriber::registry().with(log_filter_from(Some(spec), "info"));

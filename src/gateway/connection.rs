@@ -169,8 +169,12 @@ async fn drive<F, E>(
 where
     F: std::future::Future<Output = Result<(), E>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
     tokio::pin!(write);
+    // Most writes complete at once (the socket has room): no clock read, no timer.
+    if let Some(result) = (&mut write).now_or_never() {
+        return result.is_ok();
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         tokio::select! {
             biased;
@@ -331,6 +335,11 @@ pub async fn run_with_bearer<I, O>(
     let mut stuck = false;
     // Close code of a transport violation, replacing the session's.
     let mut close_override: Option<(CloseCode, &'static str)> = None;
+
+    // Created once: a fresh `cancelled()` per loop turn would register and unregister a
+    // waiter on the token for every delivery.
+    let shutdown = ctx.shutdown.clone();
+    let mut shutdown_signal = std::pin::pin!(shutdown.cancelled());
 
     'outer: loop {
         // 1. Perform everything the session asked for.
@@ -518,15 +527,12 @@ pub async fn run_with_bearer<I, O>(
         }
 
         // 3. Wait for the next event.
-        let timeout = session
-            .next_timeout()
-            .map(tokio::time::Instant::from_std)
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let timeout = session.next_timeout().map(tokio::time::Instant::from_std);
         let wants_input = session.wants_input() && input_open && drain_deadline.is_none();
         let live = !session.is_closed() && close_reason.is_none();
         tokio::select! {
             biased;
-            _ = ctx.shutdown.cancelled(), if live && drain_deadline.is_none() => {
+            _ = &mut shutdown_signal, if live && drain_deadline.is_none() => {
                 drain_deadline = Some(tokio::time::Instant::now() + ctx.flush_timeout);
             }
             _ = async { tokio::time::sleep_until(drain_deadline.expect("guarded")).await }, if live && drain_deadline.is_some() => {
@@ -632,9 +638,12 @@ pub async fn run_with_bearer<I, O>(
                     }
                 }
             }
-            _ = tokio::time::sleep_until(timeout) => {
+            // Lazy: no timer at all while the session has no deadline.
+            _ = async { tokio::time::sleep_until(timeout.expect("guarded")).await }, if timeout.is_some() => {
                 session.handle_timeout(Instant::now());
             }
+            // Nothing left that could ever wake this session.
+            else => break,
         }
     }
 
