@@ -17,5 +17,7 @@ else
   STOMPGATE_TEST_FANOUT=false cargo test --no-fail-fast --test gateway --test clients "$@"
 fi
 if [ -x scripts/check-packaging.sh ]; then
-  scripts/check-packaging.sh
+  # The binary the tests were built with (same features; see check-packaging.sh).
+  STOMPGATE_BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/stompgate" \
+    scripts/check-packaging.sh
 fi
