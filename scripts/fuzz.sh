@@ -47,7 +47,7 @@ for t in "${targets[@]}"; do
     args=(
         -max_total_time="$seconds"
         -artifact_prefix="$work/artifacts/$t/"
-        -dict=fuzz/dict/stomp.dict
+        -dict="$PWD/fuzz/dict/stomp.dict"
         -timeout=10
         -rss_limit_mb=2048
         -print_final_stats=1
@@ -55,7 +55,7 @@ for t in "${targets[@]}"; do
     [ -z "${FUZZ_RUNS:-}" ] || args+=(-runs="$FUZZ_RUNS")
     echo "== fuzz $t for ${seconds}s"
     t0=$(date +%s)
-    if cargo fuzz run "${build[@]}" "$t" "$work/corpus/$t" "fuzz/corpus/$t" -- "${args[@]}"; then
+    if cargo fuzz run "${build[@]}" "$t" "$work/corpus/$t" "$PWD/fuzz/corpus/$t" -- "${args[@]}"; then
         echo "== fuzz $t: no crash in $(($(date +%s) - t0))s"
     else
         echo "== fuzz $t: FAILED, input in $work/artifacts/$t/"
