@@ -164,11 +164,16 @@ impl DestinationError {
 /// Splitting is on every `/`, so only `/reply-queue/` names may contain a raw `/`; other names
 /// must spell it `%2F`. A bare name without `/` is a queue. The empty string is
 /// [`DestinationError::Blank`] (RabbitMQ parses it as `{queue, ""}` and rejects it on use).
+/// A name or routing key over [`MAX_AMQP_NAME`] bytes (unescaped) is invalid.
 pub fn parse(s: &str) -> Result<Destination, DestinationError> {
     let parts: Vec<&str> = s.split('/').collect();
     match parts.as_slice() {
         [""] => Err(DestinationError::Blank),
-        [name] => Ok(Destination::Queue(unescape(name))),
+        [name] => Ok(Destination::Queue(amqp_name(
+            unescape(name),
+            "queue",
+            &parts,
+        )?)),
         ["", "exchange", rest @ ..] => parse_exchange(rest),
         ["", "queue", rest @ ..] => parse_simple(Kind::Queue, rest),
         ["", "topic", rest @ ..] => parse_simple(Kind::Topic, rest),
@@ -218,12 +223,12 @@ fn parse_exchange(rest: &[&str]) -> Result<Destination, DestinationError> {
         // One cannot name the default exchange this way.
         ["", ..] => Err(invalid("exchange", rest)),
         [name] => Ok(Destination::Exchange {
-            exchange: unescape(name),
+            exchange: amqp_name(unescape(name), "exchange", rest)?,
             pattern: None,
         }),
         [name, pattern] => Ok(Destination::Exchange {
-            exchange: unescape(name),
-            pattern: Some(unescape(pattern)),
+            exchange: amqp_name(unescape(name), "exchange", rest)?,
+            pattern: Some(amqp_name(unescape(pattern), "exchange", rest)?),
         }),
         _ => Err(invalid("exchange", rest)),
     }
@@ -232,7 +237,7 @@ fn parse_exchange(rest: &[&str]) -> Result<Destination, DestinationError> {
 fn parse_simple(kind: Kind, rest: &[&str]) -> Result<Destination, DestinationError> {
     match rest {
         [name] if !name.is_empty() => {
-            let name = unescape(name);
+            let name = amqp_name(unescape(name), kind.atom(), rest)?;
             Ok(match kind {
                 Kind::Queue => Destination::Queue(name),
                 Kind::Topic => Destination::Topic(name),
@@ -243,6 +248,18 @@ fn parse_simple(kind: Kind, rest: &[&str]) -> Result<Destination, DestinationErr
         }
         _ => Err(invalid(kind.atom(), rest)),
     }
+}
+
+/// Longest AMQP short string: names and routing keys longer than this cannot reach the broker
+/// (lapin panics building the frame; found by the `session` fuzz target).
+pub const MAX_AMQP_NAME: usize = 255;
+
+/// `name` if it fits an AMQP short string, else an invalid destination.
+fn amqp_name(name: String, kind: &'static str, rest: &[&str]) -> Result<String, DestinationError> {
+    if name.len() > MAX_AMQP_NAME {
+        return Err(invalid(kind, rest));
+    }
+    Ok(name)
 }
 
 fn invalid(kind: &'static str, rest: &[&str]) -> DestinationError {
@@ -333,7 +350,9 @@ impl fmt::Display for Destination {
             Destination::AmqQueue(q) => write!(f, "/amq/queue/{}", escape(q)),
             Destination::Topic(t) => write!(f, "/topic/{}", escape(t)),
             Destination::TempQueue(t) => write!(f, "/temp-queue/{}", escape(t)),
-            Destination::ReplyQueue(q) => write!(f, "/reply-queue/{q}"),
+            // Slashes stay (the whole rest is the name); `%` is escaped because parsing
+            // unescapes (found by the destination fuzz target).
+            Destination::ReplyQueue(q) => write!(f, "/reply-queue/{}", q.replace('%', "%25")),
         }
     }
 }
@@ -763,6 +782,25 @@ pub fn subscribe_plan_with(
         }
     };
 
+    // Both become AMQP short strings (basic.consume, queue.declare).
+    let too_long = |header: &str, len: usize| {
+        PlanError::Properties(PropertiesError::TooLong {
+            header: header.to_string(),
+            len,
+        })
+    };
+    if queue.len() > MAX_AMQP_NAME {
+        return Err(too_long("x-queue-name", queue.len()));
+    }
+    if consumer_tag.len() > MAX_AMQP_NAME {
+        let header = if subscription_id.is_some() {
+            "id"
+        } else {
+            "destination"
+        };
+        return Err(too_long(header, consumer_tag.len()));
+    }
+
     Ok(SubscribePlan {
         consumer_tag,
         description,
@@ -861,11 +899,23 @@ pub fn plan_send(headers: &Headers, config: &PlanConfig) -> Result<SendPlan, Pla
         _ => None,
     };
     let properties = properties::publish_properties(headers)?;
+    let reply_to_temp_queue = headers.get("reply-to").and_then(reply_to_temp_queue);
+    if let Some(id) = &reply_to_temp_queue {
+        // The reply queue's consumer tag is an AMQP short string.
+        let len = temp_queue_plan(id).consumer_tag.len();
+        if len > MAX_AMQP_NAME {
+            return Err(PropertiesError::TooLong {
+                header: "reply-to".to_string(),
+                len,
+            }
+            .into());
+        }
+    }
     Ok(SendPlan {
         route,
         declare,
         properties,
-        reply_to_temp_queue: headers.get("reply-to").and_then(reply_to_temp_queue),
+        reply_to_temp_queue,
     })
 }
 
@@ -1420,6 +1470,43 @@ mod tests {
             let consumer_tag = format!("T_{id}");
             let parsed = parse_message_id(&message_id(&consumer_tag, &sess, tag)).unwrap();
             prop_assert_eq!(parsed, AckId { consumer_tag, session_id: sess, delivery_tag: tag });
+        }
+    }
+
+    #[test]
+    fn fuzz_regression_reply_queue_display_round_trips() {
+        // destination fuzz target: `%25` was unescaped by parse but not escaped by Display.
+        let d = parse("/reply-queue/amq.gen-2/x%2525\0\u{1}.**").unwrap();
+        assert_eq!(
+            d,
+            Destination::ReplyQueue("amq.gen-2/x%25\0\u{1}.**".into())
+        );
+        assert_eq!(parse(&d.to_string()), Ok(d));
+        let d = Destination::ReplyQueue("a/b%2F".into());
+        assert_eq!(d.to_string(), "/reply-queue/a/b%252F");
+        assert_eq!(parse(&d.to_string()), Ok(d));
+    }
+
+    #[test]
+    fn fuzz_regression_names_over_255_bytes_are_invalid() {
+        // lapin panics on AMQP short strings over 255 bytes (session fuzz target invariant).
+        let ok = "n".repeat(255);
+        let long = "n".repeat(256);
+        assert_eq!(parse(&format!("/queue/{ok}")), Ok(q(&ok)));
+        // Escapes count once unescaped.
+        let escaped = format!("/queue/{}%2F", &ok[..254]);
+        assert!(parse(&escaped).is_ok());
+        for s in [
+            long.clone(),
+            format!("/queue/{long}"),
+            format!("/amq/queue/{long}"),
+            format!("/topic/{long}"),
+            format!("/temp-queue/{long}"),
+            format!("/reply-queue/{long}"),
+            format!("/exchange/{long}"),
+            format!("/exchange/x/{long}"),
+        ] {
+            assert_eq!(err(&s).0, "Invalid destination", "{s}");
         }
     }
 

@@ -301,15 +301,17 @@ pub fn header_value(value: &AMQPValue) -> Option<String> {
 /// and the bare number otherwise (RabbitMQ says `persistent:1` for mode 1). `reply-to`
 /// (property or table entry) goes through [`reply_to_header`]. A table `content-length` is
 /// dropped, as RabbitMQ's serializer does; the encoder writes the real one. Values are not
-/// escaped here: the frame encoder escapes.
+/// escaped here: the frame encoder escapes. Deviation: what STOMP cannot carry is skipped, an
+/// empty table key (`:value` is no header line) and any key or value holding NUL (STOMP has no
+/// escape for it; RabbitMQ sends it raw, ending the frame early for clients that split on NUL).
 pub fn message_headers(delivery_props: &BasicProperties, out: &mut Headers) {
     if let Some(table) = delivery_props.headers() {
         for (name, value) in table {
             let name = name.as_str();
-            if name == "content-length" {
+            if name.is_empty() || name == "content-length" || !stomp_safe(name) {
                 continue;
             }
-            if let Some(v) = header_value(value) {
+            if let Some(v) = header_value(value).filter(|v| stomp_safe(v)) {
                 if name == "reply-to" {
                     out.push(name, reply_to_header(&v));
                 } else {
@@ -320,7 +322,7 @@ pub fn message_headers(delivery_props: &BasicProperties, out: &mut Headers) {
     }
     let p = delivery_props;
     let push_str = |out: &mut Headers, name: &str, v: &Option<ShortString>| {
-        if let Some(v) = v {
+        if let Some(v) = v.as_ref().filter(|v| stomp_safe(v.as_str())) {
             out.push(name, v.as_str());
         }
     };
@@ -332,7 +334,7 @@ pub fn message_headers(delivery_props: &BasicProperties, out: &mut Headers) {
     }
     push_str(out, "amqp-message-id", p.message_id());
     push_str(out, "expiration", p.expiration());
-    if let Some(r) = p.reply_to() {
+    if let Some(r) = p.reply_to().as_ref().filter(|r| stomp_safe(r.as_str())) {
         out.push("reply-to", reply_to_header(r.as_str()));
     }
     push_str(out, "correlation-id", p.correlation_id());
@@ -346,6 +348,11 @@ pub fn message_headers(delivery_props: &BasicProperties, out: &mut Headers) {
     }
     push_str(out, "content-encoding", p.content_encoding());
     push_str(out, "content-type", p.content_type());
+}
+
+/// False for text STOMP cannot put in a header (found by the `session` fuzz target).
+fn stomp_safe(s: &str) -> bool {
+    !s.contains('\0')
 }
 
 /// The `basic.deliver` fields a MESSAGE needs.
@@ -801,6 +808,29 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_regression_headers_stomp_cannot_carry_are_skipped() {
+        // session fuzz target: an empty table key became the header line ":", which no STOMP
+        // parser accepts; a NUL in a value ended the frame early.
+        let mut t = FieldTable::default();
+        t.insert("".into(), AMQPValue::LongString("v".into()));
+        t.insert("nul".into(), AMQPValue::LongString("a\0b".into()));
+        t.insert("k\0".into(), AMQPValue::LongString("v".into()));
+        t.insert("ok".into(), AMQPValue::LongString("v".into()));
+        let props = BasicProperties::default()
+            .with_headers(t)
+            .with_correlation_id("c\0".into())
+            .with_reply_to("r\0".into())
+            .with_content_type("text/plain".into());
+        let mut out = Headers::new();
+        message_headers(&props, &mut out);
+        let expected = vec![
+            ("ok".to_string(), "v".to_string()),
+            ("content-type".to_string(), "text/plain".to_string()),
+        ];
+        assert_eq!(pairs(&out), expected);
+    }
+
+    #[test]
     fn reply_to_is_prefixed_on_delivery() {
         let cases = [
             ("foo", "/reply-queue/foo"),
@@ -885,9 +915,10 @@ mod tests {
     proptest! {
         #[test]
         fn headers_round_trip_through_amqp(
-            custom in proptest::collection::btree_map("x-[a-z]{1,8}", "(?s).{0,20}", 0..5),
+            // No NUL: STOMP headers cannot carry it (the decoder rejects it).
+            custom in proptest::collection::btree_map("x-[a-z]{1,8}", "[^\\x00]{0,20}", 0..5),
             ct in "[a-z/]{1,20}",
-            cid in "(?s).{0,20}",
+            cid in "[^\\x00]{0,20}",
             prio in 0u8..=255,
             ts in any::<u64>(),
         ) {

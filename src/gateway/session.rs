@@ -674,8 +674,9 @@ impl Session {
 
     /// The broker cancelled a consumer (its queue was deleted).
     pub fn handle_consumer_cancelled(&mut self, consumer_tag: &str) {
-        // DISCONNECT closes the channel itself; its consumers ending is no news.
-        if self.disconnecting() {
+        // DISCONNECT closes the channel itself; its consumers ending is no news. Nothing may
+        // follow Close (found by the session fuzz target).
+        if self.disconnecting() || self.phase == Phase::Closed {
             return;
         }
         if self.subscriptions.remove(consumer_tag).is_none() {
@@ -855,6 +856,13 @@ impl Session {
             .unwrap_or_else(|| self.config.default_vhost.clone());
         self.login = login.clone();
         self.vhost = vhost.clone();
+        if vhost.len() > destination::MAX_AMQP_NAME {
+            // No vhost has such a name, and lapin panics on it (found by the session fuzz target).
+            let detail = format!("Virtual host '{}' access denied", self.vhost_for_error());
+            self.send_error("Bad CONNECT", &detail, None);
+            self.close(CloseReason::LoginFailed);
+            return;
+        }
         self.phase = Phase::Connecting;
         self.in_flight = Some(InFlight::Connect { version, heartbeat });
         self.actions

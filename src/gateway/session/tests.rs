@@ -728,3 +728,125 @@ fn the_passcode_is_redacted_in_debug_output() {
     assert!(text.contains("Passcode(<redacted>)"), "{text}");
     assert!(!text.contains("Hunter2"), "{text}");
 }
+
+// ---- regressions found by the `session` fuzz target (fuzz/fuzz_targets/session.rs) ----
+
+#[test]
+fn fuzz_regression_nothing_follows_close_when_a_consumer_ends() {
+    let mut s = connected("1.2");
+    s.handle_frame(frame(
+        Command::Subscribe,
+        &[("id", "x"), ("destination", "/queue/q")],
+    ));
+    drain(&mut s);
+    s.handle_broker_reply(BrokerReply::Done);
+    drain(&mut s);
+    s.handle_slow_consumer();
+    assert!(matches!(
+        drain(&mut s).last(),
+        Some(Action::Close(CloseReason::SlowConsumer))
+    ));
+    s.handle_consumer_cancelled("T_x");
+    assert!(drain(&mut s).is_empty(), "no ERROR after Close");
+}
+
+#[test]
+fn fuzz_regression_vhost_too_long_for_amqp_is_refused_before_the_broker() {
+    let long = "v".repeat(256);
+    let mut s = session();
+    s.handle_frame(frame(
+        Command::Connect,
+        &[("login", "guest"), ("passcode", "guest"), ("host", &long)],
+    ));
+    let actions = drain(&mut s);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Broker(_))),
+        "lapin panics on a vhost over 255 bytes"
+    );
+    let error = sent(&actions)[0];
+    assert_eq!(error.get("message"), Some("Bad CONNECT"));
+    assert_eq!(
+        error.body,
+        format!("Virtual host '{long}' access denied").as_bytes()
+    );
+    assert!(matches!(
+        actions.last(),
+        Some(Action::Close(CloseReason::LoginFailed))
+    ));
+    // 255 bytes is still a name the broker may know.
+    let mut s = session();
+    s.handle_frame(frame(
+        Command::Connect,
+        &[("login", "guest"), ("host", &long[..255])],
+    ));
+    assert!(matches!(
+        drain(&mut s).as_slice(),
+        [Action::Broker(BrokerRequest::Connect { .. })]
+    ));
+}
+
+#[test]
+fn fuzz_regression_names_too_long_for_amqp_are_errors_not_broker_requests() {
+    type Case<'a> = (Command, Vec<(&'a str, String)>, &'a str);
+    let long = "q".repeat(256);
+    let cases: Vec<Case> = vec![
+        (
+            Command::Send,
+            vec![("destination", format!("/queue/{long}"))],
+            "Invalid destination",
+        ),
+        (
+            Command::Send,
+            vec![("destination", format!("/exchange/x/{long}"))],
+            "Invalid destination",
+        ),
+        (
+            Command::Send,
+            vec![
+                ("destination", "/queue/a".into()),
+                ("reply-to", format!("/temp-queue/{}", &long[..250])),
+            ],
+            "Invalid header",
+        ),
+        (
+            Command::Subscribe,
+            vec![("destination", format!("/topic/{long}"))],
+            "Invalid destination",
+        ),
+        (
+            Command::Subscribe,
+            vec![("destination", "/queue/a".into()), ("id", long.clone())],
+            "Invalid header",
+        ),
+        (
+            Command::Subscribe,
+            // The Q_<destination> consumer tag is longer than the queue name.
+            vec![("destination", format!("/queue/{}", &long[..250]))],
+            "Invalid header",
+        ),
+        (
+            Command::Subscribe,
+            vec![
+                ("destination", "/topic/t".into()),
+                ("x-queue-name", long.clone()),
+            ],
+            "Invalid header",
+        ),
+    ];
+    for (command, headers, message) in cases {
+        let mut s = connected("1.2");
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        s.handle_frame(frame(command.clone(), &headers));
+        let actions = drain(&mut s);
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Broker(_))),
+            "{command} {headers:?} reached the broker"
+        );
+        assert_eq!(
+            sent(&actions)[0].get("message"),
+            Some(message),
+            "{command} {headers:?}"
+        );
+        assert!(!s.is_closed());
+    }
+}

@@ -55,6 +55,47 @@ mod http;
 mod session;
 mod ws;
 
+/// The pure SockJS framing functions, exposed only for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::frame::{self, HttpFraming};
+
+    /// A client payload (`xhr_send`, WebSocket) as messages; the error is the reply text.
+    pub fn decode_messages(payload: &str, allow_single: bool) -> Result<Vec<String>, &'static str> {
+        frame::decode_messages(payload, allow_single).map_err(|e| e.message())
+    }
+
+    /// `a[...]`.
+    pub fn array_frame(messages: &[String]) -> String {
+        frame::array_frame(messages)
+    }
+
+    /// `c[code,"reason"]`.
+    pub fn close_frame(code: u16, reason: &str) -> String {
+        frame::close_frame(code, reason)
+    }
+
+    pub fn valid_callback(callback: &str) -> bool {
+        frame::valid_callback(callback)
+    }
+
+    /// `frame` as xhr, xhr_streaming, eventsource, htmlfile and jsonp send it.
+    pub fn wrap_all(frame: &str, callback: &str) -> [String; 5] {
+        [
+            HttpFraming::XhrPolling,
+            HttpFraming::XhrStreaming,
+            HttpFraming::EventSource,
+            HttpFraming::HtmlFile {
+                callback: callback.to_owned(),
+            },
+            HttpFraming::Jsonp {
+                callback: callback.to_owned(),
+            },
+        ]
+        .map(|framing| framing.wrap(frame))
+    }
+}
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
