@@ -481,11 +481,6 @@ impl Broker {
             .sum()
     }
 
-    /// True when RabbitMQ accepts TCP connections (readiness).
-    pub async fn reachable(&self) -> bool {
-        self.check_reachable().await.is_ok()
-    }
-
     /// Readiness: RabbitMQ accepts TCP connections and, for `amqps://`, completes a TLS
     /// handshake we trust (so a wrong CA shows as not ready, with the reason).
     pub async fn check_reachable(&self) -> Result<(), String> {

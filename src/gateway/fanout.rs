@@ -366,11 +366,14 @@ impl Hub {
                 "The AMQP connection to RabbitMQ was lost; reconnect and resubscribe.\n",
             )
         };
+        // Created once, not per delivery: each would register a waiter on its token.
+        let mut stopped = std::pin::pin!(self.stop.cancelled());
+        let mut link_lost = std::pin::pin!(link.lost());
         let failure = loop {
             tokio::select! {
-                _ = self.stop.cancelled() => break None,
+                _ = &mut stopped => break None,
                 // Listeners learn of a lost connection at once, and as such (reconnect).
-                _ = link.lost() => break Some(lost()),
+                _ = &mut link_lost => break Some(lost()),
                 item = consumer.next() => match item {
                     Some(Ok(delivery)) => self.distribute(delivery),
                     Some(Err(_)) | None if link.is_lost() => break Some(lost()),

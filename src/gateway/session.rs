@@ -903,7 +903,9 @@ impl Session {
             return;
         };
         // The frame's arrival time: the session keeps no clock of its own.
-        self.token_deadline = grant.expires_in.map(|d| self.last_received + d);
+        self.token_deadline = grant
+            .expires_in
+            .and_then(|d| self.last_received.checked_add(d));
         self.grant = Some(grant);
         let vhost = self.config.default_vhost.clone();
         self.login = login.clone();
@@ -926,6 +928,16 @@ impl Session {
         let Some(destination) = frame.get("destination") else {
             return false;
         };
+        // `x-queue-name` names a queue outside the destination the token grants (and the
+        // service user may reach any queue): not allowed with a token.
+        if let Some(queue) = frame.get("x-queue-name") {
+            let detail = format!(
+                "ACCESS_REFUSED - the x-queue-name header ('{queue}') is not allowed with token authentication\n"
+            );
+            self.send_error("access_refused", &detail, receipt_of(frame));
+            self.close(CloseReason::AccessRefused);
+            return true;
+        }
         let allowed = match operation {
             "subscribe" => grant.may_subscribe(destination),
             _ => grant.may_send(destination),

@@ -206,3 +206,31 @@ fn the_session_ends_when_the_token_expires() {
     assert_eq!(error.get("message"), Some("Token expired"));
     assert_eq!(reason, &CloseReason::AccessRefused);
 }
+
+#[test]
+fn x_queue_name_is_refused_with_a_token_even_on_a_granted_destination() {
+    let mut s = connected(Instant::now());
+    s.handle_frame(
+        Frame::new(Command::Subscribe)
+            .header("id", "0")
+            .header("destination", "/topic/user.1.news")
+            .header("x-queue-name", "orders"),
+    );
+    let actions = drain(&mut s);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Broker(_))),
+        "{actions:?}"
+    );
+    let error = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Send(f) if f.command == Command::Error => Some(f),
+            _ => None,
+        })
+        .expect("an ERROR frame");
+    assert_eq!(error.get("message"), Some("access_refused"));
+    assert!(matches!(
+        actions.last(),
+        Some(Action::Close(CloseReason::AccessRefused))
+    ));
+}

@@ -51,8 +51,11 @@ where
         .map(|chunk| chunk.map(BytesMut::freeze));
     let mut outbound = FramedWrite::new(write, OutboundEncoder);
     let mut inbound = Box::pin(inbound);
+    let write_timeout = ctx.write_timeout;
     connection::run(ctx, "tcp", &mut inbound, &mut outbound).await;
-    let _ = outbound.close().await;
+    // Bounded: a client that stopped reading (zero window) must not hold the connection,
+    // its slot and the drain forever while unsent frames wait to be flushed.
+    let _ = tokio::time::timeout(write_timeout, outbound.close()).await;
     // Read until the client closes too (or briefly): unread input at close makes the
     // kernel send a reset, which can destroy the final ERROR before the client reads it.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
