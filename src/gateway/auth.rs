@@ -224,12 +224,12 @@ impl KeyFiles {
         Ok((secret, rsa))
     }
 
-    /// The files' bytes, to notice a change (unreadable files count as changed content).
-    pub fn contents(&self) -> Vec<Option<Vec<u8>>> {
+    /// The configured files, to watch for rotation.
+    pub fn paths(&self) -> Vec<std::path::PathBuf> {
         [&self.hs256_secret, &self.jwks]
             .into_iter()
             .flatten()
-            .map(|p| std::fs::read(p).ok())
+            .map(std::path::PathBuf::from)
             .collect()
     }
 }

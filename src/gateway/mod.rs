@@ -7,6 +7,7 @@ pub mod connection;
 pub mod destination;
 pub mod fanout;
 pub mod properties;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -247,40 +247,19 @@ fn jwt_key_files(args: &GatewayArgs) -> KeyFiles {
     }
 }
 
-/// Re-reads the JWT key files when their bytes change (an IdP rotating its JWKS); a file
-/// that does not load keeps the keys in force.
+/// Re-reads the JWT key files when they change (an IdP rotating its JWKS); a file that
+/// does not load keeps the keys in force.
 fn spawn_jwt_reloader(
     verifier: Arc<JwtVerifier>,
     files: KeyFiles,
     interval: Duration,
     stop: CancellationToken,
 ) {
-    tokio::spawn(async move {
-        let mut seen = files.contents();
-        let mut tick = tokio::time::interval(interval);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let now = files.contents();
-            if now == seen {
-                continue;
-            }
-            match files
-                .load()
-                .and_then(|(secret, rsa)| verifier.replace_keys(secret.as_deref(), rsa))
-            {
-                Ok(()) => {
-                    tracing::info!("JWT keys reloaded");
-                    seen = now;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "JWT keys not reloaded; keeping the current ones")
-                }
-            }
-        }
+    let paths = files.paths();
+    crate::gateway::reload::spawn_watch("JWT keys", paths, interval, stop, move || {
+        files
+            .load()
+            .and_then(|(secret, rsa)| verifier.replace_keys(secret.as_deref(), rsa))
     });
 }
 

@@ -179,41 +179,16 @@ impl ServerTls {
         Ok(())
     }
 
-    /// Polls the files every `interval` and reloads when their bytes change (Kubernetes
-    /// swaps a Secret volume's files through a symlink, so their contents are what counts).
+    /// Reloads the certificate whenever its files change (see [`crate::gateway::reload`]).
     pub fn spawn_reloader(&self, interval: Duration, stop: CancellationToken) {
         let tls = self.clone();
-        tokio::spawn(async move {
-            let fingerprint = |tls: &ServerTls| {
-                (
-                    std::fs::read(&tls.cert_path).ok(),
-                    std::fs::read(&tls.key_path).ok(),
-                )
-            };
-            let mut seen = fingerprint(&tls);
-            let mut tick = tokio::time::interval(interval);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                let now = fingerprint(&tls);
-                if now == seen {
-                    continue;
-                }
-                match tls.reload() {
-                    Ok(()) => {
-                        tracing::info!(cert = %tls.cert_path.display(), "TLS certificate reloaded");
-                        seen = now;
-                    }
-                    // A half-written rotation fails here and succeeds on a later tick.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "TLS certificate not reloaded; keeping the current one")
-                    }
-                }
-            }
-        });
+        crate::gateway::reload::spawn_watch(
+            "TLS certificate",
+            vec![self.cert_path.clone(), self.key_path.clone()],
+            interval,
+            stop,
+            move || tls.reload(),
+        );
     }
 }
 
