@@ -77,14 +77,7 @@ impl sockjs::SessionHandler for StompOverSockJs {
         let session = async move {
             let mut outbound = outbound;
             let Some(slot) = slot else {
-                state
-                    .ctx
-                    .metrics
-                    .rejected_connections
-                    .get_or_create(&ReasonLabels {
-                        reason: "max_connections".to_string(),
-                    })
-                    .inc();
+                count_rejected(&state);
                 let _ = outbound
                     .send(SockJsSend::Close(
                         1013,
