@@ -640,7 +640,13 @@ pub async fn run_with_bearer<I, O>(
             }
             // Lazy: no timer at all while the session has no deadline.
             _ = async { tokio::time::sleep_until(timeout.expect("guarded")).await }, if timeout.is_some() => {
-                session.handle_timeout(Instant::now());
+                let now = Instant::now();
+                if drain_deadline.is_some() {
+                    // Draining stops reading input: the client's silence is ours, not a
+                    // heart-beat timeout (the drain deadline bounds the wait instead).
+                    session.note_received(now);
+                }
+                session.handle_timeout(now);
             }
             // Nothing left that could ever wake this session.
             else => break,
