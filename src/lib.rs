@@ -1,5 +1,6 @@
 //! stompgate: a STOMP-over-WebSocket gateway to RabbitMQ and its Kubernetes operator.
 
+pub mod amqp;
 pub mod bench;
 pub mod crd;
 pub mod demo;

@@ -105,6 +105,12 @@ pub struct GatewayMetrics {
     pub broker_channels: Gauge,
     pub broker_connect_failures: Counter,
     pub broker_connection_errors: Counter,
+    /// Channels RabbitMQ closed with an error (404, 406, 403 ...): each ended one session.
+    pub broker_channel_errors: Counter,
+    /// Pooled connections retired after using every channel id once (ids are never reused).
+    pub broker_connections_retired: Counter,
+    /// 1 while pooled connections fail to open channels (what /readyz then reports).
+    pub broker_channel_open_failing: Gauge,
     /// 1 while the readiness monitor reaches RabbitMQ, 0 while it is down.
     pub broker_up: Gauge,
     /// Times the readiness monitor reached RabbitMQ again after losing it.
@@ -167,7 +173,7 @@ impl GatewayMetrics {
         );
         r.register(
             "broker_channels",
-            "Open AMQP channels (one per logged-in session)",
+            "Open AMQP channels (sessions that used the broker, and shared fan-out queues)",
             self.broker_channels.clone(),
         );
         r.register(
@@ -177,8 +183,23 @@ impl GatewayMetrics {
         );
         r.register(
             "broker_connection_errors",
-            "AMQP connections lost after being established",
+            "AMQP connections lost after being established (every session on one ends)",
             self.broker_connection_errors.clone(),
+        );
+        r.register(
+            "broker_channel_errors",
+            "AMQP channels closed by RabbitMQ with an error (each ends one session)",
+            self.broker_channel_errors.clone(),
+        );
+        r.register(
+            "broker_connections_retired",
+            "Pooled AMQP connections retired after using every channel id once",
+            self.broker_connections_retired.clone(),
+        );
+        r.register(
+            "broker_channel_open_failing",
+            "1 while pooled AMQP connections fail to open channels (/readyz fails), else 0",
+            self.broker_channel_open_failing.clone(),
         );
         r.register(
             "broker_up",

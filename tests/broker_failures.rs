@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stompgate::stomp::{Command, Frame};
-use support::{Client, Closed, amqp_url, start_gateway, unique};
+use support::{Client, Closed, amqp_url, http_status, start_gateway, unique, wait_until};
 
 // ---------------------------------------------------------------------------------------
 // A private RabbitMQ node
@@ -96,50 +96,6 @@ impl Drop for PrivateNode {
 
 // ---------------------------------------------------------------------------------------
 // Helpers
-
-/// HTTP status of a GET, 0 when the request fails.
-async fn http_status(url: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Some(rest) = url.strip_prefix("http://") else {
-        return 0;
-    };
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
-        stream
-            .write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.ok()?;
-        String::from_utf8_lossy(&response)
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    tokio::time::timeout(Duration::from_secs(5), attempt)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(0)
-}
-
-/// Polls `check` every 50 ms until it holds; returns how long that took, panics at `limit`.
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// CONNECT without panicking; the reply frame, or None when the server went away.
 async fn try_connect(client: &mut Client) -> Option<Frame> {

@@ -1,6 +1,7 @@
 //! RabbitMQ side of the gateway: pooled lapin connections, one channel per STOMP session,
 //! and the AMQP operations behind each session request. Never sees a STOMP frame.
 
+use crate::amqp::{self, IdReservation, SharedConnection};
 use crate::gateway::destination::{QueueDeclare, SubscribePlan, TempQueuePlan};
 use crate::gateway::session::{BrokerFailure, ConnectFailure, PublishRequest};
 use crate::telemetry::GatewayMetrics;
@@ -37,7 +38,9 @@ pub struct BrokerConfig {
     pub uri: AMQPUri,
     /// Connections with no session for this long are closed.
     pub idle_connection_ttl: Duration,
-    /// Upper bound on channels per pooled connection (the broker's `channel_max` may be lower).
+    /// Upper bound on open channels (sessions and shared fan-out queues) per pooled
+    /// connection: how many sessions one lost connection can take down with it. More
+    /// sessions with the same credentials spread over more connections.
     pub max_channels_per_connection: usize,
     /// Connection attempt timeout.
     pub connect_timeout: Duration,
@@ -56,7 +59,7 @@ impl BrokerConfig {
         Ok(BrokerConfig {
             uri,
             idle_connection_ttl: Duration::from_secs(30),
-            max_channels_per_connection: 2000,
+            max_channels_per_connection: DEFAULT_MAX_CHANNELS_PER_CONNECTION,
             connect_timeout: Duration::from_secs(10),
             tls: None,
         })
@@ -117,18 +120,74 @@ pub struct PoolKey {
 }
 
 struct PooledConnection {
-    connection: Connection,
-    /// Live channels (sessions) on this connection.
+    /// The lapin connection; it never reuses a channel id (see `crate::amqp`).
+    shared: SharedConnection,
+    /// Live channels (sessions, shared queues) on this connection.
     channels: AtomicUsize,
     channel_limit: usize,
     idle_since: Mutex<Option<Instant>>,
     /// Cancelled when the connection is lost; every session on it is told at once.
     lost: CancellationToken,
+    /// Set before the gateway closes the connection itself (idle, retired, shutdown): what
+    /// lapin reports afterwards is not a lost connection.
+    closing: Arc<AtomicBool>,
+    /// Set once the connection's retirement (all channel ids used) was counted.
+    retirement_counted: AtomicBool,
 }
 
 impl PooledConnection {
     fn usable(&self) -> bool {
-        !self.lost.is_cancelled() && self.connection.status().connected()
+        !self.lost.is_cancelled() && self.shared.connection().status().connected()
+    }
+
+    /// Closes the connection on the gateway's own initiative.
+    async fn close(&self, reason: &str) {
+        self.closing.store(true, Ordering::Release);
+        if self.usable() {
+            let _ = self.shared.connection().close(200, reason.into()).await;
+        }
+    }
+
+    /// Retired (every channel id used) and no channel left: ready to be closed.
+    fn finished(&self) -> bool {
+        self.shared.is_retired() && self.channels.load(Ordering::Acquire) == 0
+    }
+
+    /// Places one more channel here (promising it a channel id), unless the connection is
+    /// full, retired or lost.
+    fn admit(&self, metrics: &GatewayMetrics) -> Option<IdReservation> {
+        if !self.usable() || self.channels.load(Ordering::Acquire) >= self.channel_limit {
+            return None;
+        }
+        let Some(reservation) = self.shared.reserve() else {
+            self.count_retirement(metrics);
+            return None;
+        };
+        self.channels.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut idle) = self.idle_since.lock() {
+            *idle = None;
+        }
+        Some(reservation)
+    }
+
+    /// Counts (once) that this connection used all its channel ids.
+    fn count_retirement(&self, metrics: &GatewayMetrics) {
+        if self.shared.is_retired() && !self.retirement_counted.swap(true, Ordering::AcqRel) {
+            metrics.broker_connections_retired.inc();
+        }
+    }
+
+    /// Undoes one `admit`.
+    fn release(&self) {
+        let left = self
+            .channels
+            .fetch_sub(1, Ordering::AcqRel)
+            .saturating_sub(1);
+        if left == 0
+            && let Ok(mut idle) = self.idle_since.lock()
+        {
+            *idle = Some(Instant::now());
+        }
     }
 }
 
@@ -164,6 +223,9 @@ struct Health {
     /// Why the last probe failed, for /readyz (never holds credentials: lapin's and our
     /// connect errors do not include the URI).
     down_reason: std::sync::Mutex<String>,
+    /// Set while pooled connections fail to open channels (why, and since when): RabbitMQ
+    /// answers, but sessions cannot work. Cleared by the next channel that opens.
+    channel_trouble: std::sync::Mutex<Option<(String, Instant)>>,
 }
 
 /// Exponential backoff with jitter for reconnect attempts: the delay doubles from `base`
@@ -219,34 +281,39 @@ pub struct Broker {
 }
 
 /// A session's place on a pooled connection, and its channel, opened on first use: a
-/// session that only joins shared fan-out queues never needs one. Dropping it closes the
-/// channel and releases the pool slot.
+/// session that only joins shared fan-out queues may never need one. Dropping it closes the
+/// channel (without crossing a close from RabbitMQ: `crate::amqp::close_channel`) and
+/// releases the place.
 pub struct SessionChannel {
     channel: Option<Channel>,
+    /// The channel id promised to this session until it opens its channel.
+    reservation: Option<IdReservation>,
     key: PoolKey,
     pooled: Arc<PooledConnection>,
+    /// The other connections for the same credentials (for shared-queue channels).
+    slot: PoolSlot,
     confirms_enabled: bool,
-    metrics: GatewayMetrics,
+    broker: Broker,
 }
 
 impl Drop for SessionChannel {
     fn drop(&mut self) {
-        let left = self.pooled.channels.fetch_sub(1, Ordering::AcqRel) - 1;
-        if left == 0
-            && let Ok(mut idle) = self.pooled.idle_since.lock()
-        {
-            *idle = Some(Instant::now());
-        }
+        let pooled = self.pooled.clone();
         let Some(channel) = self.channel.take() else {
+            pooled.release();
             return;
         };
-        self.metrics.broker_channels.dec();
-        if channel.status().connected() {
-            // Close politely; lapin would also close it once the last handle drops.
-            tokio::spawn(async move {
-                let _ = channel.close(200, "session closed".into()).await;
-            });
+        self.broker.inner.metrics.broker_channels.dec();
+        if !channel.status().connected() {
+            pooled.release();
+            return;
         }
+        // The place is released once the close is done: a retired connection is closed only
+        // when no channel on it is still closing.
+        tokio::spawn(async move {
+            amqp::close_channel(&channel, "session closed").await;
+            pooled.release();
+        });
     }
 }
 
@@ -305,48 +372,65 @@ impl Broker {
             }
         };
         let mut entries = slot.lock().await;
-        let before = entries.len();
-        entries.retain(|c| c.usable());
-        for _ in entries.len()..before {
-            self.inner.metrics.broker_connections.dec();
-        }
-        let candidate = entries
+        self.prune(&mut entries);
+        let placed = entries
             .iter()
-            .find(|c| c.channels.load(Ordering::Acquire) < c.channel_limit)
-            .cloned();
-        let pooled = match candidate {
-            Some(c) => c,
+            .find_map(|c| c.admit(&self.inner.metrics).map(|r| (c.clone(), r)));
+        let (pooled, reservation) = match placed {
+            Some(placed) => placed,
             None => {
                 let lost = CancellationToken::new();
-                let conn = self.connect(login, passcode, vhost, lost.clone()).await?;
-                let channel_limit = self
-                    .inner
-                    .config
-                    .max_channels_per_connection
-                    .min(usize::from(conn.configuration().channel_max()).max(1));
+                let closing = Arc::new(AtomicBool::new(false));
+                let conn = self
+                    .connect(login, passcode, vhost, lost.clone(), closing.clone())
+                    .await?;
                 let pooled = Arc::new(PooledConnection {
-                    connection: conn,
+                    shared: SharedConnection::new(conn),
                     channels: AtomicUsize::new(0),
-                    channel_limit,
+                    channel_limit: self.inner.config.max_channels_per_connection.max(1),
                     idle_since: Mutex::new(None),
                     lost,
+                    closing,
+                    retirement_counted: AtomicBool::new(false),
                 });
                 entries.push(pooled.clone());
-                pooled
+                let reservation = pooled.admit(&self.inner.metrics).ok_or_else(|| {
+                    ConnectFailure::Unavailable(
+                        "RabbitMQ allows no channel on a new connection".to_string(),
+                    )
+                })?;
+                (pooled, reservation)
             }
         };
-        pooled.channels.fetch_add(1, Ordering::AcqRel);
-        if let Ok(mut idle) = pooled.idle_since.lock() {
-            *idle = None;
-        }
         drop(entries);
         Ok(SessionChannel {
             channel: None,
+            reservation: Some(reservation),
             key,
             pooled,
+            slot,
             confirms_enabled: false,
-            metrics: self.inner.metrics.clone(),
+            broker: self.clone(),
         })
+    }
+
+    /// Drops lost connections from a pool slot, and closes retired ones whose last channel
+    /// has gone.
+    fn prune(&self, entries: &mut Vec<Arc<PooledConnection>>) {
+        entries.retain(|c| {
+            if !c.usable() {
+                self.inner.metrics.broker_connections.dec();
+                return false;
+            }
+            if c.finished() {
+                c.count_retirement(&self.inner.metrics);
+                self.inner.metrics.broker_connections.dec();
+                let c = c.clone();
+                tokio::spawn(async move { c.close("channel ids used up").await });
+                return false;
+            }
+            true
+        });
     }
 
     async fn connect(
@@ -355,6 +439,7 @@ impl Broker {
         passcode: &str,
         vhost: &str,
         lost: CancellationToken,
+        closing: Arc<AtomicBool>,
     ) -> Result<Connection, ConnectFailure> {
         let mut uri = self.inner.config.uri.clone();
         let mut props = ConnectionProperties::default()
@@ -400,13 +485,102 @@ impl Broker {
                 let events = conn.events_listener();
                 let broker = self.clone();
                 tokio::spawn(async move {
-                    watch_connection(events, metrics, lost).await;
+                    watch_connection(events, metrics, lost, closing).await;
                     // Probe now: /readyz should not wait for the next tick to turn 503.
                     broker.inner.health.recheck.notify_one();
                 });
                 Ok(conn)
             }
         }
+    }
+
+    /// Opens the channel a place on `pooled` was promised, keeping readiness and metrics in
+    /// line with the outcome.
+    async fn open_reserved(
+        &self,
+        pooled: &PooledConnection,
+        reservation: IdReservation,
+    ) -> Result<Channel, BrokerFailure> {
+        match pooled.shared.open_reserved(reservation).await {
+            Ok(channel) => {
+                self.inner.metrics.broker_channels.inc();
+                self.set_channel_trouble(None);
+                Ok(channel)
+            }
+            Err(e) => {
+                // RabbitMQ refusing the channel (a channel limit), or lapin's own table being
+                // full, means the pool cannot serve sessions while RabbitMQ itself looks
+                // fine. A lost connection is the readiness monitor's news.
+                let refused = matches!(
+                    e.kind(),
+                    ErrorKind::ProtocolError(_)
+                        | ErrorKind::ChannelsLimitReached
+                        | ErrorKind::InvalidChannelState(..)
+                        | ErrorKind::InvalidChannel(_)
+                );
+                let failure = to_failure(e);
+                if refused {
+                    self.set_channel_trouble(Some(failure.text.trim_end().to_string()));
+                }
+                Err(failure)
+            }
+        }
+    }
+
+    fn set_channel_trouble(&self, reason: Option<String>) {
+        let Ok(mut trouble) = self.inner.health.channel_trouble.lock() else {
+            return;
+        };
+        match reason {
+            None if trouble.is_some() => {
+                *trouble = None;
+                self.inner.metrics.broker_channel_open_failing.set(0);
+                tracing::info!("AMQP channels open again");
+            }
+            None => {}
+            Some(reason) => {
+                if trouble.is_none() {
+                    tracing::warn!(%reason, "cannot open AMQP channels on a pooled connection");
+                }
+                *trouble = Some((reason, Instant::now()));
+                self.inner.metrics.broker_channel_open_failing.set(1);
+            }
+        }
+    }
+
+    fn has_channel_trouble(&self) -> bool {
+        self.inner
+            .health
+            .channel_trouble
+            .lock()
+            .is_ok_and(|t| t.is_some())
+    }
+
+    /// Opens and closes a channel on the monitor's own connection: a success ends a channel
+    /// trouble at once, a failure keeps it (and /readyz failing).
+    async fn check_channels(&self, conn: &SharedConnection) {
+        let attempt = tokio::time::timeout(self.inner.config.connect_timeout, conn.open()).await;
+        match attempt {
+            Ok(Ok(channel)) => {
+                amqp::close_channel(&channel, "readiness check").await;
+                self.set_channel_trouble(None);
+            }
+            Ok(Err(amqp::OpenError::Retired)) => {}
+            Ok(Err(amqp::OpenError::Lapin(e))) => {
+                self.set_channel_trouble(Some(to_failure(e).text.trim_end().to_string()));
+            }
+            Err(_) => self.set_channel_trouble(Some("timed out opening a channel".to_string())),
+        }
+    }
+
+    /// Why channels cannot be opened, while that lasts (for /readyz). A failure that no
+    /// session has retried for [`CHANNEL_TROUBLE_HOLD`] is let go, so a pod taken out of
+    /// service by it is tried again (the readiness monitor re-checks sooner when it can log
+    /// in).
+    pub fn channel_trouble(&self) -> Option<String> {
+        let trouble = self.inner.health.channel_trouble.lock().ok()?;
+        let (reason, since) = trouble.as_ref()?;
+        (since.elapsed() < CHANNEL_TROUBLE_HOLD).then(|| reason.clone())
     }
 
     fn password_hash(&self, password: &str) -> [u8; 32] {
@@ -440,7 +614,8 @@ impl Broker {
                     .map(|since| since.elapsed());
                 let expired =
                     c.channels.load(Ordering::Acquire) == 0 && idle_for.is_some_and(|d| d >= ttl);
-                if expired || !c.usable() {
+                if expired || !c.usable() || c.finished() {
+                    c.count_retirement(&self.inner.metrics);
                     to_close.push(c.clone());
                     false
                 } else {
@@ -462,9 +637,7 @@ impl Broker {
             }
         }
         for c in to_close {
-            if c.usable() {
-                let _ = c.connection.close(200, "idle".into()).await;
-            }
+            c.close("idle").await;
             self.inner.metrics.broker_connections.dec();
         }
     }
@@ -508,30 +681,34 @@ async fn watch_connection(
     events: impl futures::Stream<Item = lapin::Event> + Send + 'static,
     metrics: GatewayMetrics,
     lost: CancellationToken,
+    closing: Arc<AtomicBool>,
 ) {
     use futures::StreamExt;
     futures::pin_mut!(events);
     while let Some(event) = events.next().await {
-        if let lapin::Event::Error(e) = event
-            && !is_channel_error(&e)
-        {
+        let lapin::Event::Error(e) = event else {
+            continue;
+        };
+        // A channel error closed one channel (its session reports it), not the connection.
+        if amqp::is_channel_error(&e) {
+            metrics.broker_channel_errors.inc();
+            continue;
+        }
+        if !closing.load(Ordering::Acquire) {
             tracing::warn!(error = %describe_error(&e), "AMQP connection lost");
             metrics.broker_connection_errors.inc();
-            break;
         }
+        break;
     }
     lost.cancel();
 }
 
-/// lapin reports channel-level (soft) errors on the connection's event stream too; they
-/// close one channel (that session reports them itself), not the connection.
-fn is_channel_error(error: &lapin::Error) -> bool {
-    matches!(error.kind(), ErrorKind::ProtocolError(amqp)
-        if matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Soft(_)))
-}
-
 /// AMQP heart-beat interval asked for when the URL sets none.
 pub const DEFAULT_AMQP_HEARTBEAT_SECS: u16 = 20;
+/// Default of `--amqp-max-channels-per-connection`.
+pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 128;
+/// How long a failure to open channels keeps /readyz failing with no retry.
+pub const CHANNEL_TROUBLE_HOLD: Duration = Duration::from_secs(10);
 /// Connect timeout while the monitor reports RabbitMQ down.
 const DOWN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Probe interval while RabbitMQ is up but the monitor holds no connection of its own.
@@ -568,12 +745,27 @@ impl Broker {
                 Probe::Connected(conn, lost) => {
                     self.mark_up(&mut was_up, &mut down_since);
                     backoff.reset();
-                    tokio::select! {
-                        _ = stop.cancelled() => {
-                            let _ = conn.close(200, "gateway shutting down".into()).await;
-                            return;
+                    let conn = SharedConnection::new(conn);
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => {
+                                let _ = conn.connection().close(200, "gateway shutting down".into()).await;
+                                return;
+                            }
+                            _ = lost.cancelled() => break,
+                            _ = tokio::time::sleep(HEALTH_TICK) => {}
                         }
-                        _ = lost.cancelled() => {}
+                        // Sessions cannot open channels: see whether a channel opens here.
+                        if self.has_channel_trouble() {
+                            self.check_channels(&conn).await;
+                        }
+                        if conn.is_retired() {
+                            let _ = conn
+                                .connection()
+                                .close(200, "channel ids used up".into())
+                                .await;
+                            break;
+                        }
                     }
                     // Never spin on a connection that is lost as soon as it opens.
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -648,7 +840,7 @@ impl Broker {
                     futures::pin_mut!(events);
                     while let Some(event) = events.next().await {
                         if let lapin::Event::Error(e) = event
-                            && !is_channel_error(&e)
+                            && !amqp::is_channel_error(&e)
                         {
                             break;
                         }
@@ -717,12 +909,7 @@ impl Broker {
         for slot in slots {
             let entries: Vec<Arc<PooledConnection>> = slot.lock().await.drain(..).collect();
             for c in entries {
-                if c.usable() {
-                    let _ = c
-                        .connection
-                        .close(200, "gateway shutting down".into())
-                        .await;
-                }
+                c.close("gateway shutting down").await;
                 self.inner.metrics.broker_connections.dec();
             }
         }
@@ -747,31 +934,35 @@ impl SessionChannel {
         &self.key.vhost
     }
 
-    /// Another channel on the same pooled connection (same user, same permissions), e.g.
-    /// for a shared fan-out queue that outlives this session.
-    pub async fn sibling(&self) -> Result<SessionChannel, BrokerFailure> {
-        if !self.pooled.usable() {
-            return Err(BrokerFailure::connection_lost(
-                "The AMQP connection is closed.\n",
-            ));
-        }
-        self.pooled.channels.fetch_add(1, Ordering::AcqRel);
-        match self.pooled.connection.create_channel().await {
-            Ok(channel) => {
-                self.metrics.broker_channels.inc();
-                Ok(SessionChannel {
-                    channel: Some(channel),
-                    key: self.key.clone(),
-                    pooled: self.pooled.clone(),
-                    confirms_enabled: false,
-                    metrics: self.metrics.clone(),
-                })
-            }
-            Err(e) => {
-                self.pooled.channels.fetch_sub(1, Ordering::AcqRel);
-                Err(to_failure(e))
-            }
-        }
+    /// Another channel for the same credentials (same user, same permissions), e.g. for a
+    /// shared fan-out queue that outlives this session: on this session's connection, or on
+    /// another pooled connection of the same credentials. None when none of them has room (all
+    /// full, or retired after using every channel id): the caller then does without sharing.
+    pub async fn sibling(&self) -> Result<Option<SessionChannel>, BrokerFailure> {
+        let metrics = &self.broker.inner.metrics;
+        let placed = match self.pooled.admit(metrics) {
+            Some(reservation) => Some((self.pooled.clone(), reservation)),
+            None => self
+                .slot
+                .lock()
+                .await
+                .iter()
+                .find_map(|c| c.admit(metrics).map(|r| (c.clone(), r))),
+        };
+        let Some((pooled, reservation)) = placed else {
+            return Ok(None);
+        };
+        let mut sibling = SessionChannel {
+            channel: None,
+            reservation: Some(reservation),
+            key: self.key.clone(),
+            pooled,
+            slot: self.slot.clone(),
+            confirms_enabled: false,
+            broker: self.broker.clone(),
+        };
+        sibling.channel().await?;
+        Ok(Some(sibling))
     }
 
     /// The session's channel, opened now if this is its first use.
@@ -782,28 +973,22 @@ impl SessionChannel {
                     "The AMQP connection is closed.\n",
                 ));
             }
-            let channel = self
-                .pooled
-                .connection
-                .create_channel()
-                .await
-                .map_err(to_failure)?;
-            self.metrics.broker_channels.inc();
+            let Some(reservation) = self.reservation.take() else {
+                return Err(internal_failure("the session's channel was already used"));
+            };
+            let channel = self.broker.open_reserved(&self.pooled, reservation).await?;
             self.channel = Some(channel);
         }
-        self.channel.as_ref().ok_or_else(|| BrokerFailure {
-            name: "Internal error".to_string(),
-            text: "no channel\n".to_string(),
-        })
+        self.channel
+            .as_ref()
+            .ok_or_else(|| internal_failure("no channel"))
     }
 
     /// Closes the channel (DISCONNECT), if it was ever opened.
     pub async fn close(&mut self) {
         if let Some(channel) = self.channel.take() {
-            self.metrics.broker_channels.dec();
-            if channel.status().connected() {
-                let _ = channel.close(200, "DISCONNECT".into()).await;
-            }
+            self.broker.inner.metrics.broker_channels.dec();
+            amqp::close_channel(&channel, "DISCONNECT").await;
         }
     }
 
@@ -1003,6 +1188,13 @@ fn error_name(code: u16) -> &'static str {
     }
 }
 
+fn internal_failure(text: &str) -> BrokerFailure {
+    BrokerFailure {
+        name: "Internal error".to_string(),
+        text: format!("{text}\n"),
+    }
+}
+
 /// Converts a lapin error on a channel operation into the session's failure report.
 pub fn to_failure(error: lapin::Error) -> BrokerFailure {
     match error.kind() {
@@ -1180,11 +1372,7 @@ mod tests {
         assert_eq!(not_found.name, "not_found");
         assert!(!not_found.is_connection_lost());
         let io = lapin::Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
-        assert!(!is_channel_error(&io));
         assert!(to_failure(io).is_connection_lost());
-        // A soft error closes a channel, not the connection.
-        assert!(is_channel_error(&amqp(404, "NOT_FOUND - no queue 'q'")));
-        assert!(!is_channel_error(&amqp(320, "CONNECTION_FORCED")));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Gateway settings: command-line flags, `STOMPGATE_*` environment variables and an
 //! optional YAML file (the ConfigMap the operator renders), in that order of precedence.
 
+use clap::builder::TypedValueParser as _;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -151,6 +152,11 @@ pub struct GatewayArgs {
     /// Most subscriptions per session.
     #[arg(long, env = "STOMPGATE_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
     pub max_subscriptions: usize,
+    /// Most AMQP channels (sessions that use RabbitMQ, and shared fan-out queues) on one pooled
+    /// connection: more sessions with the same credentials spread over more connections, so
+    /// one lost connection ends at most this many sessions.
+    #[arg(long, env = "STOMPGATE_AMQP_MAX_CHANNELS_PER_CONNECTION", default_value_t = crate::gateway::broker::DEFAULT_MAX_CHANNELS_PER_CONNECTION, value_parser = clap::value_parser!(u64).range(1..=65535).map(|n| n as usize))]
+    pub amqp_max_channels_per_connection: usize,
     /// Share one RabbitMQ queue per (vhost, exchange, binding key) among the transient
     /// subscriptions of this process (see README: fan-out).
     #[arg(long, env = "STOMPGATE_FANOUT", default_value_t = true, action = clap::ArgAction::Set)]

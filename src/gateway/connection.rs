@@ -763,8 +763,15 @@ fn start_request(
                         return OpResult::Joined(plan.consumer_tag, Err(no_channel()));
                     };
                     let mut channel = channel.lock().await;
-                    let result = fanout.join(&mut channel, &plan).await;
-                    OpResult::Joined(plan.consumer_tag, result)
+                    match fanout.join(&mut channel, &plan).await {
+                        Ok(Some(membership)) => OpResult::Joined(plan.consumer_tag, Ok(membership)),
+                        // No room for a shared queue's channel: an unshared subscription.
+                        Ok(None) => {
+                            let result = channel.subscribe(&plan).await;
+                            OpResult::Subscribed(plan.consumer_tag, result)
+                        }
+                        Err(failure) => OpResult::Joined(plan.consumer_tag, Err(failure)),
+                    }
                 }
                 .boxed(),
             )

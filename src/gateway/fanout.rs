@@ -164,12 +164,14 @@ impl Fanout {
     }
 
     /// Joins (creating if needed) the hub for this subscription, after the broker authorised
-    /// the session's own credentials for it.
+    /// the session's own credentials for it. None when a new hub would be needed but no
+    /// pooled connection of these credentials has room for its channel: the caller then
+    /// subscribes on the session's own channel (correct, just not shared).
     pub async fn join(
         &self,
         channel: &mut SessionChannel,
         plan: &SubscribePlan,
-    ) -> Result<Membership, BrokerFailure> {
+    ) -> Result<Option<Membership>, BrokerFailure> {
         let Some(Binding {
             exchange,
             routing_key,
@@ -197,13 +199,15 @@ impl Fanout {
             let hub = match current.as_ref() {
                 Some(hub) => hub.clone(),
                 None => {
-                    let hub = self.start_hub(channel, plan, key.clone()).await?;
+                    let Some(hub) = self.start_hub(channel, plan, key.clone()).await? else {
+                        return Ok(None);
+                    };
                     *current = Some(hub.clone());
                     hub
                 }
             };
             if let Some(membership) = self.register(&hub, &plan.consumer_tag) {
-                return Ok(membership);
+                return Ok(Some(membership));
             }
             *current = None;
         }
@@ -282,15 +286,17 @@ impl Fanout {
         Ok(())
     }
 
-    /// Declares the shared queue on a channel of the session's own connection and starts the
-    /// hub task consuming it.
+    /// Declares the shared queue on a channel of the session's credentials and starts the hub
+    /// task consuming it (None: no connection has room for that channel).
     async fn start_hub(
         &self,
         channel: &SessionChannel,
         plan: &SubscribePlan,
         key: HubKey,
-    ) -> Result<Arc<Hub>, BrokerFailure> {
-        let hub_channel = channel.sibling().await?;
+    ) -> Result<Option<Arc<Hub>>, BrokerFailure> {
+        let Some(hub_channel) = channel.sibling().await? else {
+            return Ok(None);
+        };
         let queue = crate::gateway::destination::random_subscription_queue_name();
         let shared_plan = SubscribePlan {
             consumer_tag: format!(
@@ -330,7 +336,7 @@ impl Fanout {
             task_hub.run(hub_channel, consumer).await;
             registry.forget(&task_hub);
         });
-        Ok(hub)
+        Ok(Some(hub))
     }
 
     /// Removes a finished hub from the registry (unless a newer one took its place).

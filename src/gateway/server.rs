@@ -277,6 +277,7 @@ pub fn jwt_verifier(args: &GatewayArgs) -> Result<Option<Arc<JwtVerifier>>, Serv
 pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway, ServerError> {
     args.validate()?;
     let mut broker_config = BrokerConfig::from_url(&args.amqp_url)?;
+    broker_config.max_channels_per_connection = args.amqp_max_channels_per_connection;
     if let Some(user) = &args.amqp_username {
         broker_config.uri.authority.userinfo.username = user.clone();
     }
@@ -709,14 +710,22 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         broker.check_reachable().await
     };
-    match status {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(reason) => (
+    if let Err(reason) = status {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("RabbitMQ unreachable: {reason}\n"),
         )
-            .into_response(),
+            .into_response();
     }
+    // RabbitMQ answers, but sessions cannot get channels: not ready either.
+    if let Some(reason) = broker.channel_trouble() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot open AMQP channels: {reason}\n"),
+        )
+            .into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> Response {

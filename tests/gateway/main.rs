@@ -6,6 +6,7 @@ mod support;
 
 mod auth;
 mod bad_input;
+mod broker;
 mod destinations;
 mod errors;
 mod fanout;

@@ -601,3 +601,65 @@ pub fn ensure_user(name: &str, password: &str, configure: &str, write: &str, rea
     }
     rabbitmqctl(&["set_permissions", "-p", "/", name, configure, write, read]);
 }
+
+/// HTTP status of a GET, 0 when the request fails.
+pub async fn http_status(url: &str) -> u16 {
+    http_get(url).await.map(|(status, _)| status).unwrap_or(0)
+}
+
+/// Status and body of a GET (HTTP/1.0, no keep-alive), None when the request fails.
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let attempt = async {
+        let mut stream = TcpStream::connect(host).await.ok()?;
+        stream
+            .write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Polls `check` every 50 ms until it holds; returns how long that took, panics at `limit`.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of an unlabelled metric (`stompgate_<name>`, counters with `_total`) in the
+/// gateway's own registry; 0 when absent.
+pub fn metric(gateway: &Gateway, name: &str) -> f64 {
+    let text = gateway.state.registry.encode();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (key, value) = l.split_once(' ')?;
+            (key == format!("stompgate_{name}") || key == format!("stompgate_{name}_total"))
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0.0)
+}
