@@ -491,3 +491,115 @@ async fn pool_reuses_connections_and_signals_a_reconnect() {
     let empty = TopologyStatus::default();
     assert!(c.cleanup(&empty).await.expect("usable").is_empty());
 }
+
+/// Many objects' broker operations at once on one connection, some failing on purpose (a
+/// conflicting exchange, a binding to a missing queue), on a connection whose channel ids run
+/// out every 16 channels (`?channel_max=16`, negotiated by RabbitMQ): every error lands on its
+/// own object, every exchange an object created is recorded as owned, and cleanup removes
+/// exactly those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_objects_get_their_own_errors_and_ownership() {
+    let c = raw().await;
+    let sep = if url().contains('?') { '&' } else { '?' };
+    let small = BrokerTarget::new(&format!("{}{sep}channel_max=16", url()), None, None);
+    let broker = Broker::connect(&small).await.expect("connect");
+    let objects: Vec<(String, String, Option<String>)> = (0..40)
+        .map(|i| {
+            let conflict = (i % 5 == 0).then(|| uniq(&format!("conflict{i}")));
+            (
+                uniq(&format!("own{i}")),
+                uniq(&format!("queue{i}")),
+                conflict,
+            )
+        })
+        .collect();
+    for (i, (_, queue, conflict)) in objects.iter().enumerate() {
+        if i % 2 == 0 {
+            declare_queue(&c, queue).await;
+        }
+        if let Some(name) = conflict {
+            declare_exchange(&c, name, ExchangeKind::Direct).await;
+        }
+    }
+    let specs: Vec<TopologySpec> = objects
+        .iter()
+        .map(|(own, queue, conflict)| {
+            let mut exchanges = vec![exchange(own, "topic")];
+            if let Some(name) = conflict {
+                exchanges.push(exchange(name, "topic"));
+            }
+            TopologySpec {
+                deletion_policy: DeletionPolicy::Delete,
+                ..spec(exchanges, vec![binding(own, queue, "k")])
+            }
+        })
+        .collect();
+    // Two passes: creation, then the steady-state re-check with each object's own ledger.
+    let mut ledgers: Vec<Option<TopologyStatus>> = vec![None; objects.len()];
+    for pass in 0..2 {
+        let outcomes = futures::future::join_all(
+            specs
+                .iter()
+                .zip(&ledgers)
+                .map(|(s, ledger)| broker.apply(s, ledger.as_ref())),
+        )
+        .await;
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            let (own, queue, conflict) = &objects[i];
+            let outcome = outcome.unwrap_or_else(|e| panic!("pass {pass} object {i}: {e}"));
+            let others = |text: &str| {
+                objects.iter().enumerate().any(|(j, (o, q, cf))| {
+                    j != i
+                        && (text.contains(o.as_str())
+                            || text.contains(q.as_str())
+                            || cf.as_ref().is_some_and(|cf| text.contains(cf.as_str())))
+                })
+            };
+            for text in outcome.pending.iter().chain(&outcome.conflicts) {
+                assert!(
+                    !others(text),
+                    "object {i} got another object's error: {text}"
+                );
+            }
+            match conflict {
+                Some(name) => {
+                    assert_eq!(outcome.conflicts.len(), 1, "object {i}: {outcome:?}");
+                    assert!(outcome.conflicts[0].contains(name.as_str()));
+                }
+                None => assert!(outcome.conflicts.is_empty(), "object {i}: {outcome:?}"),
+            }
+            if i % 2 == 0 {
+                assert!(outcome.pending.is_empty(), "object {i}: {outcome:?}");
+            } else {
+                assert_eq!(outcome.pending.len(), 1, "object {i}: {outcome:?}");
+                assert!(outcome.pending[0].contains(queue.as_str()));
+            }
+            let mine = outcome
+                .status
+                .exchanges
+                .iter()
+                .find(|e| &e.name == own)
+                .expect("own exchange in the ledger");
+            assert!(
+                mine.owned,
+                "pass {pass} object {i}: created but not owned: {mine:?}"
+            );
+            ledgers[i] = Some(outcome.status);
+        }
+    }
+    let removed = futures::future::join_all(
+        ledgers
+            .iter()
+            .map(|l| broker.cleanup(l.as_ref().expect("ledger"))),
+    )
+    .await;
+    for (i, r) in removed.into_iter().enumerate() {
+        let r = r.unwrap_or_else(|e| panic!("cleanup {i}: {e}"));
+        assert!(r.contains(&format!("exchange {}", objects[i].0)), "{r:?}");
+    }
+    for (own, queue, conflict) in &objects {
+        assert!(!exchange_exists(&c, own).await, "{own} leaked");
+        let conflict: Vec<&str> = conflict.iter().map(String::as_str).collect();
+        cleanup(&c, &conflict, &[queue]).await;
+    }
+}

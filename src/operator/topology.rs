@@ -2,7 +2,10 @@
 //! ledger (`status.topology`), and removes only what it created.
 //!
 //! Every operation runs on its own short-lived channel: a 404 or 406 closes the channel it
-//! happened on, and one failure must not hide the next object's result.
+//! happened on, and one failure must not hide the next object's result. Channels come from a
+//! [`SharedConnection`] and are closed with [`close_channel`] (see `crate::amqp`): a channel
+//! id is never reused (so one object's broker error can never be reported on another's), and
+//! the connection is replaced when its ids run out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,6 +20,8 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::{Mutex, mpsc};
+
+use crate::amqp::{OpenError, SharedConnection, close_channel};
 
 use crate::crd::{
     BindingSpec, BindingStatus, DeletionPolicy, DestinationType, ExchangeSpec, ExchangeStatus,
@@ -194,64 +199,34 @@ fn op_error(op: &str, e: &lapin::Error) -> TopologyError {
     }
 }
 
-/// One open connection to a broker.
+/// A connection to a broker, replaced by a fresh one when its channel ids run out.
 pub struct Broker {
-    conn: Connection,
+    conn: std::sync::Mutex<Arc<SharedConnection>>,
+    /// Held while a replacement connection is being opened (one at a time).
+    replacing: Mutex<()>,
     target: BrokerTarget,
 }
 
 impl Broker {
     /// Connects with a timeout; ACCESS_REFUSED becomes [`TopologyError::AuthFailed`].
     pub async fn connect(target: &BrokerTarget) -> Result<Self, TopologyError> {
-        let props =
-            ConnectionProperties::default().with_connection_name("stompgate-operator".into());
-        let broker = target.display.clone();
-        let connect = async {
-            match &target.ca_pem {
-                None => Connection::connect(&target.uri, props).await,
-                Some(pem) => {
-                    let tls = lapin::tcp::OwnedTLSConfig {
-                        identity: None,
-                        cert_chain: Some(pem.clone()),
-                    };
-                    let rt = lapin::runtime::default_runtime()?;
-                    Connection::connect_with_config(&target.uri, props, tls, rt).await
-                }
-            }
-        };
-        let res = tokio::time::timeout(OP_TIMEOUT, connect).await;
-        match res {
-            Err(_) => Err(TopologyError::Unreachable {
-                broker,
-                message: format!("no answer within {}s", OP_TIMEOUT.as_secs()),
-            }),
-            Ok(Err(e)) => {
-                let text = reply_text(&e);
-                let auth = is_soft(&e, AMQPSoftError::ACCESSREFUSED)
-                    || text.contains("ACCESS_REFUSED")
-                    || text.contains("ACCESS-REFUSED");
-                if auth {
-                    Err(TopologyError::AuthFailed {
-                        broker,
-                        message: text,
-                    })
-                } else {
-                    Err(TopologyError::Unreachable {
-                        broker,
-                        message: text,
-                    })
-                }
-            }
-            Ok(Ok(conn)) => Ok(Self {
-                conn,
-                target: target.clone(),
-            }),
-        }
+        Ok(Self {
+            conn: std::sync::Mutex::new(Arc::new(open_connection(target).await?)),
+            replacing: Mutex::new(()),
+            target: target.clone(),
+        })
+    }
+
+    fn current(&self) -> Arc<SharedConnection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Whether the connection is still usable.
     pub fn is_connected(&self) -> bool {
-        self.conn.status().connected()
+        self.current().connection().status().connected()
     }
 
     /// The broker URL without credentials.
@@ -260,14 +235,41 @@ impl Broker {
     }
 
     async fn channel(&self, op: &str) -> Result<Channel, TopologyError> {
-        match tokio::time::timeout(OP_TIMEOUT, self.conn.create_channel()).await {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(op_error(op, &e)),
-            Err(_) => Err(TopologyError::Lost {
-                op: op.to_string(),
-                message: "timed out opening a channel".into(),
-            }),
+        loop {
+            let conn = self.current();
+            match tokio::time::timeout(OP_TIMEOUT, conn.open()).await {
+                Ok(Ok(c)) => return Ok(c),
+                Ok(Err(OpenError::Retired)) => self.replace(&conn).await?,
+                Ok(Err(OpenError::Lapin(e))) => return Err(op_error(op, &e)),
+                Err(_) => {
+                    return Err(TopologyError::Lost {
+                        op: op.to_string(),
+                        message: "timed out opening a channel".into(),
+                    });
+                }
+            }
         }
+    }
+
+    /// Opens a new connection in place of `used` (unless another task already did); `used`
+    /// is closed once the operations still running on it have had their time.
+    async fn replace(&self, used: &Arc<SharedConnection>) -> Result<(), TopologyError> {
+        let _one_at_a_time = self.replacing.lock().await;
+        if !Arc::ptr_eq(&self.current(), used) {
+            return Ok(());
+        }
+        let fresh = Arc::new(open_connection(&self.target).await?);
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+        tracing::debug!(broker = %self.target, "AMQP connection used all its channel ids; replaced");
+        let old = used.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(OP_TIMEOUT * 2).await;
+            let _ = old
+                .connection()
+                .close(200, "channel ids used up".into())
+                .await;
+        });
+        Ok(())
     }
 
     /// Runs one operation on a fresh channel; the inner result is the broker's answer.
@@ -285,28 +287,70 @@ impl Broker {
         let res = match tokio::time::timeout(OP_TIMEOUT, f(ch)).await {
             Ok(r) => r,
             Err(_) => {
+                // Still closed behind the barrier, whenever the broker answers.
+                tokio::spawn(async move { close_channel(&closer, "timed out").await });
                 return Err(TopologyError::Lost {
                     op: op.to_string(),
                     message: "timed out".into(),
                 });
             }
         };
-        match &res {
-            // A channel error closed the channel already; only close healthy ones.
-            Ok(()) => {
-                let _ = closer.close(200, "ok".into()).await;
-            }
-            Err(e) if amqp_error(e).is_none() => {
-                return Err(op_error(op, e));
-            }
-            Err(_) => {}
+        // A channel error closed the channel already; close_channel sends nothing then.
+        close_channel(&closer, "ok").await;
+        if let Err(e) = &res
+            && amqp_error(e).is_none()
+        {
+            return Err(op_error(op, e));
         }
         Ok(res)
     }
 
     /// Closes the connection.
     pub async fn close(&self) {
-        let _ = self.conn.close(200, "bye".into()).await;
+        let _ = self.current().connection().close(200, "bye".into()).await;
+    }
+}
+
+/// Connects with a timeout; ACCESS_REFUSED becomes [`TopologyError::AuthFailed`].
+async fn open_connection(target: &BrokerTarget) -> Result<SharedConnection, TopologyError> {
+    let props = ConnectionProperties::default().with_connection_name("stompgate-operator".into());
+    let broker = target.display.clone();
+    let connect = async {
+        match &target.ca_pem {
+            None => Connection::connect(&target.uri, props).await,
+            Some(pem) => {
+                let tls = lapin::tcp::OwnedTLSConfig {
+                    identity: None,
+                    cert_chain: Some(pem.clone()),
+                };
+                let rt = lapin::runtime::default_runtime()?;
+                Connection::connect_with_config(&target.uri, props, tls, rt).await
+            }
+        }
+    };
+    match tokio::time::timeout(OP_TIMEOUT, connect).await {
+        Err(_) => Err(TopologyError::Unreachable {
+            broker,
+            message: format!("no answer within {}s", OP_TIMEOUT.as_secs()),
+        }),
+        Ok(Err(e)) => {
+            let text = reply_text(&e);
+            let auth = is_soft(&e, AMQPSoftError::ACCESSREFUSED)
+                || text.contains("ACCESS_REFUSED")
+                || text.contains("ACCESS-REFUSED");
+            if auth {
+                Err(TopologyError::AuthFailed {
+                    broker,
+                    message: text,
+                })
+            } else {
+                Err(TopologyError::Unreachable {
+                    broker,
+                    message: text,
+                })
+            }
+        }
+        Ok(Ok(conn)) => Ok(SharedConnection::new(conn)),
     }
 }
 
