@@ -4,6 +4,7 @@
 //! * `fanout`: N WebSocket subscribers, one AMQP publisher; deliveries/s, latency, loss.
 //! * `connections`: C idle sessions (CONNECT + SUBSCRIBE); sessions/s and server RSS.
 //! * `echo`: one client, request/response through a queue; round trips/s and latency.
+//! * `operator`: N StompGateways against an API server with `stompgate operator` running.
 //!
 //! Results go to stdout: a human summary, or one JSON object with `--json`. Progress goes
 //! to stderr.
@@ -12,6 +13,7 @@ pub mod client;
 pub mod connections;
 pub mod echo;
 pub mod fanout;
+pub mod operator;
 pub mod stats;
 
 use clap::{Args, Subcommand};
@@ -35,6 +37,9 @@ pub enum Scenario {
     Connections(Box<connections::ConnectionsArgs>),
     /// One client: SEND to a queue it subscribes to, one message at a time: round trips.
     Echo(Box<echo::EchoArgs>),
+    /// N StompGateways on an API server with the operator running: convergence, memory, idle
+    /// writes, edit latency, deletion and leaks.
+    Operator(Box<operator::OperatorBenchArgs>),
 }
 
 /// Flags every scenario takes.
@@ -97,6 +102,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let nofile = raise_nofile_limit(256);
             let report = echo::run(&a, nofile).await?;
             emit(a.common.json, &report, || report.human())
+        }
+        Scenario::Operator(a) => {
+            raise_nofile_limit(4096);
+            let report = operator::run(&a).await?;
+            emit(a.json, &report, || report.human())
         }
     }
 }
