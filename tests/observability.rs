@@ -485,3 +485,40 @@ fn every_panel_has_a_description_and_the_docs_cover_alerts_and_panels() {
         "README.md links docs/observability.md"
     );
 }
+
+#[test]
+fn dashboard_panels_fit_the_grid_and_use_the_datasource_variable() {
+    let mut problems = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    let mut cells: BTreeMap<(i64, i64), String> = BTreeMap::new();
+    for p in panels(&dashboard()) {
+        let title = p["title"].as_str().unwrap_or("?").to_string();
+        if !ids.insert(p["id"].as_i64().unwrap_or(-1)) {
+            problems.insert(format!("{title}: duplicate or missing id"));
+        }
+        let g = |k: &str| p["gridPos"][k].as_i64().unwrap_or(-1);
+        let (x, y, w, h) = (g("x"), g("y"), g("w"), g("h"));
+        if x < 0 || y < 0 || w < 1 || h < 1 || x + w > 24 {
+            problems.insert(format!(
+                "{title}: gridPos {:?} outside the 24-column grid",
+                p["gridPos"]
+            ));
+        }
+        for cx in x..x + w {
+            for cy in y..y + h {
+                if let Some(other) = cells.insert((cx, cy), title.clone()) {
+                    problems.insert(format!("{title} overlaps {other}"));
+                }
+            }
+        }
+        for t in p["targets"].as_array().into_iter().flatten() {
+            if t["datasource"]["uid"] != "${datasource}" {
+                problems.insert(format!(
+                    "{title}: a target does not use the datasource variable"
+                ));
+            }
+        }
+    }
+    let problems: Vec<_> = problems.into_iter().collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
