@@ -243,13 +243,12 @@ impl Collector for GatewayCollector {
             }
             // Unreadable objects have no replicas to report.
             if let Ok(gw) = &object.0 {
-                let st = gw.status.clone().unwrap_or_default();
+                let (replicas, ready_replicas) =
+                    status.map_or((0, 0), |s| (s.replicas, s.ready_replicas));
                 desired
                     .get_or_create(&labels)
-                    .set(i64::from(gw.spec.replicas.unwrap_or(st.replicas)));
-                ready
-                    .get_or_create(&labels)
-                    .set(i64::from(st.ready_replicas));
+                    .set(i64::from(gw.spec.replicas.unwrap_or(replicas)));
+                ready.get_or_create(&labels).set(i64::from(ready_replicas));
             }
         }
         let series = [
