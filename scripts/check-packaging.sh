@@ -2,7 +2,9 @@
 # Packaging checks with real tools from PyPI:
 #   - `helm lint --strict` and `helm template` (Helm v4 library, helm-python-sdk) for several
 #     value sets, then `kubernetes-validate --strict` on every rendered manifest;
-#   - deploy/ (kubectl kustomize) in sync with the chart and valid;
+#   - the Prometheus Operator objects (ServiceMonitor, PodMonitor, PrometheusRule) valid against
+#     their schemas (npm @kubernetes-models/prometheus-operator, scripts/monitoring-schemas/);
+#   - deploy/ (kubectl kustomize) and deploy/observability/ in sync with the chart and valid;
 #   - `stompgate crd` equal to crds/, the chart's crds/ and deploy/crds/;
 #   - `stompgate render` of every example valid; examples valid against the CRD schema
 #     (jsonschema) and its CEL rules (`stompgate lint`).
@@ -58,10 +60,19 @@ chart_dir = "charts/stompgate"
 variants = {
     "default": {},
     "namespaced-ha": {"watchNamespace": "apps", "replicaCount": 2,
-                      "metrics": {"serviceMonitor": {"enabled": True}},
+                      "metrics": {"serviceMonitor": {"enabled": True},
+                                  "gatewayPodMonitor": {"enabled": True}},
                       "image": {"digest": "sha256:" + "a" * 64}},
+    "observability": {"metrics": {"serviceMonitor": {"enabled": True},
+                                  "gatewayPodMonitor": {"enabled": True},
+                                  "prometheusRule": {"enabled": True},
+                                  "grafanaDashboard": {"enabled": True}}},
     "no-rbac": {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "ops"}},
 }
+# Prometheus Operator kinds: CRDs, not in the Kubernetes schemas; validated by validate.mjs.
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+monitoring = []
+observability = []
 failed = False
 for name, values in variants.items():
     report = helm.lint(chart_dir, values, strict=True, namespace="stompgate-system")
@@ -78,7 +89,14 @@ for name, values in variants.items():
             if path.endswith("NOTES.txt") or not text.strip():
                 continue
             for doc in yaml.safe_load_all(text):
-                if doc and doc.get("kind") != "ServiceMonitor":  # a CRD kind: not in the k8s schemas
+                if not doc:
+                    continue
+                if name == "observability" and (doc["kind"] in MONITORING_KINDS or
+                                                doc["metadata"]["name"].endswith("-dashboard")):
+                    observability.append((os.path.basename(path), doc))
+                if doc["kind"] in MONITORING_KINDS:
+                    monitoring.append(doc)
+                else:
                     f.write("---\n" + yaml.safe_dump(doc, sort_keys=False))
     print(f"   {name}: lint ok, rendered {out}")
 # A value outside values.schema.json must be refused.
@@ -88,22 +106,59 @@ try:
 except helm.HelmError:
     pass
 
+with open(os.path.join(work, "monitoring.json"), "w") as f:
+    json.dump(monitoring, f)
+
+GENERATED = "# Generated from charts/stompgate by scripts/check-packaging.sh --update; do not edit.\n"
+
+def without_helm_labels(text):
+    lines = [l.replace("app.kubernetes.io/managed-by: Helm", "app.kubernetes.io/managed-by: kubectl")
+             for l in text.splitlines() if "helm.sh/chart:" not in l]
+    return "\n".join(lines) + "\n"
+
+def in_sync(target, content):
+    """deploy/ files are renders of the chart: rewritten by --update, else compared."""
+    global failed
+    if os.environ.get("UPDATE") == "1":
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        open(target, "w").write(content)
+    if not os.path.exists(target) or open(target).read() != content:
+        print(f"FAIL: {target} is out of sync with the chart (run scripts/check-packaging.sh --update)")
+        failed = True
+
 # deploy/operator.yaml is the default render without Helm's own labels.
-lines = []
-for l in open(os.path.join(work, "helm-default.yaml")).read().splitlines():
-    if "helm.sh/chart:" in l:
-        continue
-    lines.append(l.replace("app.kubernetes.io/managed-by: Helm", "app.kubernetes.io/managed-by: kubectl"))
-plain = "# Generated from charts/stompgate by scripts/check-packaging.sh --update; do not edit.\n" + "\n".join(lines) + "\n"
-target = "deploy/operator.yaml"
-if os.environ.get("UPDATE") == "1":
-    open(target, "w").write(plain)
-if not os.path.exists(target) or open(target).read() != plain:
-    print(f"FAIL: {target} is out of sync with the chart (run scripts/check-packaging.sh --update)")
-    failed = True
+in_sync("deploy/operator.yaml", GENERATED + without_helm_labels(open(os.path.join(work, "helm-default.yaml")).read()))
+
+# deploy/observability/: the monitors, the rules and the dashboard ConfigMap as plain YAML, and
+# the dashboard JSON as the chart's ConfigMap carries it (for a Grafana without the sidecar).
+class BlockDumper(yaml.SafeDumper):
+    pass
+BlockDumper.add_representer(str, lambda d, v: d.represent_scalar(
+    "tag:yaml.org,2002:str", v, style="|" if "\n" in v else None))
+names = []
+for template, doc in observability:
+    target = "deploy/observability/" + template
+    names.append(template)
+    in_sync(target, GENERATED + without_helm_labels(
+        yaml.dump(doc, Dumper=BlockDumper, sort_keys=False, width=4096)))
+    if doc["kind"] == "ConfigMap":
+        in_sync("deploy/observability/stompgate-dashboard.json", doc["data"]["stompgate.json"] + "\n")
+kustomization = GENERATED + yaml.safe_dump(
+    {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+     "resources": sorted(names)}, sort_keys=False)
+in_sync("deploy/observability/kustomization.yaml", kustomization)
 sys.exit(1 if failed else 0)
 PY
 for f in "$WORK"/helm-*.yaml; do "${KV[@]}" "$f"; done
+
+echo "== Prometheus Operator objects (schemas from @kubernetes-models/prometheus-operator)"
+MS=scripts/monitoring-schemas
+want=$(cat "$MS/package.json" "$MS/package-lock.json" | sha256sum | cut -d' ' -f1)
+if [[ "$(cat "$MS/node_modules/.stompgate-deps.sha256" 2>/dev/null)" != "$want" ]]; then
+  (cd "$MS" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$want" > "$MS/node_modules/.stompgate-deps.sha256"
+fi
+node "$MS/validate.mjs" < "$WORK/monitoring.json"
 # Least privilege and Pod Security `restricted` over every render (tests/operator_packaging.rs).
 mkdir -p "$WORK/rendered" && cp "$WORK"/helm-*.yaml "$WORK/rendered/"
 STOMPGATE_RENDERED_DIR="$WORK/rendered" cargo test -q --test operator_packaging
@@ -116,6 +171,9 @@ else
   cat deploy/namespace.yaml deploy/crds/stompgate.io_stompgateways.yaml deploy/operator.yaml > "$WORK/deploy.yaml"
 fi
 "${KV[@]}" "$WORK/deploy.yaml"
+if command -v kubectl >/dev/null; then
+  kubectl kustomize deploy/observability > /dev/null
+fi
 
 echo "== examples: lint, CRD schema, render"
 "${STOMPGATE[@]}" lint -f examples/stompgateway.yaml -f examples/stompgateway-full.yaml

@@ -3,10 +3,12 @@
 #   1. RabbitMQ on 127.0.0.1:5672        (scripts/ensure-rabbitmq.sh)
 #   2. Debian Chromium /usr/bin/chromium (scripts/ensure-chromium.sh)
 #   2b. kubectl on PATH (scripts/ensure-kubectl.sh; the e2e and API emulator tests drive it)
+#   2c. promtool on PATH (scripts/ensure-promtool.sh; the alert rule unit tests run it)
 #   3. npm ci in tests/browser           (skipped when node_modules matches package.json + lockfile)
 #   4. pip install tests/python/requirements.txt into the user site of `python3` (or the active
 #      virtualenv), skipped when the pinned versions are already importable.
-# env: STOMPGATE_PYTHON (default python3), SKIP_RABBITMQ=1, SKIP_CHROMIUM=1, SKIP_KUBECTL=1
+# env: STOMPGATE_PYTHON (default python3), SKIP_RABBITMQ=1, SKIP_CHROMIUM=1, SKIP_KUBECTL=1,
+#      SKIP_PROMTOOL=1
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -26,6 +28,10 @@ if [ "${SKIP_CHROMIUM:-0}" = 1 ]; then echo "skipped (SKIP_CHROMIUM=1)"; else
 step "kubectl"
 if [ "${SKIP_KUBECTL:-0}" = 1 ]; then echo "skipped (SKIP_KUBECTL=1): the kubectl tests will be skipped"; else
   "$HERE/ensure-kubectl.sh" || die "kubectl is not available (set SKIP_KUBECTL=1 to skip the kubectl tests)"; fi
+
+step "promtool"
+if [ "${SKIP_PROMTOOL:-0}" = 1 ]; then echo "skipped (SKIP_PROMTOOL=1): the alert rule tests will fail"; else
+  "$HERE/ensure-promtool.sh" || die "promtool is not available (Debian package 'prometheus')"; fi
 
 step "npm (tests/browser)"
 command -v node >/dev/null || die "node not found (Node.js 20+ expected)"

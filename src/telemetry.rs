@@ -94,6 +94,8 @@ pub struct TransportLabels {
 #[derive(Clone, Default)]
 pub struct GatewayMetrics {
     pub connections: Family<TransportLabels, Gauge>,
+    /// `--max-connections`: what `connections` is compared with to alert before the limit.
+    pub max_connections: Gauge,
     pub sessions: Family<SessionLabels, Gauge>,
     pub subscriptions: Gauge,
     pub frames_in: Family<CommandLabels, Counter>,
@@ -130,6 +132,11 @@ impl GatewayMetrics {
             "connections",
             "Open client connections by transport",
             self.connections.clone(),
+        );
+        r.register(
+            "max_connections",
+            "Configured connection limit of this gateway (--max-connections)",
+            self.max_connections.clone(),
         );
         r.register(
             "sessions",

@@ -308,6 +308,9 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
     if let Ok(mut r) = registry.0.lock() {
         metrics.register(&mut r);
     }
+    metrics
+        .max_connections
+        .set(i64::try_from(args.max_connections).unwrap_or(i64::MAX));
     let broker = Broker::new(broker_config.clone(), metrics.clone());
     let shutdown = CancellationToken::new();
     let ctx: ConnectionContext = Arc::new(ConnectionSettings {

@@ -956,6 +956,7 @@ pub async fn run(
         .page_size(50);
     let controller = Controller::new(gws, watcher::Config::default().any_semantic().page_size(50));
     let store = controller.store();
+    ctx.metrics.observe_gateways(store.clone());
     let reconnect_stream = tokio_stream::wrappers::UnboundedReceiverStream::new(reconnected);
     controller
         .owns(api::<Deployment>(&client, &namespace), owned.clone())

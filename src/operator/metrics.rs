@@ -1,14 +1,23 @@
 //! Operator metrics (OpenMetrics via prometheus-client). Labels are low-cardinality: results,
-//! reason discriminants and operation names, never object names or error text.
+//! reason discriminants and operation names, never error text. The only object names are on the
+//! `stompgw_gateway_*` series, one set per StompGateway (as kube-state-metrics does for its
+//! objects), so an alert can say which gateway is not Ready.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::crd::StompGateway;
+use crate::operator::status::types;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
@@ -35,6 +44,7 @@ pub struct Metrics {
     broker_ops: Family<OpLabels, Counter>,
     conflicts: Counter,
     leader: Gauge,
+    gateways: GatewayCollector,
 }
 
 impl Default for Metrics {
@@ -79,6 +89,8 @@ impl Metrics {
             "1 while this replica holds the lease",
             leader.clone(),
         );
+        let gateways = GatewayCollector::default();
+        registry.register_collector(Box::new(gateways.clone()));
         Self {
             registry,
             reconciles,
@@ -87,6 +99,15 @@ impl Metrics {
             broker_ops,
             conflicts,
             leader,
+            gateways,
+        }
+    }
+
+    /// Export the `stompgw_gateway_*` series from the controller's cache of StompGateways: read
+    /// at each scrape, so a deleted object's series go with it.
+    pub fn observe_gateways(&self, store: Store<DeserializeGuard<StompGateway>>) {
+        if let Ok(mut slot) = self.gateways.store.write() {
+            *slot = Some(store);
         }
     }
 
@@ -137,5 +158,206 @@ impl Metrics {
             s.clear();
         }
         s
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GatewayLabels {
+    namespace: String,
+    stompgateway: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabels {
+    namespace: String,
+    stompgateway: String,
+    condition: String,
+    status: String,
+}
+
+const CONDITION_STATUSES: [&str; 3] = ["True", "False", "Unknown"];
+
+/// Per-StompGateway series, computed from the status the operator wrote (as the API serves it).
+#[derive(Clone, Default)]
+struct GatewayCollector {
+    store: Arc<RwLock<Option<Store<DeserializeGuard<StompGateway>>>>>,
+}
+
+impl std::fmt::Debug for GatewayCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GatewayCollector")
+    }
+}
+
+impl GatewayCollector {
+    fn snapshot(&self) -> Vec<Arc<DeserializeGuard<StompGateway>>> {
+        match self.store.read() {
+            Ok(slot) => slot.as_ref().map(Store::state).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Collector for GatewayCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let conditions = Family::<ConditionLabels, Gauge>::default();
+        let desired = Family::<GatewayLabels, Gauge>::default();
+        let ready = Family::<GatewayLabels, Gauge>::default();
+        for object in self.snapshot() {
+            let (meta, status) = match &object.0 {
+                Ok(gw) => (&gw.metadata, gw.status.as_ref()),
+                Err(invalid) => (&invalid.metadata, None),
+            };
+            let labels = GatewayLabels {
+                namespace: meta.namespace.clone().unwrap_or_default(),
+                stompgateway: meta.name.clone().unwrap_or_default(),
+            };
+            let mut found: Vec<(String, String)> = match status {
+                Some(st) => st
+                    .conditions
+                    .iter()
+                    .map(|c| (c.type_.clone(), c.status.clone()))
+                    .collect(),
+                // An object the operator cannot read gets Ready=False, Stalled=True (InvalidSpec).
+                None if object.0.is_err() => vec![
+                    (types::READY.into(), "False".into()),
+                    (types::STALLED.into(), "True".into()),
+                ],
+                None => Vec::new(),
+            };
+            // No Ready condition (never reconciled) is Ready=Unknown: it alerts like False.
+            if !found.iter().any(|(t, _)| t == types::READY) {
+                found.push((types::READY.into(), "Unknown".into()));
+            }
+            for (condition, current) in found {
+                for status in CONDITION_STATUSES {
+                    conditions
+                        .get_or_create(&ConditionLabels {
+                            namespace: labels.namespace.clone(),
+                            stompgateway: labels.stompgateway.clone(),
+                            condition: condition.clone(),
+                            status: status.into(),
+                        })
+                        .set(i64::from(current == status));
+                }
+            }
+            // Unreadable objects have no replicas to report.
+            if let Ok(gw) = &object.0 {
+                let (replicas, ready_replicas) =
+                    status.map_or((0, 0), |s| (s.replicas, s.ready_replicas));
+                desired
+                    .get_or_create(&labels)
+                    .set(i64::from(gw.spec.replicas.unwrap_or(replicas)));
+                ready.get_or_create(&labels).set(i64::from(ready_replicas));
+            }
+        }
+        let series = [
+            (
+                "gateway_condition",
+                "StompGateway status conditions: 1 for the condition's current status.",
+                &conditions as &dyn EncodeMetric,
+            ),
+            (
+                "gateway_desired_replicas",
+                "Gateway pods a StompGateway asks for (spec.replicas, else status.replicas).",
+                &desired,
+            ),
+            (
+                "gateway_ready_replicas",
+                "Ready gateway pods of a StompGateway (status.readyReplicas).",
+                &ready,
+            ),
+        ];
+        // Like the registry: a family without series is not written at all.
+        for (name, help, family) in series.into_iter().filter(|(_, _, f)| !f.is_empty()) {
+            family.encode(encoder.encode_descriptor(name, help, None, family.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher::Event;
+    use serde_json::json;
+
+    fn guarded(obj: serde_json::Value) -> DeserializeGuard<StompGateway> {
+        serde_json::from_value(obj).expect("a guarded object always deserializes")
+    }
+
+    fn gateway(name: &str, replicas: i32, status: serde_json::Value) -> serde_json::Value {
+        json!({"apiVersion": "stompgate.io/v1alpha1", "kind": "StompGateway",
+               "metadata": {"name": name, "namespace": "apps"},
+               "spec": {"rabbitmq": {"host": "rmq"}, "replicas": replicas},
+               "status": status})
+    }
+
+    fn sample(text: &str, series: &str) -> Option<i64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn gateway_series_follow_the_cached_objects() {
+        let metrics = Metrics::new();
+        assert!(
+            !metrics.encode().contains("stompgw_gateway_condition{"),
+            "no series before the controller runs"
+        );
+        let mut writer = Writer::<DeserializeGuard<StompGateway>>::default();
+        metrics.observe_gateways(writer.as_reader());
+        let ready = guarded(gateway(
+            "chat",
+            3,
+            json!({"replicas": 3, "readyReplicas": 2, "conditions": [
+                {"type": "Ready", "status": "True", "reason": "Reconciled", "message": "",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "Stalled", "status": "False", "reason": "Reconciled", "message": "",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
+        ));
+        let fresh = guarded(gateway("fresh", 1, json!({})));
+        let mut broken = gateway("broken", 1, json!({}));
+        broken["spec"]["replicas"] = json!("two");
+        let broken = guarded(broken);
+        assert!(broken.0.is_err(), "the fixture must be unreadable");
+        for obj in [&ready, &fresh, &broken] {
+            writer.apply_watcher_event(&Event::Apply(obj.clone()));
+        }
+        let text = metrics.encode();
+        let cond = |name: &str, condition: &str, status: &str| {
+            sample(
+                &text,
+                &format!(
+                    "stompgw_gateway_condition{{namespace=\"apps\",stompgateway=\"{name}\",condition=\"{condition}\",status=\"{status}\"}}"
+                ),
+            )
+        };
+        assert_eq!(cond("chat", "Ready", "True"), Some(1), "{text}");
+        assert_eq!(cond("chat", "Ready", "False"), Some(0));
+        assert_eq!(cond("chat", "Stalled", "False"), Some(1));
+        assert_eq!(cond("fresh", "Ready", "Unknown"), Some(1), "no status yet");
+        assert_eq!(cond("fresh", "Ready", "True"), Some(0));
+        assert_eq!(cond("broken", "Ready", "False"), Some(1), "unreadable spec");
+        assert_eq!(cond("broken", "Stalled", "True"), Some(1));
+        let replicas = |metric: &str, name: &str| {
+            sample(
+                &text,
+                &format!("stompgw_{metric}{{namespace=\"apps\",stompgateway=\"{name}\"}}"),
+            )
+        };
+        assert_eq!(replicas("gateway_desired_replicas", "chat"), Some(3));
+        assert_eq!(replicas("gateway_ready_replicas", "chat"), Some(2));
+        assert_eq!(replicas("gateway_ready_replicas", "fresh"), Some(0));
+        assert_eq!(replicas("gateway_desired_replicas", "broken"), None);
+
+        writer.apply_watcher_event(&Event::Delete(ready));
+        let text = metrics.encode();
+        assert!(
+            !text.contains("stompgateway=\"chat\""),
+            "a deleted StompGateway leaves no series: {text}"
+        );
+        assert!(text.contains("stompgateway=\"fresh\""));
     }
 }
