@@ -1,0 +1,193 @@
+//! Behaviour of the real kube-apiserver that once hid operator bugs (issue 17), each learned by
+//! the emulator with a test of its own.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube_emulator::Emulator;
+use serde_json::{Value, json};
+
+/// A CRD whose status holds a map-list keyed by `name` with required fields, like
+/// `StompGateway.status.topology.exchanges`.
+fn gadget_crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gadgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "properties": {
+                        "size": {"type": "integer"},
+                        "parts": {"type": "array", "x-kubernetes-list-type": "map",
+                            "x-kubernetes-list-map-keys": ["name"],
+                            "items": {"type": "object", "required": ["name"],
+                                "properties": {"name": {"type": "string"}, "v": {"type": "string"}}}}}},
+                    "status": {"type": "object", "properties": {
+                        "observedGeneration": {"type": "integer"},
+                        "parts": {"type": "array", "x-kubernetes-list-type": "map",
+                            "x-kubernetes-list-map-keys": ["name"],
+                            "items": {"type": "object", "required": ["name", "state", "owned"],
+                                "properties": {"name": {"type": "string"}, "state": {"type": "string"},
+                                               "owned": {"type": "boolean"}}}}}}}}}}]}
+    })
+}
+
+async fn gadgets(emu: &Emulator) -> Api<DynamicObject> {
+    let crds: Api<CustomResourceDefinition> = Api::all(emu.client());
+    crds.create(
+        &PostParams::default(),
+        &serde_json::from_value(gadget_crd()).expect("crd"),
+    )
+    .await
+    .expect("CRD created");
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("example.com", "v1", "Gadget"),
+        "gadgets",
+    );
+    Api::namespaced_with(emu.client(), "default", &ar)
+}
+
+fn gadget(name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(
+        json!({"apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": name}, "spec": spec}),
+    )
+    .expect("gadget")
+}
+
+fn status_apply(status: Value) -> Patch<Value> {
+    Patch::Apply(json!({"apiVersion": "example.com/v1", "kind": "Gadget", "status": status}))
+}
+
+fn api_error(e: kube::Error) -> (u16, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.message.clone()),
+        other => panic!("not an API error: {other}"),
+    }
+}
+
+/// The real server keys `managedFields` by (manager, operation): a merge patch (Update) and an
+/// apply (Apply) under the same manager name are two owners. An item the Update added keeps the
+/// fields the Update owns when the Apply drops it, and what is left fails validation — the
+/// status wedge of issue 17, finding 1.
+#[tokio::test]
+async fn update_and_apply_of_one_manager_own_fields_separately() {
+    let emu = Emulator::start().await.expect("emulator");
+    let api = gadgets(&emu).await;
+    api.create(&PostParams::default(), &gadget("g", json!({})))
+        .await
+        .expect("created");
+    let op = "gadget-operator";
+    let apply = PatchParams::apply(op).force();
+    let update = PatchParams {
+        field_manager: Some(op.into()),
+        ..PatchParams::default()
+    };
+    api.patch_status(
+        "g",
+        &apply,
+        &status_apply(json!({"parts": [{"name": "a", "state": "Declared", "owned": true}]})),
+    )
+    .await
+    .expect("apply a");
+    // Write-ahead with a merge patch: b is recorded as Pending by an Update.
+    api.patch_status(
+        "g",
+        &update,
+        &Patch::Merge(json!({"status": {"parts": [
+            {"name": "a", "state": "Declared", "owned": true},
+            {"name": "b", "state": "Pending", "owned": true}]}})),
+    )
+    .await
+    .expect("update adds b");
+    // The apply takes over b's state (forced: its value changes); name and owned keep their
+    // value, so the Update entry still owns them too.
+    let both = api
+        .patch_status(
+            "g",
+            &apply,
+            &status_apply(json!({"parts": [
+                {"name": "a", "state": "Declared", "owned": true},
+                {"name": "b", "state": "Declared", "owned": true}]})),
+        )
+        .await
+        .expect("apply both");
+    let entries: Vec<(String, String)> = both
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.subresource.as_deref() == Some("status"))
+        .map(|m| {
+            (
+                m.manager.clone().unwrap_or_default(),
+                m.operation.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            (op.to_string(), "Apply".to_string()),
+            (op.to_string(), "Update".to_string())
+        ],
+        "one entry per (manager, operation)"
+    );
+    let update_entry = both
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .find(|m| {
+            m.operation.as_deref() == Some("Update") && m.subresource.as_deref() == Some("status")
+        })
+        .and_then(|m| m.fields_v1.as_ref())
+        .map(|f| f.0.clone())
+        .expect("the Update entry");
+    let b = &update_entry["f:status"]["f:parts"]["k:{\"name\":\"b\"}"];
+    assert!(
+        b.get("f:name").is_some() && b.get("f:owned").is_some(),
+        "{update_entry}"
+    );
+    assert!(
+        b.get("f:state").is_none(),
+        "the apply took state: {update_entry}"
+    );
+    // Dropping b from the apply removes only what the apply alone owned: state. The item is
+    // left with name and owned, and the server refuses the result.
+    let err = api
+        .patch_status(
+            "g",
+            &apply,
+            &status_apply(json!({"parts": [{"name": "a", "state": "Declared", "owned": true}]})),
+        )
+        .await
+        .expect_err("b lost its required state");
+    let (code, message) = api_error(err);
+    assert_eq!(code, 422, "{message}");
+    assert!(
+        message.contains("status.parts[1].state: Required value"),
+        "{message}"
+    );
+    // A status written by apply alone never gets there.
+    api.create(&PostParams::default(), &gadget("h", json!({})))
+        .await
+        .expect("created");
+    for parts in [
+        json!([{"name": "a", "state": "Declared", "owned": true},
+               {"name": "b", "state": "Pending", "owned": true}]),
+        json!([{"name": "a", "state": "Declared", "owned": true},
+               {"name": "b", "state": "Declared", "owned": true}]),
+        json!([{"name": "a", "state": "Declared", "owned": true}]),
+    ] {
+        api.patch_status("h", &apply, &status_apply(json!({"parts": parts})))
+            .await
+            .expect("apply only");
+    }
+    let h = api.get("h").await.expect("h");
+    assert_eq!(
+        h.data["status"]["parts"],
+        json!([{"name": "a", "state": "Declared", "owned": true}])
+    );
+}
