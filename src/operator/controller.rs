@@ -432,15 +432,37 @@ async fn record_intent(
         return Ok(Ok(prev));
     }
     let ledger = topology::with_intent(prev.as_ref(), &missing);
-    // A merge patch of status.topology only: the rest of the status is left alone.
-    let patch = json!({"status": {"topology": ledger}});
-    let pp = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
-    api.patch_status(&gw.name_any(), &pp, &Patch::Merge(&patch))
-        .await?;
+    // The whole status as last written, with the intent: what the apply stops sending, the
+    // server removes.
+    let mut status = gw.status.clone().unwrap_or_default();
+    status.topology = Some(ledger.clone());
+    apply_status(api, &gw.name_any(), &status).await?;
     Ok(Ok(Some(ledger)))
+}
+
+/// Every status write: server-side apply of the whole status by [`FIELD_MANAGER`]. One
+/// mechanism only: the API server records owners per manager *and* operation, and fields a
+/// merge patch (an Update) once wrote outlive the apply that drops them, leaving list items
+/// that fail validation and wedge every later status write.
+async fn apply_status<K>(
+    api: &Api<K>,
+    name: &str,
+    status: &impl Serialize,
+) -> Result<K, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let patch = json!({
+        "apiVersion": crate::crd::StompGateway::api_version(&()),
+        "kind": "StompGateway",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
 }
 
 fn broker_problem(e: &TopologyError) -> Problem {
@@ -643,17 +665,7 @@ async fn write_status(
     if prev == Some(&new) {
         return Ok(());
     }
-    let patch = json!({
-        "apiVersion": crate::crd::StompGateway::api_version(&()),
-        "kind": "StompGateway",
-        "status": new,
-    });
-    api.patch_status(
-        &gw.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    apply_status(api, &gw.name_any(), &new).await?;
     // One event per Ready transition: Normal when it becomes True, Warning when it turns
     // False for a problem (not for an ordinary rollout).
     for c in status::transitions(prev, &new) {
@@ -883,17 +895,12 @@ async fn report_unreadable(invalid: &InvalidObject, ctx: &Context) -> Result<(),
         ],
         generation,
     );
-    let patch = json!({
-        "apiVersion": crate::crd::StompGateway::api_version(&()),
-        "kind": "StompGateway",
-        "status": {"observedGeneration": generation, "conditions": conds},
-    });
     // Guarded: the answer is the same unreadable object, which must not fail the call.
     let api: Api<Guarded> = Api::namespaced(ctx.client.clone(), ns);
-    api.patch_status(
+    apply_status(
+        &api,
         name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
+        &json!({"observedGeneration": generation, "conditions": conds}),
     )
     .await?;
     Ok(())
