@@ -813,6 +813,7 @@ impl State {
                 "the object has been modified; please apply your changes to the latest version and try again",
             ));
         }
+        Self::typed_patch_check(req, name, &applied)?;
         let mut applied = applied;
         {
             let m = meta_mut(&mut applied);
@@ -875,6 +876,52 @@ impl State {
                 self.finish_write(req, &old, new, sub, Some(entries))
             }
         }
+    }
+
+    /// Server-side apply first converts the patch to its typed form; a field the schema does
+    /// not declare, a value of the wrong type or a keyed-list item given twice fails there, as
+    /// a plain error: HTTP 500 `failed to create typed patch object (...)`, not the 422 a POST
+    /// of the same object gets.
+    fn typed_patch_check(req: &Req, name: &str, applied: &Value) -> ApiResult<()> {
+        let mut errors = Vec::new();
+        if let Some(schema) = req
+            .res
+            .version(&req.version)
+            .and_then(|v| v.schema.as_ref())
+            .filter(|_| req.res.builtin.is_none())
+        {
+            let mut top = applied.clone();
+            if let Some(m) = top.as_object_mut() {
+                for k in ["apiVersion", "kind", "metadata"] {
+                    m.remove(k);
+                }
+            }
+            schema::typed_errors(schema, &top, "", &mut errors);
+        }
+        let lists = Self::list_fn(&req.res, &req.version);
+        errors.extend(fields::duplicate_entries(applied, &lists));
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let detail = if errors.len() == 1 {
+            errors.remove(0)
+        } else {
+            format!("errors:\n  {}", errors.join("\n  "))
+        };
+        let group_version = if req.res.group.is_empty() {
+            format!("/{}", req.version)
+        } else {
+            format!("{}/{}", req.res.group, req.version)
+        };
+        Err(ApiError::new(
+            500,
+            "",
+            format!(
+                "failed to create typed patch object ({}/{name}; {group_version}, Kind={}): {detail}",
+                req.namespace.as_deref().unwrap_or(""),
+                req.res.kind
+            ),
+        ))
     }
 
     fn create_applied(

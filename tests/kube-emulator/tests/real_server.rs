@@ -191,3 +191,89 @@ async fn update_and_apply_of_one_manager_own_fields_separately() {
         json!([{"name": "a", "state": "Declared", "owned": true}])
     );
 }
+
+/// Server-side apply converts the patch to its typed form before anything else; an unknown
+/// field, a value of the wrong type or a keyed-list item given twice fails there with HTTP 500
+/// `failed to create typed patch object (...)` (kubernetes/kubernetes#122480, #139253), while a
+/// POST of the same object answers 422.
+#[tokio::test]
+async fn typed_apply_errors_answer_500_where_a_post_answers_422() {
+    let emu = Emulator::start().await.expect("emulator");
+    let api = gadgets(&emu).await;
+    let apply = PatchParams::apply("tester");
+    for (spec, detail) in [
+        (
+            json!({"colour": "red"}),
+            ".spec.colour: field not declared in schema",
+        ),
+        (
+            json!({"size": "big"}),
+            ".spec.size: expected numeric (int or float), got string",
+        ),
+        (
+            json!({"parts": [{"name": "a"}, {"name": "a", "v": "2"}]}),
+            ".spec.parts: duplicate entries for key [name=\"a\"]",
+        ),
+    ] {
+        let err = api
+            .patch("g", &apply, &Patch::Apply(gadget("g", spec.clone())))
+            .await
+            .expect_err("typed conversion fails");
+        let (code, message) = api_error(err);
+        assert_eq!(code, 500, "{spec}: {message}");
+        assert_eq!(
+            message,
+            format!(
+                "failed to create typed patch object (default/g; example.com/v1, Kind=Gadget): {detail}"
+            ),
+            "{spec}"
+        );
+    }
+    // Several problems are listed together.
+    let err = api
+        .patch(
+            "g",
+            &apply,
+            &Patch::Apply(gadget("g", json!({"size": true, "colour": "red"}))),
+        )
+        .await
+        .expect_err("two problems");
+    let (code, message) = api_error(err);
+    assert_eq!(code, 500);
+    assert!(
+        message.contains("errors:\n  .spec.colour: field not declared in schema\n  .spec.size: expected numeric (int or float), got bool"),
+        "{message}"
+    );
+    // Nothing was created by the failed applies.
+    assert!(api.get_opt("g").await.expect("get").is_none());
+    // The same objects POSTed: validation answers 422 (the unknown field is pruned with a
+    // warning, the default fieldValidation).
+    for spec in [
+        json!({"size": "big"}),
+        json!({"parts": [{"name": "a"}, {"name": "a", "v": "2"}]}),
+    ] {
+        let err = api
+            .create(&PostParams::default(), &gadget("p", spec.clone()))
+            .await
+            .expect_err("invalid");
+        assert_eq!(api_error(err).0, 422, "{spec}");
+    }
+    // Built-in kinds: a container listed twice in an applied Deployment.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::default_namespaced(emu.client());
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+        "spec": {"selector": {"matchLabels": {"app": "d"}},
+                 "template": {"metadata": {"labels": {"app": "d"}},
+                              "spec": {"containers": [{"name": "c", "image": "i"},
+                                                      {"name": "c", "image": "j"}]}}}});
+    let err = deployments
+        .patch("d", &apply, &Patch::Apply(d))
+        .await
+        .expect_err("duplicate container");
+    let (code, message) = api_error(err);
+    assert_eq!(code, 500, "{message}");
+    assert!(
+        message.ends_with(".spec.template.spec.containers: duplicate entries for key [name=\"c\"]"),
+        "{message}"
+    );
+}
