@@ -144,6 +144,10 @@ pub struct State {
     pub gc_notify: Arc<tokio::sync::Notify>,
     /// Address the server listens on (for discovery's serverAddressByClientCIDRs).
     pub server_address: String,
+    /// The pod-template-hash each Deployment (by uid) last rolled out.
+    pub deployment_hashes: HashMap<String, String>,
+    /// Controllers switched off (kube-controller-manager's `--controllers=-name`).
+    pub controllers_off: std::collections::BTreeSet<String>,
 }
 
 fn sk(res: &ResourceDef) -> StorageKey {
@@ -168,6 +172,8 @@ impl State {
             next_node_port: 30000,
             gc_notify: Arc::new(tokio::sync::Notify::new()),
             server_address: String::new(),
+            deployment_hashes: HashMap::new(),
+            controllers_off: Default::default(),
         };
         let ns_res = st
             .registry
@@ -182,6 +188,21 @@ impl State {
             .expect("namespace");
         }
         st
+    }
+
+    /// Whether a controller runs (all do unless switched off).
+    pub fn controller_enabled(&self, name: &str) -> bool {
+        !self.controllers_off.contains(name)
+    }
+
+    /// Switches a controller on or off; switching on runs it at once.
+    pub fn set_controller(&mut self, name: &str, enabled: bool) {
+        if enabled {
+            self.controllers_off.remove(name);
+            self.gc_notify.notify_one();
+        } else {
+            self.controllers_off.insert(name.to_string());
+        }
     }
 
     /// A request context for the emulator's own controllers.
@@ -1242,6 +1263,10 @@ impl State {
             }
             Some(Builtin::Service) => self.prepare_service(old, obj)?,
             Some(Builtin::Deployment) => default_deployment(obj),
+            // Not scheduled anywhere: Pending until a kubelet reports it running.
+            Some(Builtin::Pod) if old.is_none() => {
+                obj["status"] = json!({"phase": "Pending"});
+            }
             Some(Builtin::Crd) => {
                 if old.is_none() {
                     let mut f = util::finalizers(obj);

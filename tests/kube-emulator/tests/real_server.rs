@@ -277,3 +277,225 @@ async fn typed_apply_errors_answer_500_where_a_post_answers_422() {
         "{message}"
     );
 }
+
+fn deployment(replicas: i64, image: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": replicas, "progressDeadlineSeconds": 2,
+                 "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "web", "image": image}]}}}})
+}
+
+/// (status, reason) of a Deployment condition.
+fn deploy_cond(d: &Value, ty: &str) -> Option<(String, String)> {
+    d.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == ty)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or("").to_string(),
+                c["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+}
+
+fn counts(d: &Value) -> [i64; 4] {
+    [
+        "replicas",
+        "updatedReplicas",
+        "readyReplicas",
+        "availableReplicas",
+    ]
+    .map(|k| d["status"][k].as_i64().unwrap_or(0))
+}
+
+fn pods(emu: &Emulator) -> Vec<Value> {
+    let (_, list) = emu.call(
+        "GET",
+        "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb",
+        None,
+    );
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// A kubelet whose pods all pass their readiness probe.
+fn ready_all(emu: &Emulator) {
+    for p in pods(emu) {
+        let name = p["metadata"]["name"].as_str().unwrap_or_default();
+        assert_eq!(emu.set_pod_ready("default", name, true), 200);
+    }
+}
+
+async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Deployments get pods and a status the way the real Deployment controller moves it: one
+/// write with observedGeneration and updatedReplicas, ready/available only from ready pods,
+/// Progressing False ProgressDeadlineExceeded after progressDeadlineSeconds, rolling updates
+/// within maxSurge/maxUnavailable, and a scale-up of a finished rollout never timing out.
+#[tokio::test]
+async fn deployments_move_their_status_as_the_deployment_controller_does() {
+    let emu = Emulator::start().await.expect("emulator");
+    let path = "/apis/apps/v1/namespaces/default/deployments/web";
+    let (code, body) = emu.call(
+        "POST",
+        "/apis/apps/v1/namespaces/default/deployments",
+        Some(&deployment(2, "web:1")),
+    );
+    assert_eq!(code, 201, "{body}");
+    // Created: all pods at once, none ready (no kubelet has reported them).
+    let d = until("the controller observed generation 1", || {
+        emu.get(path)
+            .filter(|d| d["status"]["observedGeneration"] == 1)
+    })
+    .await;
+    assert_eq!(counts(&d), [2, 2, 0, 0], "{:#}", d["status"]);
+    assert_eq!(
+        deploy_cond(&d, "Available"),
+        Some(("False".into(), "MinimumReplicasUnavailable".into()))
+    );
+    assert_eq!(
+        deploy_cond(&d, "Progressing").map(|c| c.0),
+        Some("True".into())
+    );
+    let ps = pods(&emu);
+    assert_eq!(ps.len(), 2);
+    for p in &ps {
+        assert_eq!(p["status"]["phase"], "Pending");
+        assert_eq!(p["metadata"]["ownerReferences"][0]["kind"], "Deployment");
+        assert!(p["metadata"]["labels"]["pod-template-hash"].is_string());
+    }
+    // No pod ever ready: the deadline passes and Progressing turns False.
+    let d = until("ProgressDeadlineExceeded", || {
+        emu.get(path).filter(|d| {
+            deploy_cond(d, "Progressing").is_some_and(|c| c.1 == "ProgressDeadlineExceeded")
+        })
+    })
+    .await;
+    assert_eq!(
+        deploy_cond(&d, "Progressing").map(|c| c.0),
+        Some("False".into())
+    );
+    assert_eq!(counts(&d), [2, 2, 0, 0]);
+
+    // A kubelet reports one pod ready, then the other: progress again, then complete.
+    let first = ps[0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(emu.set_pod_ready("default", &first, true), 200);
+    let d = until("one pod ready", || {
+        emu.get(path).filter(|d| counts(d)[2] == 1)
+    })
+    .await;
+    assert_eq!(counts(&d), [2, 2, 1, 1]);
+    assert_eq!(
+        deploy_cond(&d, "Progressing"),
+        Some(("True".into(), "ReplicaSetUpdated".into()))
+    );
+    assert_eq!(
+        deploy_cond(&d, "Available").map(|c| c.0),
+        Some("False".into())
+    );
+    ready_all(&emu);
+    let d = until("complete", || {
+        emu.get(path).filter(|d| {
+            deploy_cond(d, "Progressing").is_some_and(|c| c.1 == "NewReplicaSetAvailable")
+        })
+    })
+    .await;
+    assert_eq!(counts(&d), [2, 2, 2, 2]);
+    assert_eq!(
+        deploy_cond(&d, "Available"),
+        Some(("True".into(), "MinimumReplicasAvailable".into()))
+    );
+
+    // A new image rolls: one surge pod (maxSurge 25% of 2, rounded up), no old pod removed
+    // before a new one is available (maxUnavailable 25% of 2, rounded down).
+    let (code, body) = emu.call(
+        "PATCH",
+        path,
+        Some(&json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "web:2"}]}}}})),
+    );
+    assert_eq!(code, 200, "{body}");
+    let d = until("the rollout started", || {
+        emu.get(path)
+            .filter(|d| d["status"]["observedGeneration"] == 2)
+    })
+    .await;
+    assert_eq!(counts(&d), [3, 1, 2, 2], "{:#}", d["status"]);
+    assert_eq!(
+        deploy_cond(&d, "Available").map(|c| c.0),
+        Some("True".into())
+    );
+    assert_eq!(
+        deploy_cond(&d, "Progressing").map(|c| c.0),
+        Some("True".into()),
+        "a new rollout is progressing again"
+    );
+    let images = |ps: &[Value]| -> Vec<String> {
+        ps.iter()
+            .map(|p| {
+                p["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(
+        images(&pods(&emu)).iter().filter(|i| *i == "web:2").count(),
+        1
+    );
+    // The kubelet keeps making pods ready: the rollout completes with only new pods.
+    let d = until("the rollout completed", || {
+        ready_all(&emu);
+        emu.get(path).filter(|d| {
+            counts(d) == [2, 2, 2, 2]
+                && deploy_cond(d, "Progressing").is_some_and(|c| c.1 == "NewReplicaSetAvailable")
+        })
+    })
+    .await;
+    assert_eq!(images(&pods(&emu)), ["web:2", "web:2"]);
+    assert_eq!(d["status"]["observedGeneration"], 2);
+
+    // Scale up a finished rollout: pods at once, not ready; Progressing is not re-estimated
+    // (the real controller never times out a scale-up), Available turns False.
+    let (code, _) = emu.call("PATCH", path, Some(&json!({"spec": {"replicas": 4}})));
+    assert_eq!(code, 200);
+    let d = until("scaled", || {
+        emu.get(path)
+            .filter(|d| d["status"]["observedGeneration"] == 3)
+    })
+    .await;
+    assert_eq!(counts(&d), [4, 4, 2, 2]);
+    assert_eq!(
+        deploy_cond(&d, "Available"),
+        Some(("False".into(), "MinimumReplicasUnavailable".into())),
+        "4 - 25% rounded down = 3 must be available"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let d = emu.get(path).expect("deployment");
+    assert_eq!(
+        deploy_cond(&d, "Progressing"),
+        Some(("True".into(), "NewReplicaSetAvailable".into())),
+        "past the deadline, still not timed out"
+    );
+
+    // Deleting the Deployment takes its pods with it (owner references).
+    let (code, _) = emu.call("DELETE", path, None);
+    assert_eq!(code, 200);
+    until("the pods are gone", || pods(&emu).is_empty().then_some(())).await;
+}

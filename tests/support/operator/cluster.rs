@@ -204,21 +204,46 @@ impl Op {
         self.emu.get(&gw_path(ns, name))
     }
 
-    /// Plays the Deployment controller: the gateway Deployment reports 1/1 available.
+    /// The pods of the gateway Deployment `name` (the emulator's Deployment controller makes
+    /// them).
+    pub fn pods(&self, ns: &str, name: &str) -> Vec<Value> {
+        let (_, list) = self.emu.call(
+            "GET",
+            &format!(
+                "/api/v1/namespaces/{ns}/pods?labelSelector=app.kubernetes.io%2Finstance%3D{name}"
+            ),
+            None,
+        );
+        list["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Plays the kubelet: every pod of the gateway Deployment `name` is running and ready.
+    pub fn pods_ready(&self, ns: &str, name: &str) {
+        for p in self.pods(ns, name) {
+            let pod = p["metadata"]["name"].as_str().unwrap_or_default();
+            self.emu.set_pod_ready(ns, pod, true);
+        }
+    }
+
+    /// Plays the kubelet until the gateway Deployment is fully rolled out and available.
     pub async fn deployment_available(&self, ns: &str, name: &str) {
         let path = deployment_path(ns, name);
-        let d = wait_for("the gateway Deployment", 30, || self.emu.get(&path)).await;
-        let generation = d["metadata"]["generation"].as_i64().unwrap_or(1);
-        let (code, body) = self.emu.call(
-            "PATCH",
-            &format!("{path}/status"),
-            Some(
-                &json!({"status": {"observedGeneration": generation, "replicas": 1,
-                "readyReplicas": 1, "updatedReplicas": 1, "availableReplicas": 1,
-                "conditions": [{"type": "Available", "status": "True"}]}}),
-            ),
-        );
-        assert_eq!(code, 200, "deployment status: {body}");
+        wait_for(
+            "the gateway Deployment rolled out and available",
+            30,
+            || {
+                self.pods_ready(ns, name);
+                self.emu.get(&path).filter(|d| {
+                    let n = |k: &str| d["status"][k].as_i64().unwrap_or(0);
+                    let want = d["spec"]["replicas"].as_i64().unwrap_or(1);
+                    d["status"]["observedGeneration"] == d["metadata"]["generation"]
+                        && n("replicas") == want
+                        && n("updatedReplicas") == want
+                        && n("availableReplicas") == want
+                })
+            },
+        )
+        .await;
     }
 
     /// Events recorded for `name` in `ns` as (type, reason, note).
