@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::cluster::{
-    Op, broker_addr, cond_is, declare_queue, delete_exchange, delete_queue, exchange_exists,
-    gw_path, observed_current, rabbit, routes, uniq, wait_for,
+    Op, broker_addr, cond, cond_is, declare_queue, delete_exchange, delete_queue, deployment_path,
+    exchange_exists, gw_path, observed_current, rabbit, routes, uniq, wait_for,
 };
+use support::kstatus::{KStatus, compute};
 
 fn ledger_names(gw: &Value, list: &str, key: &str) -> Vec<String> {
     gw.pointer(&format!("/status/topology/{list}"))
@@ -109,4 +110,152 @@ async fn removing_an_exchange_and_a_binding_keeps_status_current() {
     );
     delete_exchange(&rmq, &keep).await;
     delete_queue(&rmq, &q).await;
+}
+
+/// The StompGateway and its Deployment read together once `ready` holds for them.
+async fn both(
+    op: &Op,
+    ns: &str,
+    what: &str,
+    ready: impl Fn(&Value, &Value) -> bool,
+) -> (Value, Value) {
+    wait_for(what, 30, || {
+        let g = op.gw(ns, "gw")?;
+        let d = op.emu.get(&deployment_path(ns, "gw"))?;
+        ready(&g, &d).then_some((g, d))
+    })
+    .await
+}
+
+/// Whether the StompGateway's status was computed from this Deployment status (replicas and
+/// ready counts copied from it, generation observed).
+fn reflects(g: &Value, d: &Value) -> bool {
+    observed_current(g)
+        && g["status"]["replicas"] == d["status"]["replicas"].as_i64().unwrap_or(0)
+        && g["status"]["readyReplicas"] == d["status"]["readyReplicas"].as_i64().unwrap_or(0)
+}
+
+/// Finding 2: the conditions follow kstatus over a whole rollout lifecycle on the emulator,
+/// whose Deployment controller moves the Deployment's status as the real one does (pods
+/// created at once, ready only when a kubelet says so, Progressing False after the deadline).
+/// The StompGateway is never Current before its Deployment is, and Failed (Stalled) when the
+/// Deployment stops progressing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kstatus_follows_the_rollout_create_scale_image_deadline_recovery() {
+    let op = Op::start(Duration::from_secs(30)).await;
+    let ns = "rollout";
+    op.namespace(ns);
+    op.guest_secret(ns);
+    op.gateway_with(
+        ns,
+        "gw",
+        broker_addr().port(),
+        json!({}),
+        json!({"replicas": 2}),
+    );
+    let deploy = deployment_path(ns, "gw");
+    wait_for("the Deployment", 30, || op.emu.get(&deploy)).await;
+    // A short progress deadline, set by hand (the operator does not own the field).
+    op.merge_patch(&deploy, json!({"spec": {"progressDeadlineSeconds": 3}}));
+
+    op.step("created: pods exist, none ready");
+    let (g, d) = both(
+        &op,
+        ns,
+        "the Deployment's first status reflected",
+        |g, d| reflects(g, d) && d["status"]["updatedReplicas"] == 2,
+    )
+    .await;
+    assert_eq!(compute(&d).name(), "InProgress", "{:#}", d["status"]);
+    let k = compute(&g);
+    assert_eq!(k.name(), "InProgress", "{:#}", g["status"]);
+    let reconciling = cond(&g, "Reconciling").expect("Reconciling");
+    assert_eq!(reconciling.1, "RolloutInProgress");
+    assert!(reconciling.2.contains("Deployment gw"), "{}", reconciling.2);
+    assert!(cond_is(&g, "Ready", "False"));
+    assert!(cond_is(&g, "Stalled", "False"));
+
+    op.step("a kubelet reports the pods ready");
+    let (g, d) = both(&op, ns, "Current", |g, d| {
+        op.pods_ready(ns, "gw");
+        reflects(g, d) && compute(g) == KStatus::Current
+    })
+    .await;
+    assert_eq!(compute(&d), KStatus::Current, "{:#}", d["status"]);
+    assert!(cond_is(&g, "Ready", "True"), "{:#}", g["status"]);
+    assert_eq!(g["status"]["readyReplicas"], 2);
+
+    op.step("scale up to 3");
+    op.merge_patch(&gw_path(ns, "gw"), json!({"spec": {"replicas": 3}}));
+    let (g, d) = both(&op, ns, "the scale-up reflected", |g, d| {
+        reflects(g, d) && d["status"]["replicas"] == 3
+    })
+    .await;
+    assert_eq!(compute(&d).name(), "InProgress", "{:#}", d["status"]);
+    assert_eq!(compute(&g).name(), "InProgress", "{:#}", g["status"]);
+    assert!(cond_is(&g, "Ready", "False"));
+    let (g, _) = both(&op, ns, "Current after the scale-up", |g, d| {
+        op.pods_ready(ns, "gw");
+        reflects(g, d) && compute(g) == KStatus::Current
+    })
+    .await;
+    assert_eq!(g["status"]["readyReplicas"], 3);
+
+    op.step("new image whose pods never get ready");
+    op.merge_patch(
+        &gw_path(ns, "gw"),
+        json!({"spec": {"image": "stompgate/stompgate:broken"}}),
+    );
+    let (g, d) = both(&op, ns, "the rollout started", |g, d| {
+        reflects(g, d) && d["status"]["updatedReplicas"] == 1
+    })
+    .await;
+    assert_eq!(compute(&d).name(), "InProgress");
+    assert_eq!(compute(&g).name(), "InProgress", "{:#}", g["status"]);
+    let (g, d) = both(&op, ns, "Failed: the progress deadline passed", |g, d| {
+        reflects(g, d) && compute(g).name() == "Failed"
+    })
+    .await;
+    assert_eq!(compute(&d).name(), "Failed", "{:#}", d["status"]);
+    let stalled = cond(&g, "Stalled").expect("Stalled");
+    assert_eq!(
+        (stalled.0.as_str(), stalled.1.as_str()),
+        ("True", "ProgressDeadlineExceeded")
+    );
+    assert!(
+        stalled
+            .2
+            .contains("Deployment gw exceeded its progress deadline of 3s"),
+        "{}",
+        stalled.2
+    );
+    assert!(cond_is(&g, "Reconciling", "False"), "{:#}", g["status"]);
+    assert_eq!(
+        cond(&g, "Ready").map(|c| (c.0, c.1)),
+        Some(("False".into(), "ProgressDeadlineExceeded".into()))
+    );
+    assert!(
+        cond_is(&g, "GatewayAvailable", "True"),
+        "the old pods still serve"
+    );
+    wait_for("a Warning ProgressDeadlineExceeded event", 10, || {
+        op.events(ns, "gw")
+            .into_iter()
+            .find(|e| e.0 == "Warning" && e.1 == "ProgressDeadlineExceeded")
+    })
+    .await;
+
+    op.step("the pods get ready after all: recovery");
+    let (g, d) = both(&op, ns, "Current again", |g, d| {
+        op.pods_ready(ns, "gw");
+        reflects(g, d) && compute(g) == KStatus::Current
+    })
+    .await;
+    assert_eq!(compute(&d), KStatus::Current);
+    assert!(cond_is(&g, "Stalled", "False"));
+    assert!(cond_is(&g, "Ready", "True"));
+    assert_eq!(
+        g["status"]["gatewayImage"], "stompgate/stompgate:broken",
+        "the new image runs"
+    );
 }

@@ -3,6 +3,7 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod kstatus;
 
 use stompgate::crd::StompGateway;
 
