@@ -534,7 +534,10 @@ impl State {
         Ok(())
     }
 
-    fn namespace_open(&self, req: &Req) -> ApiResult<()> {
+    /// The NamespaceLifecycle admission plugin: nothing is created in a namespace that does
+    /// not exist (404) or is being deleted (403 with cause `NamespaceTerminating`); updates
+    /// of what is already there are still allowed.
+    fn namespace_open(&self, req: &Req, name: &str) -> ApiResult<()> {
         let Some(ns) = req.namespace.as_deref().filter(|_| req.res.namespaced) else {
             return Ok(());
         };
@@ -546,11 +549,16 @@ impl State {
         {
             None => Err(ApiError::not_found("", "namespaces", ns)),
             Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => {
-                Err(ApiError::forbidden(format!(
-                    "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                let mut e = ApiError::forbidden(format!(
+                    "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                     util::qualified(&req.res.group, &req.res.plural),
-                    "",
-                )))
+                ));
+                e.details = Some(json!({
+                    "name": name, "group": req.res.group, "kind": req.res.plural,
+                    "causes": [{"reason": "NamespaceTerminating", "field": "metadata.namespace",
+                                "message": format!("namespace {ns} is being terminated")}],
+                }));
+                Err(e)
             }
             Some(_) => Ok(()),
         }
@@ -573,7 +581,8 @@ impl State {
         Self::check_type(req, &body)?;
         let mut obj = Self::to_storage(&req.res, body);
         self.check_namespace(req, &mut obj)?;
-        self.namespace_open(req)?;
+        // Admission sees the name as sent (empty with generateName).
+        self.namespace_open(req, meta_str(&obj, "name").unwrap_or(""))?;
         {
             let m = meta_mut(&mut obj);
             if let Some(rv) = m.get("resourceVersion").and_then(Value::as_str)

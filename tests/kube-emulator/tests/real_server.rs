@@ -499,3 +499,69 @@ async fn deployments_move_their_status_as_the_deployment_controller_does() {
     assert_eq!(code, 200);
     until("the pods are gone", || pods(&emu).is_empty().then_some(())).await;
 }
+
+/// While a namespace is being deleted, the NamespaceLifecycle admission plugin refuses every
+/// create in it (a POST, or a server-side apply that would create) with 403 and the cause
+/// `NamespaceTerminating`, and still allows updates of what is there.
+#[tokio::test]
+async fn creates_in_a_terminating_namespace_answer_403() {
+    let emu = Emulator::start().await.expect("emulator");
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "going"}});
+    assert_eq!(emu.call("POST", "/api/v1/namespaces", Some(&ns)).0, 201);
+    let cms = "/api/v1/namespaces/going/configmaps";
+    let cm = |name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"a": "1"}});
+    assert_eq!(emu.call("POST", cms, Some(&cm("kept"))).0, 201);
+    // Hold the namespace in Terminating with its content, as the real namespace controller
+    // does for a moment (it deletes the content kind by kind).
+    emu.set_controller("namespace-controller", false);
+    let (code, _) = emu.call("DELETE", "/api/v1/namespaces/going", None);
+    assert_eq!(code, 202, "accepted: the namespace finalizer holds it");
+    let n = emu.get("/api/v1/namespaces/going").expect("still there");
+    assert_eq!(n["status"]["phase"], "Terminating");
+
+    let (code, body) = emu.call("POST", cms, Some(&cm("new")));
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(body["reason"], "Forbidden");
+    assert_eq!(
+        body["message"],
+        "configmaps \"new\" is forbidden: unable to create new content in namespace going because it is being terminated"
+    );
+    assert_eq!(
+        body["details"]["causes"][0]["reason"],
+        "NamespaceTerminating"
+    );
+    // kube-rs sees the same through server-side apply.
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(emu.client(), "going");
+    let err = api
+        .patch(
+            "applied",
+            &PatchParams::apply("tester"),
+            &Patch::Apply(cm("applied")),
+        )
+        .await
+        .expect_err("no create");
+    let status = match err {
+        kube::Error::Api(s) => s,
+        other => panic!("{other}"),
+    };
+    assert_eq!(status.code, 403);
+    assert_eq!(
+        status
+            .details
+            .and_then(|d| d.causes.first().map(|c| c.reason.clone())),
+        Some("NamespaceTerminating".into())
+    );
+    // An update of an existing object is allowed.
+    let (code, body) = emu.call(
+        "PATCH",
+        &format!("{cms}/kept"),
+        Some(&json!({"data": {"a": "2"}})),
+    );
+    assert_eq!(code, 200, "{body}");
+    // The namespace controller back on: the content goes, then the namespace.
+    emu.set_controller("namespace-controller", true);
+    until("the namespace is gone", || {
+        emu.get("/api/v1/namespaces/going").is_none().then_some(())
+    })
+    .await;
+}
