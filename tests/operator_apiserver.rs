@@ -259,3 +259,82 @@ async fn kstatus_follows_the_rollout_create_scale_image_deadline_recovery() {
         "the new image runs"
     );
 }
+
+/// Reconcile failures counted so far (each is a WARN `reconcile failed` in the log).
+fn reconcile_errors(op: &Op) -> u64 {
+    op.ctx
+        .metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("stompgw_reconcile_errors_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Finding 5: while its namespace is being deleted, a StompGateway whose children the
+/// namespace controller already removed is not "repaired": no create is attempted (each would
+/// be a 403 `... is being terminated`), no failure is logged, and the deletion completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_terminating_namespace_is_left_alone() {
+    let op = Op::start(Duration::from_secs(30)).await;
+    let ns = "terminating";
+    op.namespace(ns);
+    op.guest_secret(ns);
+    op.gateway(ns, "gw", broker_addr().port(), json!({}));
+    op.deployment_available(ns, "gw").await;
+    wait_for("Ready", 30, || {
+        op.gw(ns, "gw").filter(|g| cond_is(g, "Ready", "True"))
+    })
+    .await;
+    let errors_before = reconcile_errors(&op);
+
+    // The namespace controller deletes a namespace's content kind by kind: hold it between
+    // the Deployments and the StompGateways.
+    op.step("namespace deleted; its Deployment removed first");
+    op.emu.set_controller("namespace-controller", false);
+    op.delete(&format!("/api/v1/namespaces/{ns}"));
+    let mark = op.emu.audit().len();
+    op.delete(&deployment_path(ns, "gw"));
+    let deployment = deployment_path(ns, "gw");
+    let namespace = format!("/api/v1/namespaces/{ns}");
+    // The operator reacts to the deletion: either it checks the namespace, or it tries to
+    // put the Deployment back.
+    wait_for("the operator's reaction to the deletion", 30, || {
+        op.emu.audit()[mark..]
+            .iter()
+            .any(|a| {
+                !a.method.starts_with("IN-PROCESS")
+                    && ((a.method == "GET" && a.path == namespace)
+                        || (a.method != "GET" && a.path == deployment))
+            })
+            .then_some(())
+    })
+    .await;
+    // Whatever this reconcile still does, it does within a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let refused: Vec<String> = op.emu.audit()[mark..]
+        .iter()
+        .filter(|a| !a.method.starts_with("IN-PROCESS") && a.code == 403)
+        .map(|a| format!("{} {} -> 403", a.method, a.path))
+        .collect();
+    assert!(refused.is_empty(), "creates attempted: {refused:?}");
+    assert!(op.emu.get(&deployment).is_none(), "not re-created");
+
+    op.step("the namespace controller goes on");
+    op.emu.set_controller("namespace-controller", true);
+    wait_for("the namespace is gone", 30, || {
+        op.emu.get(&namespace).is_none().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let refused = op.emu.audit()[mark..]
+        .iter()
+        .filter(|a| !a.method.starts_with("IN-PROCESS") && a.code == 403)
+        .count();
+    assert_eq!(refused, 0);
+    assert_eq!(
+        reconcile_errors(&op),
+        errors_before,
+        "no reconcile failed (no WARN) for an object being deleted or already gone"
+    );
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -216,7 +216,14 @@ pub fn error_policy(gw: Arc<StompGateway>, err: &Error, ctx: Arc<Context>) -> Ac
 /// Reconciles one StompGateway (the `Controller` entry point).
 pub async fn reconcile(gw: Arc<StompGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
-    let res = reconcile_inner(&gw, &ctx).await;
+    let res = match reconcile_inner(&gw, &ctx).await {
+        Err(Error::Kube(e)) if going_away(&e) => {
+            tracing::debug!(name = %gw.name_any(), namespace = ?gw.namespace(), error = %e,
+                "the StompGateway or its namespace is going away");
+            Ok(Action::await_change())
+        }
+        other => other,
+    };
     let result = if res.is_ok() { "ok" } else { "error" };
     ctx.metrics.reconciled(result, start.elapsed());
     if res.is_ok() {
@@ -311,7 +318,12 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
         obs.deployment = deployments.get_opt(&name).await?;
     } else {
         match apply_children(ctx, &ns, &children).await {
-            Ok(d) => obs.deployment = Some(d),
+            Ok(Some(d)) => obs.deployment = Some(d),
+            Ok(None) => {
+                tracing::debug!(%ns, %name, "namespace being deleted: its children are not re-created");
+                return Ok(Action::await_change());
+            }
+            Err(e) if going_away(&e) => return Err(e.into()),
             Err(e) => {
                 let p = Problem::new(
                     Reason::ApplyFailed,
@@ -594,20 +606,66 @@ pub fn is_subset(want: &serde_json::Value, have: &serde_json::Value) -> bool {
     }
 }
 
+/// Whether the namespace is being deleted, asked at most once per reconcile and only when a
+/// child would have to be created: the API server refuses creates there (403), and the
+/// children the namespace controller removed must not be put back.
+struct NamespaceGate<'a> {
+    client: &'a Client,
+    namespace: &'a str,
+    closed: tokio::sync::OnceCell<bool>,
+}
+
+impl<'a> NamespaceGate<'a> {
+    fn new(client: &'a Client, namespace: &'a str) -> Self {
+        Self {
+            client,
+            namespace,
+            closed: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn closed(&self) -> bool {
+        *self
+            .closed
+            .get_or_init(|| async {
+                let api: Api<Namespace> = Api::all(self.client.clone());
+                match api.get_opt(self.namespace).await {
+                    Ok(Some(ns)) => ns.metadata.deletion_timestamp.is_some(),
+                    Ok(None) => true,
+                    // Not allowed to read it: the create itself will tell.
+                    Err(_) => false,
+                }
+            })
+            .await
+    }
+}
+
 /// Server-side applies `obj` unless the live object already has it: same applied-hash and
-/// every field we set still in place (so a hand edit of a child is put back).
-async fn apply_one<K>(api: &Api<K>, obj: &K) -> Result<K, kube::Error>
+/// every field we set still in place (so a hand edit of a child is put back). None: the child
+/// is missing and its namespace is being deleted, so nothing was created.
+async fn apply_one<K>(
+    api: &Api<K>,
+    obj: &K,
+    gate: &NamespaceGate<'_>,
+) -> Result<Option<K>, kube::Error>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
     let want = obj.annotations().get(APPLIED_HASH_ANNOTATION);
-    if let Some(live) = api.get_opt(&name).await?
-        && live.annotations().get(APPLIED_HASH_ANNOTATION) == want
-        && let (Ok(w), Ok(h)) = (serde_json::to_value(obj), serde_json::to_value(&live))
-        && is_subset(&w, &h)
-    {
-        return Ok(live);
+    match api.get_opt(&name).await? {
+        Some(live)
+            if live.annotations().get(APPLIED_HASH_ANNOTATION) == want
+                && matches!(
+                    (serde_json::to_value(obj), serde_json::to_value(&live)),
+                    (Ok(w), Ok(h)) if is_subset(&w, &h)
+                ) =>
+        {
+            return Ok(Some(live));
+        }
+        Some(_) => {}
+        None if gate.closed().await => return Ok(None),
+        None => {}
     }
     api.patch(
         &name,
@@ -615,6 +673,7 @@ where
         &Patch::Apply(obj),
     )
     .await
+    .map(Some)
 }
 
 fn ns_api<K>(ctx: &Context, ns: &str) -> Api<K>
@@ -624,18 +683,31 @@ where
     Api::namespaced(ctx.client.clone(), ns)
 }
 
+/// Applies the children; None when their namespace is being deleted (nothing created).
 async fn apply_children(
     ctx: &Context,
     ns: &str,
     c: &resources::Children,
-) -> Result<Deployment, kube::Error> {
-    apply_one(&ns_api::<ConfigMap>(ctx, ns), &c.config_map).await?;
-    apply_one(&ns_api::<Service>(ctx, ns), &c.service).await?;
-    let d = apply_one(&ns_api::<Deployment>(ctx, ns), &c.deployment).await?;
+) -> Result<Option<Deployment>, kube::Error> {
+    let gate = NamespaceGate::new(&ctx.client, ns);
+    if apply_one(&ns_api::<ConfigMap>(ctx, ns), &c.config_map, &gate)
+        .await?
+        .is_none()
+        || apply_one(&ns_api::<Service>(ctx, ns), &c.service, &gate)
+            .await?
+            .is_none()
+    {
+        return Ok(None);
+    }
+    let Some(d) = apply_one(&ns_api::<Deployment>(ctx, ns), &c.deployment, &gate).await? else {
+        return Ok(None);
+    };
     let pdbs = ns_api::<PodDisruptionBudget>(ctx, ns);
     match &c.pdb {
         Some(p) => {
-            apply_one(&pdbs, p).await?;
+            if apply_one(&pdbs, p, &gate).await?.is_none() {
+                return Ok(None);
+            }
         }
         None => {
             // Disabled: remove ours if it exists (only when it carries our label).
@@ -651,7 +723,23 @@ async fn apply_children(
             }
         }
     }
-    Ok(d)
+    Ok(Some(d))
+}
+
+/// An answer that means the StompGateway or its namespace is going away (404: gone; 403 with
+/// cause `NamespaceTerminating`: the namespace is being deleted). Nothing to retry or report:
+/// the deletion brings its own reconcile.
+pub fn going_away(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => {
+            s.code == 404
+                || (s.code == 403
+                    && s.details.as_ref().is_some_and(|d| {
+                        d.causes.iter().any(|c| c.reason == "NamespaceTerminating")
+                    }))
+        }
+        _ => false,
+    }
 }
 
 async fn write_status(
