@@ -338,3 +338,121 @@ async fn a_terminating_namespace_is_left_alone() {
         "no reconcile failed (no WARN) for an object being deleted or already gone"
     );
 }
+
+/// Finding 6: every write names its field manager. The API server records owners by manager
+/// and derives one from the User-Agent when a write names none (`unknown` without either):
+/// the finalizer patch, the Lease and the events must all be the operator's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_write_names_its_field_manager() {
+    let op = Op::start(Duration::from_secs(30)).await;
+    let ns = "managers";
+    op.namespace(ns);
+    op.guest_secret(ns);
+    let exchange = uniq("managed");
+    op.gateway(
+        ns,
+        "gw",
+        broker_addr().port(),
+        json!({"exchanges": [{"name": exchange, "type": "topic"}], "deletionPolicy": "Delete"}),
+    );
+    op.deployment_available(ns, "gw").await;
+    let gw = wait_for("Ready with the cleanup finalizer", 30, || {
+        op.gw(ns, "gw").filter(|g| {
+            cond_is(g, "Ready", "True") && g["metadata"]["finalizers"].as_array().is_some()
+        })
+    })
+    .await;
+    wait_for("the Ready event", 10, || {
+        op.events(ns, "gw").into_iter().find(|e| e.1 == "Ready")
+    })
+    .await;
+    // Leader election writes the Lease.
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(op.ctx.client.clone(), ns);
+    let settings = stompgate::operator::leader::LeaseSettings {
+        name: "stompgate-operator".into(),
+        identity: "op-1".into(),
+        duration: Duration::from_secs(15),
+        renew: Duration::from_secs(5),
+    };
+    assert!(
+        stompgate::operator::leader::try_acquire(&leases, &settings)
+            .await
+            .expect("lease")
+    );
+    assert!(
+        stompgate::operator::leader::try_acquire(&leases, &settings)
+            .await
+            .expect("renewal")
+    );
+    let mut owners: Vec<(String, String)> = Vec::new();
+    let mut collect = |what: &str, obj: &Value| {
+        for m in obj["metadata"]["managedFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            owners.push((
+                what.to_string(),
+                m["manager"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+    };
+    collect("StompGateway", &gw);
+    for (what, path) in [
+        (
+            "Lease",
+            format!("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/stompgate-operator"),
+        ),
+        (
+            "ConfigMap",
+            format!("/api/v1/namespaces/{ns}/configmaps/gw-config"),
+        ),
+        ("Service", format!("/api/v1/namespaces/{ns}/services/gw")),
+        ("Deployment", deployment_path(ns, "gw")),
+    ] {
+        collect(what, &op.emu.get(&path).expect(what));
+    }
+    let (_, events) = op.emu.call(
+        "GET",
+        &format!("/apis/events.k8s.io/v1/namespaces/{ns}/events"),
+        None,
+    );
+    for e in events["items"].as_array().into_iter().flatten() {
+        collect("Event", e);
+    }
+    // Besides the operator: the test's own writes, the emulator's Deployment controller.
+    let others = ["kube-emulator-handle", "kube-controller-manager"];
+    let unnamed: Vec<&(String, String)> = owners
+        .iter()
+        .filter(|(_, m)| m != "stompgateway-operator" && !others.contains(&m.as_str()))
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "writes without the operator's name: {unnamed:?}"
+    );
+    for what in ["StompGateway", "Lease", "Event", "Deployment"] {
+        assert!(
+            owners
+                .iter()
+                .any(|(w, m)| w == what && m == "stompgateway-operator"),
+            "{what}: {owners:?}"
+        );
+    }
+    let agents: Vec<String> = op
+        .emu
+        .audit()
+        .iter()
+        .filter(|a| !a.method.starts_with("IN-PROCESS"))
+        .map(|a| a.user_agent.clone())
+        .filter(|ua| !ua.starts_with("stompgateway-operator/"))
+        .collect();
+    assert!(
+        agents.is_empty(),
+        "requests without the operator's User-Agent: {agents:?}"
+    );
+    // The finalizer is removed by the operator too, and the deletion completes.
+    op.delete(&gw_path(ns, "gw"));
+    wait_for("deleted", 30, || op.gw(ns, "gw").is_none().then_some(())).await;
+    assert!(!exchange_exists(&rabbit().await, &exchange).await);
+}

@@ -815,12 +815,12 @@ async fn set_finalizers(
     let patch = json!({
         "metadata": {"finalizers": list, "resourceVersion": gw.resource_version()}
     });
-    api.patch(
-        &gw.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch(&gw.name_any(), &pp, &Patch::Merge(&patch))
+        .await?;
     Ok(())
 }
 

@@ -145,6 +145,20 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+/// The operator's User-Agent, `stompgateway-operator/<version>`: the API server names a
+/// write's field manager after it when the write names none (kube-rs's event recorder).
+pub fn user_agent() -> String {
+    format!("{}/{}", resources::FIELD_MANAGER, env!("CARGO_PKG_VERSION"))
+}
+
+/// The operator's Kubernetes client for `config`: every request carries [`user_agent`].
+pub fn client(mut config: kube::Config) -> Result<Client, kube::Error> {
+    if let Ok(ua) = axum::http::HeaderValue::from_str(&user_agent()) {
+        config.headers.push((axum::http::header::USER_AGENT, ua));
+    }
+    Client::try_from(config)
+}
+
 /// `stompgate operator`.
 pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     let _ = tracing_subscriber::fmt()
@@ -155,7 +169,10 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     // Both rustls backends are linked (lapin and kube pull different ones): pick one, or the
     // first TLS handshake panics.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::try_default().await?;
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    let client = client(config)?;
     let metrics = Arc::new(metrics::Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(args.metrics_listen)

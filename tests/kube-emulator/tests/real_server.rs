@@ -565,3 +565,43 @@ async fn creates_in_a_terminating_namespace_answer_403() {
     })
     .await;
 }
+
+/// A write that names no field manager is recorded under the User-Agent's product name, or
+/// `unknown` when the client sends none (kube-rs sends none unless told).
+#[tokio::test]
+async fn a_write_without_field_manager_is_owned_by_its_user_agent() {
+    let emu = Emulator::start().await.expect("emulator");
+    let managers = |name: &str| -> Vec<String> {
+        let cm = emu
+            .get(&format!("/api/v1/namespaces/default/configmaps/{name}"))
+            .expect("configmap");
+        cm["metadata"]["managedFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| m["manager"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let cm = |name: &str| -> k8s_openapi::api::core::v1::ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name}, "data": {"a": "1"}})).expect("cm")
+    };
+    let anonymous: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::default_namespaced(emu.client());
+    anonymous
+        .create(&PostParams::default(), &cm("anonymous"))
+        .await
+        .expect("created");
+    assert_eq!(managers("anonymous"), ["unknown"]);
+    let mut config = kube::Config::new(emu.url().parse().expect("url"));
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static("my-operator/1.2.3 (linux/amd64)"),
+    ));
+    let named: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::default_namespaced(kube::Client::try_from(config).expect("client"));
+    named
+        .create(&PostParams::default(), &cm("named"))
+        .await
+        .expect("created");
+    assert_eq!(managers("named"), ["my-operator"]);
+}

@@ -92,8 +92,13 @@ impl Op {
             finalizer_timeout,
             ..Settings::default()
         };
+        // The operator's own client (its User-Agent), pointed at the emulator.
+        let client = stompgate::operator::client(kube::Config::new(
+            emu.url().parse().expect("emulator URL"),
+        ))
+        .expect("client");
         let ctx = Arc::new(Context::new(
-            emu.client(),
+            client,
             settings,
             brokers,
             Arc::new(Metrics::new()),
