@@ -4,6 +4,8 @@
 //! manager and operation, the Deployment controller's status, terminating namespaces, field
 //! managers), and the real RabbitMQ.
 
+#[path = "e2e/proxy.rs"]
+mod proxy;
 #[path = "support/operator/mod.rs"]
 #[allow(clippy::duplicate_mod)]
 mod support;
@@ -455,4 +457,67 @@ async fn every_write_names_its_field_manager() {
     op.delete(&gw_path(ns, "gw"));
     wait_for("deleted", 30, || op.gw(ns, "gw").is_none().then_some(())).await;
     assert!(!exchange_exists(&rabbit().await, &exchange).await);
+}
+
+/// Times (seconds since the Unix epoch) of the operator's reads of `ns`'s Secret `rmq-creds`
+/// after audit entry `from`: one per reconcile.
+fn reconcile_times(op: &Op, ns: &str, from: usize) -> Vec<f64> {
+    let path = format!("/api/v1/namespaces/{ns}/secrets/rmq-creds");
+    op.emu.audit()[from..]
+        .iter()
+        .filter(|a| a.method == "GET" && a.path == path)
+        .filter_map(|a| a.time.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(|t| t.as_duration().as_secs_f64())
+        .collect()
+}
+
+/// Finding 7: the backoff holds from the first failure. The watch events of the operator's
+/// own writes (here the status write that reports the failure) must not start the next
+/// attempt at once: the first retries come after ~1 s, then ~2 s, not within 100 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backoff_holds_from_the_first_failure() {
+    let op = Op::start(Duration::from_secs(30)).await;
+    let ns = "backoff";
+    op.namespace(ns);
+    op.guest_secret(ns);
+    let proxy = proxy::Proxy::start(broker_addr()).await;
+    op.gateway(ns, "gw", proxy.port(), json!({}));
+    op.deployment_available(ns, "gw").await;
+    wait_for("Ready", 30, || {
+        op.gw(ns, "gw").filter(|g| cond_is(g, "Ready", "True"))
+    })
+    .await;
+
+    op.step("broker down, then a spec change that leaves the children alone");
+    proxy.stop();
+    let mark = op.emu.audit().len();
+    let exchange = uniq("backoff");
+    op.merge_patch(
+        &gw_path(ns, "gw"),
+        json!({"spec": {"topology": {"exchanges": [{"name": exchange, "type": "topic"}]}}}),
+    );
+    let times = wait_for("three attempts", 30, || {
+        let t = reconcile_times(&op, ns, mark);
+        (t.len() >= 3).then_some(t)
+    })
+    .await;
+    let gw = op.gw(ns, "gw").expect("gw");
+    assert!(
+        cond_is(&gw, "BrokerConnected", "False"),
+        "{:#}",
+        gw["status"]
+    );
+    let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    op.step(&format!("gaps between the first attempts: {gaps:.2?} s"));
+    // 1 s and 2 s, each with jitter down to half: at least 0.5 s and 1 s.
+    assert!(
+        gaps[0] >= 0.45 && gaps[1] >= 0.9,
+        "the first retries came too soon: {gaps:.3?} s apart"
+    );
+    proxy.resume().await;
+    wait_for("Ready again", 30, || {
+        op.gw(ns, "gw").filter(|g| cond_is(g, "Ready", "True"))
+    })
+    .await;
+    delete_exchange(&rabbit().await, &exchange).await;
 }

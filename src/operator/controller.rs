@@ -9,23 +9,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::TryStreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
+use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::utils::Predicate;
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::metrics::Metrics;
+use super::own_writes::OwnWrites;
 use super::resources::{self, APPLIED_HASH_ANNOTATION, BuildInputs, FIELD_MANAGER};
 use super::status::{self, Observation, Problem, Reason};
 use super::topology::{self, BrokerPool, BrokerTarget, TopologyError};
@@ -80,6 +85,8 @@ pub struct Context {
     pub brokers: Arc<BrokerPool>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The operator's own writes to children (their watch events trigger nothing).
+    pub own_writes: Arc<OwnWrites>,
     // Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<StompGateway>, u32>>,
     // Last broker target read from the Secrets of objects with a cleanup finalizer: a namespace
@@ -100,6 +107,7 @@ impl Context {
             settings,
             brokers,
             metrics,
+            own_writes: Arc::default(),
             failures: Mutex::new(HashMap::new()),
             targets: Mutex::new(HashMap::new()),
         }
@@ -647,9 +655,10 @@ async fn apply_one<K>(
     api: &Api<K>,
     obj: &K,
     gate: &NamespaceGate<'_>,
+    own: &OwnWrites,
 ) -> Result<Option<K>, kube::Error>
 where
-    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
     let want = obj.annotations().get(APPLIED_HASH_ANNOTATION);
@@ -667,13 +676,17 @@ where
         None if gate.closed().await => return Ok(None),
         None => {}
     }
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .map(Some)
+    let writing = own.begin(obj);
+    let written = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await?;
+    own.record(&written);
+    drop(writing);
+    Ok(Some(written))
 }
 
 fn ns_api<K>(ctx: &Context, ns: &str) -> Api<K>
@@ -690,22 +703,39 @@ async fn apply_children(
     c: &resources::Children,
 ) -> Result<Option<Deployment>, kube::Error> {
     let gate = NamespaceGate::new(&ctx.client, ns);
-    if apply_one(&ns_api::<ConfigMap>(ctx, ns), &c.config_map, &gate)
+    if apply_one(
+        &ns_api::<ConfigMap>(ctx, ns),
+        &c.config_map,
+        &gate,
+        &ctx.own_writes,
+    )
+    .await?
+    .is_none()
+        || apply_one(
+            &ns_api::<Service>(ctx, ns),
+            &c.service,
+            &gate,
+            &ctx.own_writes,
+        )
         .await?
         .is_none()
-        || apply_one(&ns_api::<Service>(ctx, ns), &c.service, &gate)
-            .await?
-            .is_none()
     {
         return Ok(None);
     }
-    let Some(d) = apply_one(&ns_api::<Deployment>(ctx, ns), &c.deployment, &gate).await? else {
+    let Some(d) = apply_one(
+        &ns_api::<Deployment>(ctx, ns),
+        &c.deployment,
+        &gate,
+        &ctx.own_writes,
+    )
+    .await?
+    else {
         return Ok(None);
     };
     let pdbs = ns_api::<PodDisruptionBudget>(ctx, ns);
     match &c.pdb {
         Some(p) => {
-            if apply_one(&pdbs, p, &gate).await?.is_none() {
+            if apply_one(&pdbs, p, &gate, &ctx.own_writes).await?.is_none() {
                 return Ok(None);
             }
         }
@@ -1049,14 +1079,71 @@ pub async fn run(
     let owned = watcher::Config::default()
         .labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"))
         .page_size(50);
-    let controller = Controller::new(gws, watcher::Config::default().any_semantic().page_size(50));
+    // Changes the operator made itself trigger nothing, or the status write that reports a
+    // failure would start the next attempt at once, whatever the backoff. On StompGateways it
+    // writes only status and finalizers: a new generation (spec, or deletion), labels or
+    // annotations are someone else's.
+    let (reader, writer) = reflector::store();
+    let gateways = reflector(
+        writer,
+        watcher(gws, watcher::Config::default().any_semantic().page_size(50)),
+    )
+    .applied_objects()
+    .predicate_filter(
+        predicates::generation
+            .combine(predicates::labels)
+            .combine(predicates::annotations),
+        Default::default(),
+    );
+    let controller = Controller::for_stream(gateways, reader);
     let store = controller.store();
     let reconnect_stream = tokio_stream::wrappers::UnboundedReceiverStream::new(reconnected);
+    // Metadata is all the owner lookup needs.
+    fn children<K>(
+        api: Api<PartialObjectMeta<K>>,
+        cfg: watcher::Config,
+        own: Arc<OwnWrites>,
+    ) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        // On children, the operator's own writes are told by their resourceVersion.
+        watcher(api, cfg)
+            .touched_objects()
+            .and_then(move |o| {
+                let own = own.clone();
+                async move { Ok((own.caused(&o).await, o)) }
+            })
+            .try_filter_map(|(mine, o)| futures::future::ready(Ok((!mine).then_some(o))))
+    }
+    let own = &ctx.own_writes;
     controller
-        .owns(api::<Deployment>(&client, &namespace), owned.clone())
-        .owns(api::<Service>(&client, &namespace), owned.clone())
-        .owns(api::<ConfigMap>(&client, &namespace), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, &namespace), owned)
+        .owns_stream(children(
+            api::<PartialObjectMeta<Deployment>>(&client, &namespace),
+            owned.clone(),
+            own.clone(),
+        ))
+        .owns_stream(children(
+            api::<PartialObjectMeta<Service>>(&client, &namespace),
+            owned.clone(),
+            own.clone(),
+        ))
+        .owns_stream(children(
+            api::<PartialObjectMeta<ConfigMap>>(&client, &namespace),
+            owned.clone(),
+            own.clone(),
+        ))
+        .owns_stream(children(
+            api::<PartialObjectMeta<PodDisruptionBudget>>(&client, &namespace),
+            owned,
+            own.clone(),
+        ))
         .watches(
             api::<Secret>(&client, &namespace),
             watcher::Config::default().labels(WATCH_SECRET_LABEL),

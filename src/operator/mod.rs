@@ -7,6 +7,7 @@ pub mod cli;
 pub mod controller;
 pub mod leader;
 pub mod metrics;
+pub mod own_writes;
 pub mod resources;
 pub mod status;
 pub mod topology;
