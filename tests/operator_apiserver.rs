@@ -521,3 +521,93 @@ async fn backoff_holds_from_the_first_failure() {
     .await;
     delete_exchange(&rabbit().await, &exchange).await;
 }
+
+/// Finding 8: broker answers that are ordinary states (a passive declare of an exchange that
+/// does not exist yet answers NOT_FOUND; a bind to a queue that does not exist yet too) are
+/// not logged as errors. The real operator binary, at its default log level, against the
+/// emulator and RabbitMQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expected_broker_answers_are_not_logged_as_errors() {
+    let emu = std::sync::Arc::new(kube_emulator::Emulator::start().await.expect("emulator"));
+    let crd =
+        serde_json::to_value(<stompgate::crd::StompGateway as kube::CustomResourceExt>::crd())
+            .expect("crd");
+    let (code, body) = emu.call("POST", support::cluster::CRDS, Some(&crd));
+    assert_eq!(code, 201, "{body}");
+    let dir = std::env::temp_dir().join(format!("stompgate-logs-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let kubeconfig = dir.join("kubeconfig");
+    emu.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let secret = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "rmq-creds", "labels": {"stompgate.io/watch": "true"}},
+        "stringData": {"username": "guest", "password": "guest"}});
+    assert_eq!(
+        emu.call("POST", "/api/v1/namespaces/default/secrets", Some(&secret))
+            .0,
+        201
+    );
+    let exchange = uniq("logs");
+    let missing_queue = uniq("no-such-queue");
+    let gw = json!({"apiVersion": "stompgate.io/v1alpha1", "kind": "StompGateway",
+        "metadata": {"name": "gw"},
+        "spec": {"rabbitmq": {"host": "127.0.0.1", "port": broker_addr().port(),
+                              "credentialsSecretRef": {"name": "rmq-creds"}},
+                 "replicas": 1,
+                 "topology": {"exchanges": [{"name": exchange, "type": "topic"}],
+                              "bindings": [{"source": exchange, "destination": missing_queue,
+                                            "destinationType": "queue", "routingKey": "k"}]}}});
+    assert_eq!(
+        emu.call(
+            "POST",
+            "/apis/stompgate.io/v1alpha1/namespaces/default/stompgateways",
+            Some(&gw)
+        )
+        .0,
+        201
+    );
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let log_path = dir.join("operator.log");
+    let mut op = tokio::process::Command::new(env!("CARGO_BIN_EXE_stompgate"))
+        .args([
+            "operator",
+            "--leader-elect",
+            "false",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("operator starts");
+    let path = gw_path("default", "gw");
+    wait_for("BindingPending", 60, || {
+        emu.get(&path)
+            .filter(|g| cond(g, "TopologyReady").is_some_and(|c| c.1 == "BindingPending"))
+    })
+    .await;
+    // A second attempt (after the backoff) meets the same answers.
+    wait_for("a retry", 30, || {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        (log.matches("binding pending, will retry").count() >= 2).then_some(())
+    })
+    .await;
+    let _ = op.start_kill();
+    let _ = op.wait().await;
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(errors.is_empty(), "error lines:\n{}", errors.join("\n"));
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" INFO ") && l.contains("NOT_FOUND") && l.contains(&missing_queue)),
+        "the operator says what happened, at its own level:\n{log}"
+    );
+    delete_exchange(&rabbit().await, &exchange).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -210,7 +210,18 @@ pub fn backoff_delay(attempt: u32) -> Duration {
 pub fn error_policy(gw: Arc<StompGateway>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(err.reason());
     let n = ctx.bump_failures(&ObjectRef::from_obj(&*gw));
-    tracing::warn!(name = %gw.name_any(), namespace = ?gw.namespace(), attempt = n, error = %err, "reconcile failed");
+    match err {
+        // An ordinary state, reported in status: the destination does not exist yet.
+        Error::Retry {
+            reason: Reason::BindingPending,
+            ..
+        } => {
+            tracing::info!(name = %gw.name_any(), namespace = ?gw.namespace(), attempt = n, %err, "binding pending, will retry");
+        }
+        _ => {
+            tracing::warn!(name = %gw.name_any(), namespace = ?gw.namespace(), attempt = n, error = %err, "reconcile failed");
+        }
+    }
     let mut delay = backoff_delay(n);
     // A deletion must end at its deadline, not at the first backoff step after it.
     if let Some(left) = ctx.cleanup_time_left(&gw)

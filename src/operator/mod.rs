@@ -162,11 +162,19 @@ pub fn client(mut config: kube::Config) -> Result<Client, kube::Error> {
 
 /// `stompgate operator`.
 pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(crate::telemetry::log_filter("info,kube=warn"))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let _ = tracing_subscriber::registry()
+            .with(crate::telemetry::log_filter("info,kube=warn"))
+            .with(crate::telemetry::RedundantChannelCloses)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
+            .try_init();
+    }
     // Both rustls backends are linked (lapin and kube pull different ones): pick one, or the
     // first TLS handshake panics.
     let _ = rustls::crypto::ring::default_provider().install_default();
