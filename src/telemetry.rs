@@ -49,6 +49,37 @@ pub fn log_filter_from(spec: Option<&str>, default: &str) -> tracing_subscriber:
     filter
 }
 
+/// Drops lapin's `ERROR Channel closed` lines. lapin logs every channel the broker closes at
+/// error level, though the operation waiting on that channel gets the same error and its
+/// caller handles it: for the operator, a passive declare answering NOT_FOUND or a bind to a
+/// queue that does not exist yet are ordinary states, reported in status and logged by the
+/// operator at its own level. (Only channels: a closed connection is still logged.)
+pub struct RedundantChannelCloses;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RedundantChannelCloses {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        let meta = event.metadata();
+        if meta.target() != "lapin::channel" || *meta.level() != tracing::Level::ERROR {
+            return true;
+        }
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" && format!("{value:?}") == "Channel closed" {
+                    self.0 = true;
+                }
+            }
+        }
+        let mut m = Message(false);
+        event.record(&mut m);
+        !m.0
+    }
+}
+
 /// Installs the tracing subscriber (see [`log_filter`]; JSON when `json` is set).
 pub fn init_logging(json: bool) {
     let filter = log_filter("info,lapin=warn");
@@ -344,6 +375,42 @@ mod tests {
                 tracing::enabled!(target: "stompgate::gateway", tracing::Level::TRACE)
             }
         })
+    }
+
+    #[test]
+    fn lapin_channel_closes_are_dropped_and_other_errors_kept() {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                if let Ok(mut v) = self.0.lock() {
+                    v.extend_from_slice(b);
+                }
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(RedundantChannelCloses)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone()),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "lapin::channel", channel = 3, error = "NOT_FOUND - no queue 'q'", "Channel closed");
+            tracing::error!(target: "lapin::channel", channel = 0, "Connection closed");
+            tracing::error!(target: "stompgate::operator", "Channel closed");
+            tracing::info!(target: "lapin::channel", "Channel closed");
+        });
+        let out = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf-8");
+        assert!(!out.contains("NOT_FOUND"), "{out}");
+        assert!(out.contains("Connection closed"), "{out}");
+        assert_eq!(out.matches("Channel closed").count(), 2, "{out}");
     }
 
     #[test]

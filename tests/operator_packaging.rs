@@ -399,6 +399,8 @@ fn roles_have_no_wildcards_and_secrets_are_read_only() {
             &["get", "list", "watch", "create", "patch", "delete"],
         ),
         ("", "secrets", &["get", "list", "watch"]),
+        // Before re-creating a missing child: is the namespace being deleted?
+        ("", "namespaces", &["get"]),
         ("events.k8s.io", "events", &["create", "patch"]),
         (
             "coordination.k8s.io",

@@ -9,23 +9,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::TryStreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
+use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::utils::Predicate;
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::metrics::Metrics;
+use super::own_writes::OwnWrites;
 use super::resources::{self, APPLIED_HASH_ANNOTATION, BuildInputs, FIELD_MANAGER};
 use super::status::{self, Observation, Problem, Reason};
 use super::topology::{self, BrokerPool, BrokerTarget, TopologyError};
@@ -80,6 +85,8 @@ pub struct Context {
     pub brokers: Arc<BrokerPool>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The operator's own writes to children (their watch events trigger nothing).
+    pub own_writes: Arc<OwnWrites>,
     // Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<StompGateway>, u32>>,
     // Last broker target read from the Secrets of objects with a cleanup finalizer: a namespace
@@ -100,6 +107,7 @@ impl Context {
             settings,
             brokers,
             metrics,
+            own_writes: Arc::default(),
             failures: Mutex::new(HashMap::new()),
             targets: Mutex::new(HashMap::new()),
         }
@@ -202,7 +210,18 @@ pub fn backoff_delay(attempt: u32) -> Duration {
 pub fn error_policy(gw: Arc<StompGateway>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(err.reason());
     let n = ctx.bump_failures(&ObjectRef::from_obj(&*gw));
-    tracing::warn!(name = %gw.name_any(), namespace = ?gw.namespace(), attempt = n, error = %err, "reconcile failed");
+    match err {
+        // An ordinary state, reported in status: the destination does not exist yet.
+        Error::Retry {
+            reason: Reason::BindingPending,
+            ..
+        } => {
+            tracing::info!(name = %gw.name_any(), namespace = ?gw.namespace(), attempt = n, %err, "binding pending, will retry");
+        }
+        _ => {
+            tracing::warn!(name = %gw.name_any(), namespace = ?gw.namespace(), attempt = n, error = %err, "reconcile failed");
+        }
+    }
     let mut delay = backoff_delay(n);
     // A deletion must end at its deadline, not at the first backoff step after it.
     if let Some(left) = ctx.cleanup_time_left(&gw)
@@ -216,7 +235,14 @@ pub fn error_policy(gw: Arc<StompGateway>, err: &Error, ctx: Arc<Context>) -> Ac
 /// Reconciles one StompGateway (the `Controller` entry point).
 pub async fn reconcile(gw: Arc<StompGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
-    let res = reconcile_inner(&gw, &ctx).await;
+    let res = match reconcile_inner(&gw, &ctx).await {
+        Err(Error::Kube(e)) if going_away(&e) => {
+            tracing::debug!(name = %gw.name_any(), namespace = ?gw.namespace(), error = %e,
+                "the StompGateway or its namespace is going away");
+            Ok(Action::await_change())
+        }
+        other => other,
+    };
     let result = if res.is_ok() { "ok" } else { "error" };
     ctx.metrics.reconciled(result, start.elapsed());
     if res.is_ok() {
@@ -311,7 +337,12 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
         obs.deployment = deployments.get_opt(&name).await?;
     } else {
         match apply_children(ctx, &ns, &children).await {
-            Ok(d) => obs.deployment = Some(d),
+            Ok(Some(d)) => obs.deployment = Some(d),
+            Ok(None) => {
+                tracing::debug!(%ns, %name, "namespace being deleted: its children are not re-created");
+                return Ok(Action::await_change());
+            }
+            Err(e) if going_away(&e) => return Err(e.into()),
             Err(e) => {
                 let p = Problem::new(
                     Reason::ApplyFailed,
@@ -432,15 +463,37 @@ async fn record_intent(
         return Ok(Ok(prev));
     }
     let ledger = topology::with_intent(prev.as_ref(), &missing);
-    // A merge patch of status.topology only: the rest of the status is left alone.
-    let patch = json!({"status": {"topology": ledger}});
-    let pp = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
-    api.patch_status(&gw.name_any(), &pp, &Patch::Merge(&patch))
-        .await?;
+    // The whole status as last written, with the intent: what the apply stops sending, the
+    // server removes.
+    let mut status = gw.status.clone().unwrap_or_default();
+    status.topology = Some(ledger.clone());
+    apply_status(api, &gw.name_any(), &status).await?;
     Ok(Ok(Some(ledger)))
+}
+
+/// Every status write: server-side apply of the whole status by [`FIELD_MANAGER`]. One
+/// mechanism only: the API server records owners per manager *and* operation, and fields a
+/// merge patch (an Update) once wrote outlive the apply that drops them, leaving list items
+/// that fail validation and wedge every later status write.
+async fn apply_status<K>(
+    api: &Api<K>,
+    name: &str,
+    status: &impl Serialize,
+) -> Result<K, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let patch = json!({
+        "apiVersion": crate::crd::StompGateway::api_version(&()),
+        "kind": "StompGateway",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
 }
 
 fn broker_problem(e: &TopologyError) -> Problem {
@@ -572,27 +625,79 @@ pub fn is_subset(want: &serde_json::Value, have: &serde_json::Value) -> bool {
     }
 }
 
+/// Whether the namespace is being deleted, asked at most once per reconcile and only when a
+/// child would have to be created: the API server refuses creates there (403), and the
+/// children the namespace controller removed must not be put back.
+struct NamespaceGate<'a> {
+    client: &'a Client,
+    namespace: &'a str,
+    closed: tokio::sync::OnceCell<bool>,
+}
+
+impl<'a> NamespaceGate<'a> {
+    fn new(client: &'a Client, namespace: &'a str) -> Self {
+        Self {
+            client,
+            namespace,
+            closed: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn closed(&self) -> bool {
+        *self
+            .closed
+            .get_or_init(|| async {
+                let api: Api<Namespace> = Api::all(self.client.clone());
+                match api.get_opt(self.namespace).await {
+                    Ok(Some(ns)) => ns.metadata.deletion_timestamp.is_some(),
+                    Ok(None) => true,
+                    // Not allowed to read it: the create itself will tell.
+                    Err(_) => false,
+                }
+            })
+            .await
+    }
+}
+
 /// Server-side applies `obj` unless the live object already has it: same applied-hash and
-/// every field we set still in place (so a hand edit of a child is put back).
-async fn apply_one<K>(api: &Api<K>, obj: &K) -> Result<K, kube::Error>
+/// every field we set still in place (so a hand edit of a child is put back). None: the child
+/// is missing and its namespace is being deleted, so nothing was created.
+async fn apply_one<K>(
+    api: &Api<K>,
+    obj: &K,
+    gate: &NamespaceGate<'_>,
+    own: &OwnWrites,
+) -> Result<Option<K>, kube::Error>
 where
-    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
     let want = obj.annotations().get(APPLIED_HASH_ANNOTATION);
-    if let Some(live) = api.get_opt(&name).await?
-        && live.annotations().get(APPLIED_HASH_ANNOTATION) == want
-        && let (Ok(w), Ok(h)) = (serde_json::to_value(obj), serde_json::to_value(&live))
-        && is_subset(&w, &h)
-    {
-        return Ok(live);
+    match api.get_opt(&name).await? {
+        Some(live)
+            if live.annotations().get(APPLIED_HASH_ANNOTATION) == want
+                && matches!(
+                    (serde_json::to_value(obj), serde_json::to_value(&live)),
+                    (Ok(w), Ok(h)) if is_subset(&w, &h)
+                ) =>
+        {
+            return Ok(Some(live));
+        }
+        Some(_) => {}
+        None if gate.closed().await => return Ok(None),
+        None => {}
     }
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
+    let writing = own.begin(obj);
+    let written = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await?;
+    own.record(&written);
+    drop(writing);
+    Ok(Some(written))
 }
 
 fn ns_api<K>(ctx: &Context, ns: &str) -> Api<K>
@@ -602,18 +707,48 @@ where
     Api::namespaced(ctx.client.clone(), ns)
 }
 
+/// Applies the children; None when their namespace is being deleted (nothing created).
 async fn apply_children(
     ctx: &Context,
     ns: &str,
     c: &resources::Children,
-) -> Result<Deployment, kube::Error> {
-    apply_one(&ns_api::<ConfigMap>(ctx, ns), &c.config_map).await?;
-    apply_one(&ns_api::<Service>(ctx, ns), &c.service).await?;
-    let d = apply_one(&ns_api::<Deployment>(ctx, ns), &c.deployment).await?;
+) -> Result<Option<Deployment>, kube::Error> {
+    let gate = NamespaceGate::new(&ctx.client, ns);
+    if apply_one(
+        &ns_api::<ConfigMap>(ctx, ns),
+        &c.config_map,
+        &gate,
+        &ctx.own_writes,
+    )
+    .await?
+    .is_none()
+        || apply_one(
+            &ns_api::<Service>(ctx, ns),
+            &c.service,
+            &gate,
+            &ctx.own_writes,
+        )
+        .await?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let Some(d) = apply_one(
+        &ns_api::<Deployment>(ctx, ns),
+        &c.deployment,
+        &gate,
+        &ctx.own_writes,
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
     let pdbs = ns_api::<PodDisruptionBudget>(ctx, ns);
     match &c.pdb {
         Some(p) => {
-            apply_one(&pdbs, p).await?;
+            if apply_one(&pdbs, p, &gate, &ctx.own_writes).await?.is_none() {
+                return Ok(None);
+            }
         }
         None => {
             // Disabled: remove ours if it exists (only when it carries our label).
@@ -629,7 +764,23 @@ async fn apply_children(
             }
         }
     }
-    Ok(d)
+    Ok(Some(d))
+}
+
+/// An answer that means the StompGateway or its namespace is going away (404: gone; 403 with
+/// cause `NamespaceTerminating`: the namespace is being deleted). Nothing to retry or report:
+/// the deletion brings its own reconcile.
+pub fn going_away(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => {
+            s.code == 404
+                || (s.code == 403
+                    && s.details.as_ref().is_some_and(|d| {
+                        d.causes.iter().any(|c| c.reason == "NamespaceTerminating")
+                    }))
+        }
+        _ => false,
+    }
 }
 
 async fn write_status(
@@ -643,17 +794,7 @@ async fn write_status(
     if prev == Some(&new) {
         return Ok(());
     }
-    let patch = json!({
-        "apiVersion": crate::crd::StompGateway::api_version(&()),
-        "kind": "StompGateway",
-        "status": new,
-    });
-    api.patch_status(
-        &gw.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    apply_status(api, &gw.name_any(), &new).await?;
     // One event per Ready transition: Normal when it becomes True, Warning when it turns
     // False for a problem (not for an ordinary rollout).
     for c in status::transitions(prev, &new) {
@@ -715,12 +856,12 @@ async fn set_finalizers(
     let patch = json!({
         "metadata": {"finalizers": list, "resourceVersion": gw.resource_version()}
     });
-    api.patch(
-        &gw.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch(&gw.name_any(), &pp, &Patch::Merge(&patch))
+        .await?;
     Ok(())
 }
 
@@ -883,17 +1024,12 @@ async fn report_unreadable(invalid: &InvalidObject, ctx: &Context) -> Result<(),
         ],
         generation,
     );
-    let patch = json!({
-        "apiVersion": crate::crd::StompGateway::api_version(&()),
-        "kind": "StompGateway",
-        "status": {"observedGeneration": generation, "conditions": conds},
-    });
     // Guarded: the answer is the same unreadable object, which must not fail the call.
     let api: Api<Guarded> = Api::namespaced(ctx.client.clone(), ns);
-    api.patch_status(
+    apply_status(
+        &api,
         name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
+        &json!({"observedGeneration": generation, "conditions": conds}),
     )
     .await?;
     Ok(())
@@ -954,15 +1090,72 @@ pub async fn run(
     let owned = watcher::Config::default()
         .labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"))
         .page_size(50);
-    let controller = Controller::new(gws, watcher::Config::default().any_semantic().page_size(50));
+    // Changes the operator made itself trigger nothing, or the status write that reports a
+    // failure would start the next attempt at once, whatever the backoff. On StompGateways it
+    // writes only status and finalizers: a new generation (spec, or deletion), labels or
+    // annotations are someone else's.
+    let (reader, writer) = reflector::store();
+    let gateways = reflector(
+        writer,
+        watcher(gws, watcher::Config::default().any_semantic().page_size(50)),
+    )
+    .applied_objects()
+    .predicate_filter(
+        predicates::generation
+            .combine(predicates::labels)
+            .combine(predicates::annotations),
+        Default::default(),
+    );
+    let controller = Controller::for_stream(gateways, reader);
     let store = controller.store();
     ctx.metrics.observe_gateways(store.clone());
     let reconnect_stream = tokio_stream::wrappers::UnboundedReceiverStream::new(reconnected);
+    // Metadata is all the owner lookup needs.
+    fn children<K>(
+        api: Api<PartialObjectMeta<K>>,
+        cfg: watcher::Config,
+        own: Arc<OwnWrites>,
+    ) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        // On children, the operator's own writes are told by their resourceVersion.
+        watcher(api, cfg)
+            .touched_objects()
+            .and_then(move |o| {
+                let own = own.clone();
+                async move { Ok((own.caused(&o).await, o)) }
+            })
+            .try_filter_map(|(mine, o)| futures::future::ready(Ok((!mine).then_some(o))))
+    }
+    let own = &ctx.own_writes;
     controller
-        .owns(api::<Deployment>(&client, &namespace), owned.clone())
-        .owns(api::<Service>(&client, &namespace), owned.clone())
-        .owns(api::<ConfigMap>(&client, &namespace), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, &namespace), owned)
+        .owns_stream(children(
+            api::<PartialObjectMeta<Deployment>>(&client, &namespace),
+            owned.clone(),
+            own.clone(),
+        ))
+        .owns_stream(children(
+            api::<PartialObjectMeta<Service>>(&client, &namespace),
+            owned.clone(),
+            own.clone(),
+        ))
+        .owns_stream(children(
+            api::<PartialObjectMeta<ConfigMap>>(&client, &namespace),
+            owned.clone(),
+            own.clone(),
+        ))
+        .owns_stream(children(
+            api::<PartialObjectMeta<PodDisruptionBudget>>(&client, &namespace),
+            owned,
+            own.clone(),
+        ))
         .watches(
             api::<Secret>(&client, &namespace),
             watcher::Config::default().labels(WATCH_SECRET_LABEL),

@@ -10,6 +10,16 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
 use kube::api::PostParams;
 
+use super::resources::FIELD_MANAGER;
+
+/// Lease writes name the operator as their field manager.
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    }
+}
+
 /// Lease timing and identity.
 #[derive(Clone, Debug)]
 pub struct LeaseSettings {
@@ -55,7 +65,7 @@ pub async fn try_acquire(api: &Api<Lease>, s: &LeaseSettings) -> Result<bool, Le
                     ..LeaseSpec::default()
                 }),
             };
-            match api.create(&PostParams::default(), &lease).await {
+            match api.create(&post_params(), &lease).await {
                 Ok(_) => Ok(true),
                 Err(e) if is_conflict(&e) => Ok(false),
                 Err(e) => Err(e.into()),
@@ -81,7 +91,7 @@ pub async fn try_acquire(api: &Api<Lease>, s: &LeaseSettings) -> Result<bool, Le
             spec.holder_identity = Some(s.identity.clone());
             spec.lease_duration_seconds = Some(secs);
             spec.renew_time = Some(MicroTime(now));
-            match api.replace(&s.name, &PostParams::default(), &lease).await {
+            match api.replace(&s.name, &post_params(), &lease).await {
                 Ok(_) => Ok(true),
                 Err(e) if is_conflict(&e) => Ok(false),
                 Err(e) => Err(e.into()),
@@ -116,7 +126,7 @@ pub async fn release(api: &Api<Lease>, s: &LeaseSettings) -> Result<(), LeaderEr
         if spec.holder_identity.as_deref() == Some(s.identity.as_str()) {
             spec.holder_identity = None;
             spec.lease_duration_seconds = Some(1);
-            api.replace(&s.name, &PostParams::default(), &lease).await?;
+            api.replace(&s.name, &post_params(), &lease).await?;
         }
     }
     Ok(())

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod controller;
 pub mod leader;
 pub mod metrics;
+pub mod own_writes;
 pub mod resources;
 pub mod status;
 pub mod topology;
@@ -145,17 +146,42 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+/// The operator's User-Agent, `stompgateway-operator/<version>`: the API server names a
+/// write's field manager after it when the write names none (kube-rs's event recorder).
+pub fn user_agent() -> String {
+    format!("{}/{}", resources::FIELD_MANAGER, env!("CARGO_PKG_VERSION"))
+}
+
+/// The operator's Kubernetes client for `config`: every request carries [`user_agent`].
+pub fn client(mut config: kube::Config) -> Result<Client, kube::Error> {
+    if let Ok(ua) = axum::http::HeaderValue::from_str(&user_agent()) {
+        config.headers.push((axum::http::header::USER_AGENT, ua));
+    }
+    Client::try_from(config)
+}
+
 /// `stompgate operator`.
 pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(crate::telemetry::log_filter("info,kube=warn"))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let _ = tracing_subscriber::registry()
+            .with(crate::telemetry::log_filter("info,kube=warn"))
+            .with(crate::telemetry::RedundantChannelCloses)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
+            .try_init();
+    }
     // Both rustls backends are linked (lapin and kube pull different ones): pick one, or the
     // first TLS handshake panics.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::try_default().await?;
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    let client = client(config)?;
     let metrics = Arc::new(metrics::Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(args.metrics_listen)

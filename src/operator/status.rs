@@ -33,6 +33,8 @@ pub enum Reason {
     Progressing,
     /// Gateway pods are rolling out.
     RolloutInProgress,
+    /// The gateway Deployment stopped progressing (its `Progressing` condition is False).
+    ProgressDeadlineExceeded,
     /// The spec breaks a rule.
     InvalidSpec,
     /// A referenced Secret does not exist.
@@ -76,6 +78,7 @@ impl Reason {
             Self::Reconciled => "Reconciled",
             Self::Progressing => "Progressing",
             Self::RolloutInProgress => "RolloutInProgress",
+            Self::ProgressDeadlineExceeded => "ProgressDeadlineExceeded",
             Self::InvalidSpec => "InvalidSpec",
             Self::SecretNotFound => "SecretNotFound",
             Self::SecretKeyMissing => "SecretKeyMissing",
@@ -184,8 +187,96 @@ pub struct Observation {
     pub selector: String,
 }
 
-/// Gateway availability from the Deployment: (available, rolling out, replicas, ready, message).
-fn gateway_state(obs: &Observation) -> (Cond, bool, i32, i32) {
+/// How far the gateway Deployment's rollout is, by kstatus's rules for Deployments
+/// (sigs.k8s.io/cli-utils `pkg/kstatus/status`), which Flux and `kubectl wait`-style tools apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rollout {
+    /// Fully rolled out and available (kstatus Current).
+    Complete,
+    /// Still rolling out (kstatus InProgress): what it waits for.
+    InProgress(String),
+    /// Progress stopped: `Progressing=False`, `ProgressDeadlineExceeded` (kstatus Failed).
+    Failed(String),
+}
+
+fn deployment_condition<'a>(
+    d: &'a Deployment,
+    type_: &str,
+) -> Option<&'a k8s_openapi::api::apps::v1::DeploymentCondition> {
+    d.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+/// The rollout state of the gateway Deployment (None: it does not exist yet). The Deployment
+/// controller sets `observedGeneration` and `updatedReplicas` as soon as it has created the
+/// pods, long before they are ready: only ready and available counts equal to the desired one
+/// mean done.
+pub fn rollout(d: Option<&Deployment>) -> Rollout {
+    let Some(d) = d else {
+        return Rollout::InProgress("the gateway Deployment does not exist yet".into());
+    };
+    let name = d.metadata.name.as_deref().unwrap_or("?");
+    let spec = d.spec.as_ref();
+    let st = d.status.clone().unwrap_or_default();
+    let generation = d.metadata.generation.unwrap_or(0);
+    let observed = st.observed_generation.unwrap_or(0);
+    if observed < generation {
+        return Rollout::InProgress(format!(
+            "Deployment {name}: the Deployment controller has not observed its latest spec yet"
+        ));
+    }
+    if let Some(p) = deployment_condition(d, "Progressing")
+        && p.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    {
+        let deadline = spec
+            .and_then(|s| s.progress_deadline_seconds)
+            .map(|s| format!(" of {s}s"))
+            .unwrap_or_default();
+        let detail = p.message.as_deref().unwrap_or("no progress");
+        return Rollout::Failed(format!(
+            "Deployment {name} exceeded its progress deadline{deadline}: {detail} ({}/{} pods ready); fix the pods (image, probes, resources) or the spec",
+            st.ready_replicas.unwrap_or(0),
+            spec.and_then(|s| s.replicas).unwrap_or(1),
+        ));
+    }
+    let want = spec.and_then(|s| s.replicas).unwrap_or(1);
+    let replicas = st.replicas.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
+    let ready = st.ready_replicas.unwrap_or(0);
+    let available = st.available_replicas.unwrap_or(0);
+    let waiting = if want > replicas {
+        Some(format!("{replicas}/{want} pods created"))
+    } else if want > updated {
+        Some(format!("{updated}/{want} pods updated"))
+    } else if replicas > want {
+        Some(format!("{} old pods terminating", replicas - want))
+    } else if updated > available {
+        Some(format!("{available}/{updated} updated pods available"))
+    } else if want > ready {
+        Some(format!("{ready}/{want} pods ready"))
+    } else if spec.and_then(|s| s.progress_deadline_seconds).is_some()
+        && !deployment_condition(d, "Progressing").is_some_and(|c| {
+            c.status == "True" && c.reason.as_deref() == Some("NewReplicaSetAvailable")
+        })
+    {
+        Some("the new ReplicaSet is not available yet".to_string())
+    } else if deployment_condition(d, "Available").is_none_or(|c| c.status != "True") {
+        Some("not Available yet".to_string())
+    } else {
+        None
+    };
+    match waiting {
+        Some(w) => Rollout::InProgress(format!("Deployment {name}: {w}")),
+        None => Rollout::Complete,
+    }
+}
+
+/// Gateway availability from the Deployment: (GatewayAvailable, replicas, ready).
+fn gateway_state(obs: &Observation) -> (Cond, i32, i32) {
     let Some(d) = &obs.deployment else {
         return (
             Cond::new(
@@ -194,24 +285,15 @@ fn gateway_state(obs: &Observation) -> (Cond, bool, i32, i32) {
                 Reason::Unavailable,
                 "the gateway Deployment does not exist yet",
             ),
-            true,
             0,
             0,
         );
     };
     let st = d.status.clone().unwrap_or_default();
-    let generation = d.metadata.generation.unwrap_or(0);
     let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let replicas = st.replicas.unwrap_or(0);
     let ready = st.ready_replicas.unwrap_or(0);
-    let updated = st.updated_replicas.unwrap_or(0);
-    let available_cond = st
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Available" && c.status == "True");
-    let rolling =
-        st.observed_generation.unwrap_or(0) < generation || updated < want || replicas > want;
+    let available_cond = deployment_condition(d, "Available").is_some_and(|c| c.status == "True");
     let cond = if want == 0 {
         Cond::new(
             types::GATEWAY_AVAILABLE,
@@ -234,21 +316,13 @@ fn gateway_state(obs: &Observation) -> (Cond, bool, i32, i32) {
             format!("{ready}/{want} gateway pods ready"),
         )
     };
-    (cond, rolling, replicas, ready)
+    (cond, replicas, ready)
 }
 
 /// The conditions for an observation, in a fixed order.
 pub fn conditions(obs: &Observation) -> Vec<Cond> {
-    let (gateway, rolling, _, _) = gateway_state(obs);
-    let stalled = match &obs.stalled {
-        Some(p) => Cond::new(types::STALLED, true, p.reason, p.message.clone()),
-        None => Cond::new(
-            types::STALLED,
-            false,
-            Reason::Reconciled,
-            "no blocking problem",
-        ),
-    };
+    let (gateway, _, _) = gateway_state(obs);
+    let rollout = rollout(obs.deployment.as_ref());
     let broker = match &obs.broker {
         Some(Ok(())) => Cond::new(
             types::BROKER_CONNECTED,
@@ -278,24 +352,58 @@ pub fn conditions(obs: &Observation) -> Vec<Cond> {
         .as_ref()
         .or(obs.broker.as_ref().and_then(|b| b.as_ref().err()))
         .or(obs.topology.as_ref().and_then(|t| t.as_ref().err()));
-    let reconciling = match (&obs.stalled, retryable) {
-        (None, Some(p)) => Cond::new(types::RECONCILING, true, p.reason, p.message.clone()),
-        (None, None) if rolling && !obs.paused => Cond::new(
-            types::RECONCILING,
-            true,
-            Reason::RolloutInProgress,
-            "gateway pods are rolling out",
+    // kstatus reads Reconciling=True as InProgress and Stalled=True as Failed; never both. A
+    // spec problem stalls; a retryable problem (the operator is retrying) wins over a stopped
+    // rollout, which it may well be the cause of (gateway pods are not ready without a broker);
+    // a rollout past its progress deadline needs a spec or pod change: stalled.
+    let (reconciling, stalled) = match (&obs.stalled, retryable, &rollout) {
+        (Some(p), _, _) => (None, Some(p.clone())),
+        (None, Some(p), _) => (Some(p.clone()), None),
+        (None, None, _) if obs.paused => (None, None),
+        (None, None, Rollout::Failed(m)) => (
+            None,
+            Some(Problem::new(Reason::ProgressDeadlineExceeded, m.clone())),
         ),
-        _ => Cond::new(
+        (None, None, Rollout::InProgress(m)) => (
+            Some(Problem::new(
+                Reason::RolloutInProgress,
+                format!("gateway pods are rolling out: {m}"),
+            )),
+            None,
+        ),
+        _ => (None, None),
+    };
+    let stalled = match &stalled {
+        Some(p) => Cond::new(types::STALLED, true, p.reason, p.message.clone()),
+        None => Cond::new(
+            types::STALLED,
+            false,
+            Reason::Reconciled,
+            "no blocking problem",
+        ),
+    };
+    let reconciling = match &reconciling {
+        Some(p) => Cond::new(types::RECONCILING, true, p.reason, p.message.clone()),
+        None => Cond::new(
             types::RECONCILING,
             false,
             Reason::Reconciled,
-            "the current generation is applied",
+            "the current generation is applied and rolled out",
         ),
     };
+    let gateway = match (&rollout, gateway.status) {
+        // Pods may still serve (the old ones): availability stays as it is, with the reason.
+        (Rollout::Failed(m), "False") => Cond::new(
+            types::GATEWAY_AVAILABLE,
+            false,
+            Reason::ProgressDeadlineExceeded,
+            m.clone(),
+        ),
+        _ => gateway,
+    };
     let all = [&broker, &topology, &gateway];
-    let failing = if let Some(p) = &obs.stalled {
-        Some((p.reason, p.message.clone()))
+    let failing = if stalled.status == "True" {
+        Some((stalled.reason, stalled.message.clone()))
     } else if reconciling.status == "True" {
         Some((reconciling.reason, reconciling.message.clone()))
     } else {
@@ -371,7 +479,7 @@ pub fn merge_conditions(prev: &[Condition], new: Vec<Cond>, generation: i64) -> 
 pub fn build(prev: Option<&StompGatewayStatus>, obs: &Observation) -> StompGatewayStatus {
     let empty = Vec::new();
     let prev_conds = prev.map(|p| &p.conditions).unwrap_or(&empty);
-    let (_, _, replicas, ready) = gateway_state(obs);
+    let (_, replicas, ready) = gateway_state(obs);
     StompGatewayStatus {
         observed_generation: Some(obs.generation),
         conditions: merge_conditions(prev_conds, conditions(obs), obs.generation),
@@ -405,4 +513,110 @@ pub fn transitions(prev: Option<&StompGatewayStatus>, new: &StompGatewayStatus) 
 /// Finds a condition.
 pub fn condition<'a>(status: Option<&'a StompGatewayStatus>, type_: &str) -> Option<&'a Condition> {
     status.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(spec: serde_json::Value, status: serde_json::Value) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "gw", "generation": 2},
+            "spec": spec, "status": status,
+        }))
+        .expect("deployment")
+    }
+
+    fn available(progressing_reason: &str) -> serde_json::Value {
+        serde_json::json!([
+            {"type": "Available", "status": "True"},
+            {"type": "Progressing", "status": "True", "reason": progressing_reason},
+        ])
+    }
+
+    #[test]
+    fn a_rollout_is_complete_only_when_every_pod_is_updated_ready_and_available() {
+        let spec = serde_json::json!({"replicas": 2, "progressDeadlineSeconds": 600,
+                                      "selector": {}, "template": {}});
+        let done = serde_json::json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
+                                      "readyReplicas": 2, "availableReplicas": 2,
+                                      "conditions": available("NewReplicaSetAvailable")});
+        assert_eq!(
+            rollout(Some(&deployment(spec.clone(), done.clone()))),
+            Rollout::Complete
+        );
+        let mut cases = Vec::new();
+        for (field, value, waits_for) in [
+            ("observedGeneration", 1, "has not observed its latest spec"),
+            ("replicas", 1, "1/2 pods created"),
+            ("updatedReplicas", 1, "1/2 pods updated"),
+            ("replicas", 3, "1 old pods terminating"),
+            ("availableReplicas", 0, "0/2 updated pods available"),
+            ("readyReplicas", 0, "0/2 pods ready"),
+        ] {
+            let mut st = done.clone();
+            st[field] = value.into();
+            cases.push((st, waits_for));
+        }
+        let mut st = done.clone();
+        st["conditions"] = available("ReplicaSetUpdated");
+        cases.push((st, "the new ReplicaSet is not available yet"));
+        for (st, waits_for) in cases {
+            match rollout(Some(&deployment(spec.clone(), st.clone()))) {
+                Rollout::InProgress(m) => assert!(m.contains(waits_for), "{st}: {m}"),
+                other => panic!("{st}: {other:?}"),
+            }
+        }
+        // Without a progress deadline there is no Progressing condition to wait for.
+        let mut st = done.clone();
+        st["conditions"] = serde_json::json!([{"type": "Available", "status": "True"}]);
+        let no_deadline = serde_json::json!({"replicas": 2, "selector": {}, "template": {}});
+        assert_eq!(
+            rollout(Some(&deployment(no_deadline, st))),
+            Rollout::Complete
+        );
+    }
+
+    #[test]
+    fn a_progress_deadline_exceeded_is_a_failed_rollout_naming_the_deployment() {
+        let spec = serde_json::json!({"replicas": 2, "progressDeadlineSeconds": 30,
+                                      "selector": {}, "template": {}});
+        let st = serde_json::json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1,
+            "readyReplicas": 2, "availableReplicas": 2,
+            "conditions": [{"type": "Available", "status": "True"},
+                           {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                            "message": "ReplicaSet \"gw-abc\" has timed out progressing."}]});
+        match rollout(Some(&deployment(spec, st))) {
+            Rollout::Failed(m) => assert!(
+                m.starts_with("Deployment gw exceeded its progress deadline of 30s: ReplicaSet \"gw-abc\" has timed out progressing. (2/2 pods ready)"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let obs = Observation {
+            deployment: Some(deployment(
+                serde_json::json!({"replicas": 2, "progressDeadlineSeconds": 30, "selector": {}, "template": {}}),
+                serde_json::json!({"observedGeneration": 2, "conditions": [{"type": "Progressing",
+                    "status": "False", "reason": "ProgressDeadlineExceeded"}]}),
+            )),
+            broker: Some(Ok(())),
+            topology: Some(Ok(())),
+            ..Observation::default()
+        };
+        let conds = conditions(&obs);
+        let get = |t: &str| conds.iter().find(|c| c.type_ == t).expect("condition");
+        assert_eq!(get(types::STALLED).status, "True");
+        assert_eq!(get(types::STALLED).reason, Reason::ProgressDeadlineExceeded);
+        assert_eq!(get(types::RECONCILING).status, "False");
+        assert_eq!(get(types::READY).reason, Reason::ProgressDeadlineExceeded);
+        // A retryable problem is reported instead (Reconciling), never both.
+        let obs = Observation {
+            broker: Some(Err(Problem::new(Reason::BrokerUnreachable, "down"))),
+            ..obs
+        };
+        let conds = conditions(&obs);
+        let get = |t: &str| conds.iter().find(|c| c.type_ == t).expect("condition");
+        assert_eq!(get(types::RECONCILING).status, "True");
+        assert_eq!(get(types::STALLED).status, "False");
+    }
 }

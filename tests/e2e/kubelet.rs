@@ -1,19 +1,20 @@
-//! A tiny "kubelet + Deployment controller" for the end-to-end test: it reads the Deployments
-//! the operator manages from the emulator and runs their pod template as local processes.
+//! A tiny kubelet for the end-to-end test: it runs the pods that the emulator's Deployment
+//! controller creates for the Deployments the operator manages, as local processes, and reports
+//! their readiness. The Deployment's status (replicas, updated, ready, available, conditions)
+//! and rollouts are the emulator's Deployment controller's, which counts only the pods this
+//! kubelet reports ready.
 //!
 //! For each pod it materialises what the container would see: ConfigMap and Secret volumes are
 //! written to a directory and paths under their mount points in `command`/`args` are rewritten
 //! to it; `env` values and `secretKeyRef`/`configMapKeyRef` are resolved from the emulator;
 //! the container ports get free local ports (`--listen`/`--stomp-listen` added to the
 //! arguments, which win over the config file). The readiness probe's HTTP GET is run against
-//! the local port, and the Deployment status (replicas, updated, ready, available, the
-//! `Available` condition, observedGeneration) is written through the `status` subresource, as
-//! the Deployment controller would. A changed pod template rolls the pods (new first, old
-//! removed once the new ones are ready, like maxSurge 1 / maxUnavailable 0).
+//! the local port, and the result is reported through the pod's `status` subresource
+//! (`Ready` condition).
 //!
 //! Not emulated: images (the container runs the `stompgate` binary under test), security
-//! contexts, resources, liveness probes, other volume types (a pod using one never starts and
-//! the reason is logged).
+//! contexts, resources, liveness probes, restarts (an exited process is reported not ready),
+//! other volume types (a pod using one never starts and the reason is logged).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,8 +23,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use kube_emulator::Emulator;
-use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the test can see of a pod.
@@ -61,7 +61,8 @@ impl Drop for Kubelet {
 }
 
 impl Kubelet {
-    /// Starts polling the emulator every 150 ms; pods run `binary` in `work`.
+    /// Starts polling the emulator every 150 ms for pods matching `selector`; they run
+    /// `binary` in `work`.
     pub fn start(emu: Arc<Emulator>, binary: PathBuf, work: PathBuf, selector: &str) -> Kubelet {
         let pods = Arc::new(Mutex::new(Vec::new()));
         let shared = pods.clone();
@@ -72,17 +73,13 @@ impl Kubelet {
                 binary,
                 work,
                 pods: BTreeMap::new(),
-                counter: 0,
+                failed: BTreeMap::new(),
                 selector,
             };
             loop {
                 state.sync().await;
-                *shared.lock().expect("lock") = state
-                    .pods
-                    .values()
-                    .flatten()
-                    .map(|p| p.info.clone())
-                    .collect();
+                *shared.lock().expect("lock") =
+                    state.pods.values().map(|p| p.info.clone()).collect();
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
         });
@@ -99,8 +96,10 @@ struct State {
     emu: Arc<Emulator>,
     binary: PathBuf,
     work: PathBuf,
-    pods: BTreeMap<String, Vec<Pod>>,
-    counter: u64,
+    /// Running pods by `namespace/name`.
+    pods: BTreeMap<String, Pod>,
+    /// Pods that cannot start, with the reason (logged once).
+    failed: BTreeMap<String, String>,
     selector: String,
 }
 
@@ -134,10 +133,6 @@ async fn http_ok(port: u16, path: &str) -> bool {
     }
 }
 
-fn hash(v: &Value) -> String {
-    hex::encode(Sha256::digest(v.to_string().as_bytes()))[..10].to_string()
-}
-
 impl State {
     fn get(&self, path: &str) -> Option<Value> {
         self.emu.get(path)
@@ -146,25 +141,37 @@ impl State {
     async fn sync(&mut self) {
         let (code, list) = self.emu.call(
             "GET",
-            &format!("/apis/apps/v1/deployments?labelSelector={}", self.selector),
+            &format!("/api/v1/pods?labelSelector={}", self.selector),
             None,
         );
         if code != 200 {
             return;
         }
-        let deployments = list["items"].as_array().cloned().unwrap_or_default();
         let mut seen = Vec::new();
-        for d in &deployments {
-            let ns = d["metadata"]["namespace"]
+        for pod in list["items"].as_array().cloned().unwrap_or_default() {
+            if pod.pointer("/metadata/deletionTimestamp").is_some() {
+                continue;
+            }
+            let ns = pod["metadata"]["namespace"]
                 .as_str()
                 .unwrap_or("")
                 .to_string();
-            let name = d["metadata"]["name"].as_str().unwrap_or("").to_string();
-            let owner = format!("{ns}/{name}");
-            seen.push(owner.clone());
-            self.sync_deployment(&owner, &ns, &name, d).await;
+            let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let key = format!("{ns}/{name}");
+            seen.push(key.clone());
+            if !self.pods.contains_key(&key) && !self.failed.contains_key(&key) {
+                match self.start_pod(&ns, &pod) {
+                    Ok(p) => {
+                        self.pods.insert(key.clone(), p);
+                    }
+                    Err(e) => {
+                        eprintln!("e2e kubelet: cannot start pod {key}: {e}");
+                        self.failed.insert(key.clone(), e);
+                    }
+                }
+            }
         }
-        // Pods of deleted Deployments go away (what the ReplicaSet GC would do).
+        // Pods the Deployment controller (or the garbage collector) removed stop.
         let gone: Vec<String> = self
             .pods
             .keys()
@@ -172,123 +179,50 @@ impl State {
             .cloned()
             .collect();
         for k in gone {
-            for mut p in self.pods.remove(&k).unwrap_or_default() {
+            if let Some(mut p) = self.pods.remove(&k) {
                 let _ = p.child.start_kill();
             }
         }
-    }
-
-    async fn sync_deployment(&mut self, owner: &str, ns: &str, name: &str, d: &Value) {
-        let deleting = d.pointer("/metadata/deletionTimestamp").is_some();
-        let desired = if deleting {
-            0
-        } else {
-            d.pointer("/spec/replicas")
-                .and_then(Value::as_u64)
-                .unwrap_or(1) as usize
-        };
-        let template = d.pointer("/spec/template").cloned().unwrap_or_default();
-        let h = hash(&template);
-        let mut pods = self.pods.remove(owner).unwrap_or_default();
-        // Exited processes are gone (a real kubelet would restart them; we report them).
-        pods.retain_mut(|p| match p.child.try_wait() {
-            Ok(Some(status)) => {
-                eprintln!("e2e kubelet: pod {} exited: {status}", p.info.name);
-                false
-            }
-            _ => true,
-        });
-        for p in pods.iter_mut() {
-            p.info.ready = match &p.probe_port {
-                Some((port, path)) => http_ok(*port, path).await,
-                None => true,
-            };
-        }
-        let current = pods.iter().filter(|p| p.info.hash == h).count();
-        if current < desired {
-            for _ in current..desired {
-                match self.start_pod(ns, name, &template, &h) {
-                    Ok(p) => pods.push(p),
-                    Err(e) => {
-                        eprintln!("e2e kubelet: cannot start a pod of {owner}: {e}");
-                        break;
+        self.failed.retain(|k, _| seen.contains(k));
+        // Readiness, as the probes say, reported on each pod.
+        for (key, p) in self.pods.iter_mut() {
+            let exited = match p.child.try_wait() {
+                Ok(Some(status)) => {
+                    if p.info.ready || p.probe_port.is_some() {
+                        eprintln!("e2e kubelet: pod {} exited: {status}", p.info.name);
                     }
-                }
-            }
-        } else if current > desired {
-            let mut extra = current - desired;
-            pods.retain_mut(|p| {
-                if extra > 0 && p.info.hash == h {
-                    extra -= 1;
-                    let _ = p.child.start_kill();
-                    false
-                } else {
+                    p.probe_port = None;
                     true
                 }
-            });
-        }
-        let ready_new = pods
-            .iter()
-            .filter(|p| p.info.hash == h && p.info.ready)
-            .count();
-        if ready_new >= desired {
-            pods.retain_mut(|p| {
-                if p.info.hash != h {
-                    let _ = p.child.start_kill();
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-        let replicas = pods.len();
-        let updated = pods.iter().filter(|p| p.info.hash == h).count();
-        let ready = pods.iter().filter(|p| p.info.ready).count();
-        let available = ready >= desired;
-        let status = json!({
-            "observedGeneration": d.pointer("/metadata/generation"),
-            "replicas": replicas,
-            "updatedReplicas": updated,
-            "readyReplicas": ready,
-            "availableReplicas": ready,
-            "unavailableReplicas": desired.saturating_sub(ready),
-            "conditions": [
-                {"type": "Available", "status": if available { "True" } else { "False" },
-                 "reason": if available { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
-                 "message": if available { "Deployment has minimum availability." } else { "Deployment does not have minimum availability." }},
-                {"type": "Progressing", "status": "True",
-                 "reason": if updated == desired && ready >= desired { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" },
-                 "message": format!("ReplicaSet {name}-{h} is progressing.")},
-            ],
-        });
-        // Write only what changed (conditions compared without timestamps).
-        let have = d.get("status").cloned().unwrap_or_default();
-        if !deleting && !same_status(&have, &status) {
-            let (code, body) = self.emu.call(
-                "PATCH",
-                &format!(
-                    "/apis/apps/v1/namespaces/{ns}/deployments/{name}/status?fieldManager=e2e-kubelet"
-                ),
-                Some(&json!({"status": status})),
-            );
-            if code != 200 {
-                eprintln!("e2e kubelet: status of {owner}: {code} {body}");
+                _ => false,
+            };
+            let ready = !exited
+                && match &p.probe_port {
+                    Some((port, path)) => http_ok(*port, path).await,
+                    None => true,
+                };
+            p.info.ready = ready;
+            let ns = key.split('/').next().unwrap_or_default();
+            let code = self.emu.set_pod_ready(ns, &p.info.name, ready);
+            if code != 200 && code != 404 {
+                eprintln!("e2e kubelet: status of pod {key}: {code}");
             }
-        }
-        if !pods.is_empty() {
-            self.pods.insert(owner.to_string(), pods);
         }
     }
 
-    fn start_pod(
-        &mut self,
-        ns: &str,
-        deploy: &str,
-        template: &Value,
-        h: &str,
-    ) -> Result<Pod, String> {
-        self.counter += 1;
-        let pod_name = format!("{deploy}-{h}-{}", self.counter);
+    fn start_pod(&mut self, ns: &str, pod: &Value) -> Result<Pod, String> {
+        let pod_name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let deploy = pod
+            .pointer("/metadata/ownerReferences/0/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let h = pod
+            .pointer("/metadata/labels/pod-template-hash")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let template = pod;
         let dir = self.work.join(&pod_name);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let spec = template.get("spec").cloned().unwrap_or_default();
@@ -486,7 +420,7 @@ impl State {
                 name: pod_name,
                 ws_port: ports.get("ws").copied().unwrap_or(0),
                 ready: false,
-                hash: h.to_string(),
+                hash: h,
             },
             child,
             probe_port,
@@ -499,20 +433,4 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), String> {
         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
     }
     std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn same_status(have: &Value, want: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(cs) = v.get_mut("conditions").and_then(Value::as_array_mut) {
-            for c in cs {
-                if let Some(m) = c.as_object_mut() {
-                    m.remove("lastTransitionTime");
-                    m.remove("lastUpdateTime");
-                }
-            }
-        }
-        v
-    };
-    strip(have) == strip(want)
 }

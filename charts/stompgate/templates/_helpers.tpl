@@ -65,4 +65,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# Before re-creating a missing child: is its namespace being deleted? (In a Role, this
+# allows reading that namespace only.)
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get"]
 {{- end -}}

@@ -123,6 +123,58 @@ fn matches_key(item: &Value, elem: &str) -> bool {
     want.iter().all(|(f, v)| item.get(f) == Some(v))
 }
 
+/// Keyed-list and set items that appear twice in an applied object, as structured-merge-diff
+/// reports them: `.spec.items: duplicate entries for key [name="a"]`.
+pub fn duplicate_entries(v: &Value, lists: ListFn) -> Vec<String> {
+    fn rec(v: &Value, lists: ListFn, names: &mut Vec<String>, path: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, c) in m {
+                    names.push(k.clone());
+                    rec(c, lists, names, &format!("{path}.{k}"), out);
+                    names.pop();
+                }
+            }
+            Value::Array(items) => {
+                let kind = lists(names);
+                let mut seen: Vec<String> = Vec::new();
+                for (i, it) in items.iter().enumerate() {
+                    let (elem, shown) = match &kind {
+                        ListType::Map(keys) => {
+                            let parts: Vec<String> = keys
+                                .iter()
+                                .filter_map(|k| it.get(k).map(|x| format!("{k}={x}")))
+                                .collect();
+                            (format!("[{}]", parts.join(",")), "key")
+                        }
+                        ListType::Set => (it.to_string(), "value"),
+                        ListType::Atomic => (format!("[{i}]"), ""),
+                    };
+                    if !shown.is_empty() {
+                        if seen.contains(&elem) {
+                            let e = format!("{path}: duplicate entries for {shown} {elem}");
+                            if !out.contains(&e) {
+                                out.push(e);
+                            }
+                            continue;
+                        }
+                        seen.push(elem.clone());
+                    }
+                    let child = match &kind {
+                        ListType::Set => format!("{path}[={elem}]"),
+                        _ => format!("{path}{elem}"),
+                    };
+                    rec(it, lists, names, &child, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    rec(v, lists, &mut Vec::new(), "", &mut out);
+    out
+}
+
 /// The value at a path.
 pub fn get<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
     let mut cur = v;

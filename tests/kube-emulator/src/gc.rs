@@ -76,14 +76,20 @@ fn delete(st: &mut State, o: &Obj, policy: &str) {
     let _ = st.delete(&mut req, &name, &json!({"propagationPolicy": policy}));
 }
 
+/// Name to switch ownerReference garbage collection off with [`State::set_controller`].
+pub const GARBAGE_COLLECTOR: &str = "garbage-collector-controller";
+/// Name to switch namespace termination off with [`State::set_controller`].
+pub const NAMESPACE: &str = "namespace-controller";
+
 /// One pass; returns whether it changed anything (the caller repeats until quiet).
 pub fn pass(st: &mut State) -> bool {
     let objs = all_objects(st);
+    let collect_garbage = st.controller_enabled(GARBAGE_COLLECTOR);
     let lookup = |uid: &str| -> Option<&Obj> {
         objs.iter().find(|o| meta_str(&o.value, "uid") == Some(uid))
     };
     // Dependents of owners that are gone or deleting.
-    for o in &objs {
+    for o in objs.iter().filter(|_| collect_garbage) {
         let refs = owner_refs(&o.value);
         if refs.is_empty() {
             continue;
@@ -177,7 +183,10 @@ pub fn pass(st: &mut State) -> bool {
         }
     }
     // Owners waiting on their dependents.
-    for o in objs.iter().filter(|o| deleting(&o.value)) {
+    for o in objs
+        .iter()
+        .filter(|o| collect_garbage && deleting(&o.value))
+    {
         let uid = meta_str(&o.value, "uid").unwrap_or("").to_string();
         let fins = util::finalizers(&o.value);
         let dependents: Vec<&Obj> = objs
@@ -206,10 +215,13 @@ pub fn pass(st: &mut State) -> bool {
         }
     }
     // Namespaces being terminated: delete the content, then the namespace.
-    for o in objs
-        .iter()
-        .filter(|o| o.res.kind == "Namespace" && o.res.group.is_empty() && deleting(&o.value))
-    {
+    let terminate_namespaces = st.controller_enabled(NAMESPACE);
+    for o in objs.iter().filter(|o| {
+        terminate_namespaces
+            && o.res.kind == "Namespace"
+            && o.res.group.is_empty()
+            && deleting(&o.value)
+    }) {
         let ns = o.key.1.clone();
         let content: Vec<&Obj> = objs
             .iter()

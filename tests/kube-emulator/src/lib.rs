@@ -11,6 +11,7 @@
 //!
 //! See `docs/api-emulator.md` for what is covered and what is not.
 
+pub mod deployment;
 pub mod fields;
 pub mod gc;
 pub mod http;
@@ -31,6 +32,9 @@ use bytes::Bytes;
 use serde_json::Value;
 
 pub use store::AuditEntry;
+
+/// How often the controllers look again when nothing changed.
+const CONTROLLER_TICK: Duration = Duration::from_millis(250);
 
 /// Emulator settings.
 #[derive(Clone, Debug)]
@@ -77,12 +81,18 @@ impl Emulator {
             state: Arc::new(Mutex::new(state)),
             bookmark_interval: opts.bookmark_interval,
         };
-        let gc_state = app.state.clone();
-        let gc = tokio::spawn(async move {
+        let controllers_state = app.state.clone();
+        let controllers = tokio::spawn(async move {
             loop {
-                notify.notified().await;
-                let mut st = gc_state.lock().expect("state lock");
+                // Every change wakes the controllers; the tick is for what time alone changes
+                // (progress deadlines, minReadySeconds).
+                tokio::select! {
+                    _ = notify.notified() => {}
+                    _ = tokio::time::sleep(CONTROLLER_TICK) => {}
+                }
+                let mut st = controllers_state.lock().expect("state lock");
                 gc::run(&mut st);
+                deployment::run(&mut st);
             }
         });
         let handler_app = app.clone();
@@ -96,7 +106,7 @@ impl Emulator {
         Ok(Emulator {
             addr,
             app,
-            tasks: vec![gc, server],
+            tasks: vec![controllers, server],
         })
     }
 
@@ -183,6 +193,53 @@ impl Emulator {
     /// The current resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.app.state.lock().expect("state lock").rv
+    }
+
+    /// Switches one of the emulator's controllers off or on, like kube-controller-manager's
+    /// `--controllers`: `namespace-controller`, `deployment-controller`,
+    /// `garbage-collector-controller`. A test can hold a state the real controllers pass
+    /// through quickly (a namespace terminating while its content is still there).
+    pub fn set_controller(&self, name: &str, enabled: bool) {
+        self.app
+            .state
+            .lock()
+            .expect("state lock")
+            .set_controller(name, enabled);
+    }
+
+    /// Reports a pod running and ready (or not ready), as its kubelet would: `status.phase` and
+    /// the `Ready` condition through the `status` subresource. Only ready pods count in a
+    /// Deployment's `readyReplicas`/`availableReplicas`. Returns the HTTP code.
+    pub fn set_pod_ready(&self, namespace: &str, pod: &str, ready: bool) -> u16 {
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}/status?fieldManager=kubelet");
+        let Some(current) = self.get(&format!("/api/v1/namespaces/{namespace}/pods/{pod}")) else {
+            return 404;
+        };
+        let want = if ready { "True" } else { "False" };
+        let conditions = current
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if conditions
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == want)
+        {
+            return 200;
+        }
+        let now = util::now_time();
+        let mut conditions: Vec<Value> = conditions
+            .into_iter()
+            .filter(|c| c["type"] != "Ready" && c["type"] != "ContainersReady")
+            .collect();
+        for ty in ["ContainersReady", "Ready"] {
+            conditions.push(
+                serde_json::json!({"type": ty, "status": want, "lastProbeTime": null,
+                                               "lastTransitionTime": now}),
+            );
+        }
+        let patch = serde_json::json!({"status": {"phase": "Running", "conditions": conditions}});
+        self.call("PATCH", &path, Some(&patch)).0
     }
 
     /// Every request served so far.

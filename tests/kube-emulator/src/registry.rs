@@ -22,6 +22,8 @@ pub enum Builtin {
     EventV1,
     /// apps/v1 Deployment.
     Deployment,
+    /// v1 Pod (created by the Deployment controller, made ready by a kubelet).
+    Pod,
     /// policy/v1 PodDisruptionBudget.
     Pdb,
     /// coordination.k8s.io/v1 Lease.
@@ -204,6 +206,7 @@ fn builtin(
             &["all"],
         ),
         Builtin::Service => (true, None, false, &["all"]),
+        Builtin::Pod => (true, None, false, &["all"]),
         Builtin::Pdb => (true, None, true, &[]),
         Builtin::Namespace => (true, None, false, &[]),
         Builtin::Crd => (true, None, true, &["api-extensions"]),
@@ -263,6 +266,7 @@ pub fn builtins() -> Vec<ResourceDef> {
         ),
         builtin("", "v1", "Service", "services", true, &["svc"], Service),
         builtin("", "v1", "Event", "events", true, &["ev"], Event),
+        builtin("", "v1", "Pod", "pods", true, &["po"], Pod),
         builtin(
             "apps",
             "v1",

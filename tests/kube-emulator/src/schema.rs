@@ -149,6 +149,98 @@ fn short(v: &Value) -> String {
     }
 }
 
+/// What structured-merge-diff finds when it converts an apply patch to its typed form (before
+/// any merge, defaulting or validation): fields the schema does not declare and values of the
+/// wrong type, as `.spec.x: field not declared in schema` or `.spec.n: expected numeric (int or
+/// float), got string`. Fields under `x-kubernetes-preserve-unknown-fields` or
+/// `additionalProperties` are free.
+pub fn typed_errors(schema: &Value, v: &Value, path: &str, out: &mut Vec<String>) {
+    if v.is_null() || schema.get("x-kubernetes-int-or-string").is_some() {
+        if !(v.is_null() || v.is_string() || v.is_i64() || v.is_u64()) {
+            out.push(format!(
+                "{path}: expected numeric (int or float) or string, got {}",
+                smd_type(v)
+            ));
+        }
+        return;
+    }
+    let expected = match schema.get("type").and_then(Value::as_str) {
+        Some("integer" | "number") if !v.is_number() => Some("numeric (int or float)"),
+        Some("string") if !v.is_string() => Some("string"),
+        Some("boolean") if !v.is_boolean() => Some("boolean"),
+        Some("array") if !v.is_array() => Some("list"),
+        Some("object") if !v.is_object() => Some("map"),
+        _ => None,
+    };
+    if let Some(e) = expected {
+        out.push(format!("{path}: expected {e}, got {}", smd_type(v)));
+        return;
+    }
+    match v {
+        Value::Object(m) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            let free = preserves(schema)
+                || schema.get("additionalProperties") == Some(&Value::Bool(true))
+                || (props.is_none() && additional.is_none());
+            let embedded = schema
+                .get("x-kubernetes-embedded-resource")
+                .and_then(Value::as_bool)
+                == Some(true);
+            for (k, c) in m {
+                let child = format!("{path}.{k}");
+                match props.and_then(|p| p.get(k)).or(additional) {
+                    Some(cs) => typed_errors(cs, c, &child, out),
+                    None if free => {}
+                    None if embedded
+                        && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") => {}
+                    None => out.push(format!("{child}: field not declared in schema")),
+                }
+            }
+        }
+        Value::Array(items) => {
+            let keys: Vec<&str> = match schema.get("x-kubernetes-list-type").and_then(Value::as_str)
+            {
+                Some("map") => schema
+                    .get("x-kubernetes-list-map-keys")
+                    .and_then(Value::as_array)
+                    .map(|k| k.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            if let Some(is) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    // Items of a keyed list are named by their key, as structured-merge-diff does.
+                    let elem = if keys.is_empty() {
+                        format!("[{i}]")
+                    } else {
+                        let parts: Vec<String> = keys
+                            .iter()
+                            .filter_map(|k| item.get(*k).map(|x| format!("{k}={x}")))
+                            .collect();
+                        format!("[{}]", parts.join(","))
+                    };
+                    typed_errors(is, item, &format!("{path}{elem}"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// How structured-merge-diff names the type of an unstructured value.
+fn smd_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float64",
+        Value::Number(_) => "int64",
+        Value::String(_) => "string",
+        Value::Array(_) => "list",
+        Value::Object(_) => "map",
+    }
+}
+
 /// Validates against the OpenAPI v3 subset structural schemas allow.
 pub fn validate(schema: &Value, v: &Value, path: &str, out: &mut Vec<Cause>) {
     if v.is_null() {

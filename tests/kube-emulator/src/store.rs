@@ -144,6 +144,10 @@ pub struct State {
     pub gc_notify: Arc<tokio::sync::Notify>,
     /// Address the server listens on (for discovery's serverAddressByClientCIDRs).
     pub server_address: String,
+    /// The pod-template-hash each Deployment (by uid) last rolled out.
+    pub deployment_hashes: HashMap<String, String>,
+    /// Controllers switched off (kube-controller-manager's `--controllers=-name`).
+    pub controllers_off: std::collections::BTreeSet<String>,
 }
 
 fn sk(res: &ResourceDef) -> StorageKey {
@@ -168,6 +172,8 @@ impl State {
             next_node_port: 30000,
             gc_notify: Arc::new(tokio::sync::Notify::new()),
             server_address: String::new(),
+            deployment_hashes: HashMap::new(),
+            controllers_off: Default::default(),
         };
         let ns_res = st
             .registry
@@ -182,6 +188,21 @@ impl State {
             .expect("namespace");
         }
         st
+    }
+
+    /// Whether a controller runs (all do unless switched off).
+    pub fn controller_enabled(&self, name: &str) -> bool {
+        !self.controllers_off.contains(name)
+    }
+
+    /// Switches a controller on or off; switching on runs it at once.
+    pub fn set_controller(&mut self, name: &str, enabled: bool) {
+        if enabled {
+            self.controllers_off.remove(name);
+            self.gc_notify.notify_one();
+        } else {
+            self.controllers_off.insert(name.to_string());
+        }
     }
 
     /// A request context for the emulator's own controllers.
@@ -513,7 +534,10 @@ impl State {
         Ok(())
     }
 
-    fn namespace_open(&self, req: &Req) -> ApiResult<()> {
+    /// The NamespaceLifecycle admission plugin: nothing is created in a namespace that does
+    /// not exist (404) or is being deleted (403 with cause `NamespaceTerminating`); updates
+    /// of what is already there are still allowed.
+    fn namespace_open(&self, req: &Req, name: &str) -> ApiResult<()> {
         let Some(ns) = req.namespace.as_deref().filter(|_| req.res.namespaced) else {
             return Ok(());
         };
@@ -525,11 +549,16 @@ impl State {
         {
             None => Err(ApiError::not_found("", "namespaces", ns)),
             Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => {
-                Err(ApiError::forbidden(format!(
-                    "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                let mut e = ApiError::forbidden(format!(
+                    "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                     util::qualified(&req.res.group, &req.res.plural),
-                    "",
-                )))
+                ));
+                e.details = Some(json!({
+                    "name": name, "group": req.res.group, "kind": req.res.plural,
+                    "causes": [{"reason": "NamespaceTerminating", "field": "metadata.namespace",
+                                "message": format!("namespace {ns} is being terminated")}],
+                }));
+                Err(e)
             }
             Some(_) => Ok(()),
         }
@@ -552,7 +581,8 @@ impl State {
         Self::check_type(req, &body)?;
         let mut obj = Self::to_storage(&req.res, body);
         self.check_namespace(req, &mut obj)?;
-        self.namespace_open(req)?;
+        // Admission sees the name as sent (empty with generateName).
+        self.namespace_open(req, meta_str(&obj, "name").unwrap_or(""))?;
         {
             let m = meta_mut(&mut obj);
             if let Some(rv) = m.get("resourceVersion").and_then(Value::as_str)
@@ -813,6 +843,7 @@ impl State {
                 "the object has been modified; please apply your changes to the latest version and try again",
             ));
         }
+        Self::typed_patch_check(req, name, &applied)?;
         let mut applied = applied;
         {
             let m = meta_mut(&mut applied);
@@ -875,6 +906,52 @@ impl State {
                 self.finish_write(req, &old, new, sub, Some(entries))
             }
         }
+    }
+
+    /// Server-side apply first converts the patch to its typed form; a field the schema does
+    /// not declare, a value of the wrong type or a keyed-list item given twice fails there, as
+    /// a plain error: HTTP 500 `failed to create typed patch object (...)`, not the 422 a POST
+    /// of the same object gets.
+    fn typed_patch_check(req: &Req, name: &str, applied: &Value) -> ApiResult<()> {
+        let mut errors = Vec::new();
+        if let Some(schema) = req
+            .res
+            .version(&req.version)
+            .and_then(|v| v.schema.as_ref())
+            .filter(|_| req.res.builtin.is_none())
+        {
+            let mut top = applied.clone();
+            if let Some(m) = top.as_object_mut() {
+                for k in ["apiVersion", "kind", "metadata"] {
+                    m.remove(k);
+                }
+            }
+            schema::typed_errors(schema, &top, "", &mut errors);
+        }
+        let lists = Self::list_fn(&req.res, &req.version);
+        errors.extend(fields::duplicate_entries(applied, &lists));
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let detail = if errors.len() == 1 {
+            errors.remove(0)
+        } else {
+            format!("errors:\n  {}", errors.join("\n  "))
+        };
+        let group_version = if req.res.group.is_empty() {
+            format!("/{}", req.version)
+        } else {
+            format!("{}/{}", req.res.group, req.version)
+        };
+        Err(ApiError::new(
+            500,
+            "",
+            format!(
+                "failed to create typed patch object ({}/{name}; {group_version}, Kind={}): {detail}",
+                req.namespace.as_deref().unwrap_or(""),
+                req.res.kind
+            ),
+        ))
     }
 
     fn create_applied(
@@ -1195,6 +1272,10 @@ impl State {
             }
             Some(Builtin::Service) => self.prepare_service(old, obj)?,
             Some(Builtin::Deployment) => default_deployment(obj),
+            // Not scheduled anywhere: Pending until a kubelet reports it running.
+            Some(Builtin::Pod) if old.is_none() => {
+                obj["status"] = json!({"phase": "Pending"});
+            }
             Some(Builtin::Crd) => {
                 if old.is_none() {
                     let mut f = util::finalizers(obj);

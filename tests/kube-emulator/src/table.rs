@@ -131,6 +131,31 @@ pub fn columns(res: &ResourceDef, version: &str) -> Vec<Value> {
             ),
             col("Selector", "string", "", 1, "Label selector for pods."),
         ],
+        Some(Builtin::Pod) => vec![
+            name,
+            col(
+                "Ready",
+                "string",
+                "",
+                0,
+                "The aggregate readiness state of this pod for accepting traffic.",
+            ),
+            col(
+                "Status",
+                "string",
+                "",
+                0,
+                "The aggregate status of the containers in this pod.",
+            ),
+            col(
+                "Restarts",
+                "string",
+                "",
+                0,
+                "The number of times the containers in this pod have been restarted.",
+            ),
+            age_col,
+        ],
         Some(Builtin::Pdb) => vec![
             name,
             col(
@@ -297,6 +322,26 @@ pub fn cells(res: &ResourceDef, version: &str, v: &Value) -> Vec<Value> {
                 json!(names.join(",")),
                 json!(images.join(",")),
                 json!(sel),
+            ]
+        }
+        Some(Builtin::Pod) => {
+            let containers = count(v, "/spec/containers");
+            let ready = v
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+            vec![
+                name,
+                json!(format!(
+                    "{}/{containers}",
+                    if ready { containers } else { 0 }
+                )),
+                json!(s(v, "/status/phase")),
+                json!("0"),
+                age(v),
             ]
         }
         Some(Builtin::Pdb) => {

@@ -649,7 +649,7 @@ async fn watchers_see_crd_objects_through_a_kube_runtime_watcher() {
 #[tokio::test]
 async fn unimplemented_things_say_so() {
     let emu = Emulator::start().await.unwrap();
-    let (code, body) = emu.call("GET", "/api/v1/pods", None);
+    let (code, body) = emu.call("GET", "/api/v1/persistentvolumeclaims", None);
     assert_eq!(code, 404);
     assert!(body["message"].as_str().unwrap().contains("could not find"));
     let (code, _) = emu.call("GET", "/api/v1/namespaces/default/configmaps/x/log", None);

@@ -474,6 +474,35 @@ stringData: {u: guest}
         .await,
         "nginx:1.28 2"
     );
+    // The Deployment controller made pods; they are ready once a kubelet says so, and
+    // `kubectl rollout status` follows the Deployment's status.
+    let out = k.ok(&["-n", "apps", "get", "pods", "-l", "app=web"]).await;
+    assert!(out.contains("Pending"), "{out}");
+    // A kubelet whose pods all pass their probes, while the rollout (the image patched above)
+    // goes on.
+    let kubelet = || {
+        let (_, list) = emu.call("GET", "/api/v1/namespaces/apps/pods", None);
+        for p in list["items"].as_array().into_iter().flatten() {
+            let name = p["metadata"]["name"].as_str().unwrap_or_default();
+            emu.set_pod_ready("apps", name, true);
+        }
+    };
+    let rollout = k.ok(&[
+        "-n",
+        "apps",
+        "rollout",
+        "status",
+        "deployment/web",
+        "--timeout=50s",
+    ]);
+    tokio::pin!(rollout);
+    let out = loop {
+        tokio::select! {
+            out = &mut rollout => break out,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => kubelet(),
+        }
+    };
+    assert!(out.contains("successfully rolled out"), "{out}");
     k.ok(&["-n", "apps", "label", "cm", "cfg", "tier=x"]).await;
     assert!(
         k.ok(&["-n", "apps", "get", "cm", "-l", "tier=x", "-o", "name"])
@@ -499,9 +528,9 @@ stringData: {u: guest}
     let err = k.fails(&["get", "namespace", "apps"]).await;
     assert!(err.contains("not found"), "{err}");
     // What the emulator does not serve, it says.
-    let err = k.fails(&["get", "pods"]).await;
+    let err = k.fails(&["get", "replicasets"]).await;
     assert!(
-        err.contains("the server doesn't have a resource type \"pods\""),
+        err.contains("the server doesn't have a resource type \"replicasets\""),
         "{err}"
     );
 }

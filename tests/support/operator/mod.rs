@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod cluster;
+pub mod kstatus;
 
 use stompgate::crd::StompGateway;
 
