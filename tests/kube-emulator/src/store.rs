@@ -1476,7 +1476,19 @@ impl State {
                         }
                         t
                     });
-                    if causes.is_empty() {
+                    // The CEL rules run alongside the other errors, unless a value has the
+                    // wrong type or is outside its enum (`hasBlockingErr` in the API server).
+                    let blocked = causes.iter().any(|c| {
+                        matches!(c.reason, "FieldValueTypeInvalid" | "FieldValueNotSupported")
+                            || c.message.contains("in body must be of type")
+                    });
+                    if blocked {
+                        causes.push(Cause::new(
+                            "FieldValueInvalid",
+                            "<nil>",
+                            "<nil>: Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
+                        ));
+                    } else {
                         let mut with_meta = top.clone();
                         with_meta["metadata"] = obj.get("metadata").cloned().unwrap_or_default();
                         causes.extend(schema::validate_cel(&schema, &with_meta, old_top.as_ref()));

@@ -18,8 +18,11 @@ fn gadget_crd() -> Value {
             "versions": [{"name": "v1", "served": true, "storage": true,
                 "subresources": {"status": {}},
                 "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                    "spec": {"type": "object", "properties": {
-                        "size": {"type": "integer"},
+                    "spec": {"type": "object",
+                      "x-kubernetes-validations": [{"rule": "!has(self.size) || self.size % 2 == 0",
+                                                    "message": "size must be even"}],
+                      "properties": {
+                        "size": {"type": "integer", "maximum": 100},
                         "parts": {"type": "array", "x-kubernetes-list-type": "map",
                             "x-kubernetes-list-map-keys": ["name"],
                             "items": {"type": "object", "required": ["name"],
@@ -604,4 +607,44 @@ async fn a_write_without_field_manager_is_owned_by_its_user_agent() {
         .await
         .expect("created");
     assert_eq!(managers("named"), ["my-operator"]);
+}
+
+/// The CEL rules run even when other validation failed (a value out of range, a bad name), so
+/// one answer lists every problem; only a value of the wrong type (or outside its enum) keeps
+/// them from running, and the answer says so.
+#[tokio::test]
+async fn cel_rules_run_alongside_schema_errors_unless_a_type_is_wrong() {
+    let emu = Emulator::start().await.expect("emulator");
+    let api = gadgets(&emu).await;
+    let err = api
+        .create(
+            &PostParams::default(),
+            &gadget("Bad_Name", json!({"size": 101})),
+        )
+        .await
+        .expect_err("invalid");
+    let (code, message) = api_error(err);
+    assert_eq!(code, 422);
+    for want in [
+        "metadata.name: Invalid value: \"Bad_Name\"",
+        "spec.size: Invalid value: 101: spec.size in body should be less than or equal to 100",
+        "size must be even",
+    ] {
+        assert!(message.contains(want), "{want} in {message}");
+    }
+    let err = api
+        .create(&PostParams::default(), &gadget("g", json!({"size": "7"})))
+        .await
+        .expect_err("invalid");
+    let (code, message) = api_error(err);
+    assert_eq!(code, 422);
+    assert!(
+        message.contains("spec.size in body must be of type integer"),
+        "{message}"
+    );
+    assert!(
+        message.contains("some validation rules were not checked because the object was invalid"),
+        "{message}"
+    );
+    assert!(!message.contains("size must be even"), "{message}");
 }
