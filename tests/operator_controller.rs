@@ -817,6 +817,11 @@ async fn a_failing_apply_is_reported_and_retried() {
     assert!(writes(&calls).contains(&format!("PATCH {GW}/status")));
     assert_eq!(env.cond("Ready")["reason"], "ApplyFailed");
     assert_eq!(env.cond("Reconciling")["status"], "True");
+    // A sentence a person reads: the HTTP status and the server's message, no debug dump.
+    assert_eq!(
+        env.cond("Reconciling")["message"],
+        "applying the gateway objects failed: HTTP 500 Internal Server Error: injected failure"
+    );
     env.reconcile().await.0.expect("recovers");
     assert!(env.api.get(DEPLOY).is_some());
     delete_exchange(&rabbit().await, &ex).await;

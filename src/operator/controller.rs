@@ -170,7 +170,7 @@ impl Context {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The Kubernetes API failed.
-    #[error("kubernetes API: {0}")]
+    #[error("kubernetes API: {}", status::api_error_message(.0))]
     Kube(#[from] kube::Error),
     /// A retryable condition (Secret missing, broker down, binding pending); already in status.
     #[error("{}: {message}", reason.as_str())]
@@ -346,7 +346,10 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
             Err(e) => {
                 let p = Problem::new(
                     Reason::ApplyFailed,
-                    format!("applying the gateway objects failed: {e}"),
+                    format!(
+                        "applying the gateway objects failed: {}",
+                        status::api_error_message(&e)
+                    ),
                 );
                 obs.blocked = Some(p);
                 obs.deployment = deployments.get_opt(&name).await.ok().flatten();
