@@ -611,3 +611,60 @@ async fn expected_broker_answers_are_not_logged_as_errors() {
     delete_exchange(&rabbit().await, &exchange).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The rules of the operator's ClusterRole as shipped in deploy/ (rendered from the chart).
+fn shipped_operator_rules() -> Value {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/operator.yaml"))
+            .expect("deploy/operator.yaml");
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).expect("yaml");
+        if v["kind"] == "ClusterRole" && v["metadata"]["name"] == "stompgate" {
+            return v["rules"].clone();
+        }
+    }
+    panic!("no ClusterRole stompgate in deploy/operator.yaml");
+}
+
+/// Finding 3: with the `OwnerReferencesPermissionEnforcement` admission plugin (on in
+/// OpenShift) and exactly the shipped RBAC, the operator creates its children and adopts a
+/// Service that existed before: setting an ownerReference needs `delete` on the child (and
+/// `update` on stompgateways/finalizers for blockOwnerDeletion).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adoption_works_under_owner_reference_permission_enforcement() {
+    let emu = std::sync::Arc::new(kube_emulator::Emulator::start().await.expect("emulator"));
+    emu.enforce_owner_references(shipped_operator_rules());
+    let op = Op::start_on(emu, Duration::from_secs(30)).await;
+    let ns = "ownerrefs";
+    op.namespace(ns);
+    op.guest_secret(ns);
+    // Someone's Service of the same name, created before the StompGateway.
+    op.create(
+        &format!("/api/v1/namespaces/{ns}/services"),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "gw"},
+               "spec": {"ports": [{"name": "ws", "port": 15674}]}}),
+    );
+    op.gateway(ns, "gw", broker_addr().port(), json!({}));
+    op.deployment_available(ns, "gw").await;
+    let gw = wait_for("Ready", 30, || {
+        op.gw(ns, "gw").filter(|g| cond_is(g, "Ready", "True"))
+    })
+    .await;
+    let svc = op
+        .emu
+        .get(&format!("/api/v1/namespaces/{ns}/services/gw"))
+        .expect("service");
+    assert_eq!(
+        svc["metadata"]["ownerReferences"][0]["uid"], gw["metadata"]["uid"],
+        "adopted: {:#}",
+        svc["metadata"]
+    );
+    let refused: Vec<String> = op
+        .emu
+        .audit()
+        .iter()
+        .filter(|a| !a.method.starts_with("IN-PROCESS") && a.code == 403)
+        .map(|a| format!("{} {}", a.method, a.path))
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+}

@@ -648,3 +648,102 @@ async fn cel_rules_run_alongside_schema_errors_unless_a_type_is_wrong() {
     );
     assert!(!message.contains("size must be even"), "{message}");
 }
+
+/// The opt-in `OwnerReferencesPermissionEnforcement` admission plugin: setting or changing
+/// ownerReferences needs `delete` on the object, and a `blockOwnerDeletion` reference needs
+/// `update` on the owner's `finalizers`; in-process calls (the administrator) are exempt.
+#[tokio::test]
+async fn owner_reference_permission_enforcement_is_opt_in() {
+    let emu = Emulator::start().await.expect("emulator");
+    let api = gadgets(&emu).await;
+    let owner = api
+        .create(&PostParams::default(), &gadget("owner", json!({})))
+        .await
+        .expect("owner");
+    let owner_ref = |block: bool| {
+        json!([{"apiVersion": "example.com/v1", "kind": "Gadget", "name": "owner",
+                "uid": owner.metadata.uid.clone().unwrap_or_default(),
+                "controller": true, "blockOwnerDeletion": block}])
+    };
+    let cm = |name: &str, refs: Value| -> k8s_openapi::api::core::v1::ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name, "ownerReferences": refs}}))
+            .expect("cm")
+    };
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::default_namespaced(emu.client());
+    // Off by default.
+    cms.create(&PostParams::default(), &cm("free", owner_ref(true)))
+        .await
+        .expect("no enforcement");
+    let writer = json!([{"apiGroups": [""], "resources": ["configmaps"],
+                         "verbs": ["get", "create", "patch", "update"]}]);
+    emu.enforce_owner_references(writer.clone());
+    let err = cms
+        .create(&PostParams::default(), &cm("a", owner_ref(false)))
+        .await
+        .expect_err("no delete permission");
+    let (code, message) = api_error(err);
+    assert_eq!(code, 403);
+    assert_eq!(
+        message,
+        "configmaps \"a\" is forbidden: cannot set an ownerRef on a resource you can't delete: , <nil>"
+    );
+    // Taking over an existing object is a change of its ownerReferences too.
+    emu.call(
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "orphan"}})),
+    );
+    let err = cms
+        .patch(
+            "orphan",
+            &PatchParams::apply("tester"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                                 "metadata": {"name": "orphan", "ownerReferences": owner_ref(false)}})),
+        )
+        .await
+        .expect_err("adoption needs delete");
+    assert_eq!(api_error(err).0, 403);
+    // With delete: allowed, unless the reference blocks the owner's deletion without
+    // permission to update the owner's finalizers.
+    let mut rules = writer.as_array().cloned().unwrap_or_default();
+    rules[0]["verbs"] = json!(["get", "create", "patch", "update", "delete"]);
+    emu.enforce_owner_references(json!(rules.clone()));
+    cms.create(&PostParams::default(), &cm("b", owner_ref(false)))
+        .await
+        .expect("delete granted");
+    let err = cms
+        .create(&PostParams::default(), &cm("c", owner_ref(true)))
+        .await
+        .expect_err("blockOwnerDeletion");
+    let (code, message) = api_error(err);
+    assert_eq!(code, 403);
+    assert!(
+        message.contains("cannot set blockOwnerDeletion if an ownerReference refers to a resource you can't set finalizers on"),
+        "{message}"
+    );
+    rules.push(
+        json!({"apiGroups": ["example.com"], "resources": ["gadgets/finalizers"],
+                      "verbs": ["update"]}),
+    );
+    emu.enforce_owner_references(json!(rules));
+    cms.create(&PostParams::default(), &cm("c", owner_ref(true)))
+        .await
+        .expect("finalizers granted");
+    // A change that leaves the ownerReferences alone needs nothing more.
+    emu.enforce_owner_references(writer);
+    cms.patch(
+        "c",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "v"}})),
+    )
+    .await
+    .expect("owner references unchanged");
+    // The administrator (in-process) is not checked.
+    let (code, body) = emu.call(
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(&json!({"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": "admin", "ownerReferences": owner_ref(true)}})),
+    );
+    assert_eq!(code, 201, "{body}");
+}
