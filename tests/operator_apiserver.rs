@@ -668,3 +668,72 @@ async fn adoption_works_under_owner_reference_permission_enforcement() {
         .collect();
     assert!(refused.is_empty(), "{refused:?}");
 }
+
+/// Finding 1, for objects written before the fix: an operator version that merge-patched the
+/// write-ahead ledger left an Update entry owning ledger items. The operator folds that entry
+/// into its apply first, so removing such an exchange later does not wedge the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ownership_left_by_an_older_version_is_repaired() {
+    let op = Op::start(Duration::from_secs(30)).await;
+    let ns = "legacy-owner";
+    op.namespace(ns);
+    op.guest_secret(ns);
+    let (keep, legacy) = (uniq("keep"), uniq("legacy"));
+    let exchange = |name: &str| json!({"name": name, "type": "topic"});
+    op.gateway(
+        ns,
+        "gw",
+        broker_addr().port(),
+        json!({"exchanges": [exchange(&keep)], "deletionPolicy": "Delete"}),
+    );
+    wait_for("keep declared", 30, || {
+        op.gw(ns, "gw")
+            .filter(|g| observed_current(g) && ledger_names(g, "exchanges", "name").len() == 1)
+    })
+    .await;
+    // What the older version did before declaring a new exchange: a merge patch of the ledger.
+    let ledger = json!({"status": {"topology": {"bindings": [], "exchanges": [
+        {"name": keep, "state": "Declared", "owned": true},
+        {"name": legacy, "state": "Pending", "owned": true}]}}});
+    let (code, body) = op.emu.call(
+        "PATCH",
+        &format!(
+            "{}/status?fieldManager=stompgateway-operator",
+            gw_path(ns, "gw")
+        ),
+        Some(&ledger),
+    );
+    assert_eq!(code, 200, "{body}");
+    op.merge_patch(
+        &gw_path(ns, "gw"),
+        json!({"spec": {"topology": {"exchanges": [exchange(&keep), exchange(&legacy)]}}}),
+    );
+    wait_for("legacy declared", 30, || {
+        op.gw(ns, "gw").filter(|g| {
+            observed_current(g) && g["status"]["topology"]["exchanges"][1]["state"] == "Declared"
+        })
+    })
+    .await;
+    op.step("the exchange the older version recorded is removed from the spec");
+    op.merge_patch(
+        &gw_path(ns, "gw"),
+        json!({"spec": {"topology": {"exchanges": [exchange(&keep)]}}}),
+    );
+    let gw = wait_for("the removal observed", 30, || {
+        op.gw(ns, "gw").filter(|g| {
+            observed_current(g) && ledger_names(g, "exchanges", "name") == [keep.as_str()]
+        })
+    })
+    .await;
+    let operations: Vec<&str> = gw["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["subresource"] == "status" && m["manager"] == "stompgateway-operator")
+        .filter_map(|m| m["operation"].as_str())
+        .collect();
+    assert_eq!(operations, ["Apply"]);
+    let rmq = rabbit().await;
+    assert!(!exchange_exists(&rmq, &legacy).await, "owned: deleted");
+    delete_exchange(&rmq, &keep).await;
+}

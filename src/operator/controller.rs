@@ -29,6 +29,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use super::managed_fields;
 use super::metrics::Metrics;
 use super::own_writes::OwnWrites;
 use super::resources::{self, APPLIED_HASH_ANNOTATION, BuildInputs, FIELD_MANAGER};
@@ -268,6 +269,23 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
     if gw.metadata.deletion_timestamp.is_some() {
         return cleanup(gw, ctx, &api).await;
     }
+    // Status ownership left by older versions (a merge-patched ledger) goes to the operator's
+    // apply first, or the ledger's dropped items would wedge every status write.
+    let repaired;
+    let gw = match managed_fields::fold_status_updates(&gw.metadata, FIELD_MANAGER) {
+        Some(entries) => {
+            let patch = json!({"metadata": {"managedFields": entries,
+                                            "resourceVersion": gw.resource_version()}});
+            let pp = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            };
+            repaired = api.patch(&name, &pp, &Patch::Merge(&patch)).await?;
+            tracing::info!(%ns, %name, "status ownership of an older operator version moved to its apply");
+            &repaired
+        }
+        None => gw,
+    };
     ensure_finalizer(
         gw,
         &api,

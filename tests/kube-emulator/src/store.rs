@@ -1111,6 +1111,14 @@ impl State {
                 }
             }
         }
+        // managedFields sent with an update or patch of the main resource replace the server's
+        // record (an empty list keeps it): how clients repair ownership (client-go csaupgrade).
+        let sent_owners = new
+            .pointer("/metadata/managedFields")
+            .filter(|m| m.as_array().is_some_and(|a| !a.is_empty()))
+            .filter(|m| Some(*m) != old.pointer("/metadata/managedFields"))
+            .filter(|_| sub.is_empty() && entries.is_none())
+            .map(|m| json!({"metadata": {"managedFields": m}}));
         // Server-owned metadata.
         {
             let om = old.get("metadata").cloned().unwrap_or_default();
@@ -1185,7 +1193,7 @@ impl State {
                 let nv = Self::view(&req.res, &req.version, &new);
                 let old_set = fields::field_set(&ov, &lists, inc, only);
                 let new_set = fields::field_set(&nv, &lists, inc, only);
-                let mut entries = fields::read_entries(old);
+                let mut entries = fields::read_entries(sent_owners.as_ref().unwrap_or(old));
                 fields::record_update(
                     &mut entries,
                     &old_set,

@@ -747,3 +747,106 @@ async fn owner_reference_permission_enforcement_is_opt_in() {
     );
     assert_eq!(code, 201, "{body}");
 }
+
+/// managedFields sent with an update or patch of the main resource replace the server's record
+/// (an empty list keeps it), which is how a client repairs ownership: here the Update entry
+/// that wedges the status is folded into the Apply entry, and dropping the item works again.
+#[tokio::test]
+async fn client_sent_managed_fields_replace_the_record() {
+    let emu = Emulator::start().await.expect("emulator");
+    let api = gadgets(&emu).await;
+    api.create(&PostParams::default(), &gadget("g", json!({})))
+        .await
+        .expect("created");
+    let op = "gadget-operator";
+    let apply = PatchParams::apply(op).force();
+    let update = PatchParams {
+        field_manager: Some(op.into()),
+        ..PatchParams::default()
+    };
+    let two = json!([{"name": "a", "state": "Declared", "owned": true},
+                     {"name": "b", "state": "Declared", "owned": true}]);
+    api.patch_status(
+        "g",
+        &update,
+        &Patch::Merge(json!({"status": {"parts": [
+            {"name": "a", "state": "Declared", "owned": true},
+            {"name": "b", "state": "Pending", "owned": true}]}})),
+    )
+    .await
+    .expect("update");
+    let g = api
+        .patch_status("g", &apply, &status_apply(json!({"parts": two})))
+        .await
+        .expect("apply");
+    // An empty list changes nothing.
+    let same = api
+        .patch(
+            "g",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"managedFields": []}})),
+        )
+        .await
+        .expect("patch");
+    assert_eq!(same.metadata.managed_fields, g.metadata.managed_fields);
+    // Fold the status Update entry into the status Apply entry.
+    let mut entries: Vec<Value> = g
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .map(|m| serde_json::to_value(m).expect("entry"))
+        .collect();
+    let is = |e: &Value, operation: &str| {
+        e["manager"] == op && e["operation"] == operation && e["subresource"] == "status"
+    };
+    let legacy = entries
+        .iter()
+        .find(|e| is(e, "Update"))
+        .cloned()
+        .expect("the Update entry");
+    entries.retain(|e| !is(e, "Update"));
+    for e in entries.iter_mut().filter(|e| is(e, "Apply")) {
+        let mut fields = e["fieldsV1"].clone();
+        merge(&mut fields, &legacy["fieldsV1"]);
+        e["fieldsV1"] = fields;
+    }
+    let repaired = api
+        .patch(
+            "g",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"managedFields": entries}})),
+        )
+        .await
+        .expect("repair");
+    let operations: Vec<String> = repaired
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.subresource.as_deref() == Some("status"))
+        .filter_map(|m| m.operation.clone())
+        .collect();
+    assert_eq!(operations, ["Apply"]);
+    let g = api
+        .patch_status(
+            "g",
+            &apply,
+            &status_apply(json!({"parts": [{"name": "a", "state": "Declared", "owned": true}]})),
+        )
+        .await
+        .expect("dropping b works again");
+    assert_eq!(
+        g.data["status"]["parts"],
+        json!([{"name": "a", "state": "Declared", "owned": true}])
+    );
+}
+
+/// Union of two FieldsV1 trees.
+fn merge(into: &mut Value, from: &Value) {
+    if let (Some(a), Some(b)) = (into.as_object_mut(), from.as_object()) {
+        for (k, v) in b {
+            merge(a.entry(k.clone()).or_insert_with(|| json!({})), v);
+        }
+    }
+}
