@@ -14,7 +14,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::InvalidObject;
@@ -1032,8 +1032,23 @@ async fn report_unreadable(invalid: &InvalidObject, ctx: &Context) -> Result<(),
         "the StompGateway cannot be read by this operator version: {}",
         invalid.error
     );
-    let conds = status::merge_conditions(
-        &[],
+    // The rest of the status (the ledger above all) is applied again as it is: what the apply
+    // leaves out, the server removes.
+    let raw: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        ns,
+        &ApiResource::erase::<StompGateway>(&()),
+    );
+    let mut current = raw
+        .get_opt(name)
+        .await?
+        .and_then(|o| o.data.get("status").cloned())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    let prev: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> =
+        serde_json::from_value(current["conditions"].clone()).unwrap_or_default();
+    let mut conds = status::merge_conditions(
+        &prev,
         vec![
             status::Cond::new(
                 status::types::READY,
@@ -1041,18 +1056,26 @@ async fn report_unreadable(invalid: &InvalidObject, ctx: &Context) -> Result<(),
                 Reason::InvalidSpec,
                 message.clone(),
             ),
+            status::Cond::new(
+                status::types::RECONCILING,
+                false,
+                Reason::InvalidSpec,
+                "the StompGateway cannot be read",
+            ),
             status::Cond::new(status::types::STALLED, true, Reason::InvalidSpec, message),
         ],
         generation,
     );
+    conds.extend(
+        prev.into_iter()
+            .filter(|p| !conds.iter().any(|c| c.type_ == p.type_))
+            .collect::<Vec<_>>(),
+    );
+    current["observedGeneration"] = json!(generation);
+    current["conditions"] = json!(conds);
     // Guarded: the answer is the same unreadable object, which must not fail the call.
     let api: Api<Guarded> = Api::namespaced(ctx.client.clone(), ns);
-    apply_status(
-        &api,
-        name,
-        &json!({"observedGeneration": generation, "conditions": conds}),
-    )
-    .await?;
+    apply_status(&api, name, &current).await?;
     Ok(())
 }
 
