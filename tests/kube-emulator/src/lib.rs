@@ -6,7 +6,8 @@
 //! structural schemas (pruning, defaults, validation, CEL rules, status and scale
 //! subresources, printer columns), get/list/watch with resourceVersion semantics, bookmarks
 //! and 410 Gone, optimistic concurrency, merge/JSON/strategic merge patches, server-side apply
-//! with managed fields and conflicts, finalizers and ownerReference garbage collection.
+//! with managed fields and conflicts, finalizers and ownerReference garbage collection, and a
+//! Deployment controller whose Pods are ready only when a kubelet (a test) says so.
 //! Anything else answers 404 or 405 with a message saying what is not implemented.
 //!
 //! See `docs/api-emulator.md` for what is covered and what is not.
