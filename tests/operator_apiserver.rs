@@ -529,11 +529,7 @@ async fn backoff_holds_from_the_first_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn expected_broker_answers_are_not_logged_as_errors() {
     let emu = std::sync::Arc::new(kube_emulator::Emulator::start().await.expect("emulator"));
-    let crd =
-        serde_json::to_value(<stompgate::crd::StompGateway as kube::CustomResourceExt>::crd())
-            .expect("crd");
-    let (code, body) = emu.call("POST", support::cluster::CRDS, Some(&crd));
-    assert_eq!(code, 201, "{body}");
+    support::cluster::install_crd(&emu).await;
     let dir = std::env::temp_dir().join(format!("stompgate-logs-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("dir");
     let kubeconfig = dir.join("kubeconfig");

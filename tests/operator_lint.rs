@@ -193,18 +193,7 @@ spec:
   webSocket: {path: ws}
 "#;
     let emu = kube_emulator::Emulator::start().await.expect("emulator");
-    let crd =
-        serde_json::to_value(<stompgate::crd::StompGateway as kube::CustomResourceExt>::crd())
-            .expect("crd");
-    assert_eq!(
-        emu.call(
-            "POST",
-            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-            Some(&crd)
-        )
-        .0,
-        201
-    );
+    support::cluster::install_crd(&emu).await;
     // (field, message) pairs from lint and from the server, fields sorted.
     let both = |yaml: &str| {
         let d = docs(yaml);

@@ -2139,17 +2139,7 @@ fn event_from_v1(v1: &Value) -> Value {
 /// Whether RBAC `rules` allow `verb` on `resource` (`plural` or `plural/subresource`) of
 /// `group`, object `name`.
 fn allowed(rules: &[Value], verb: &str, group: &str, resource: &str, name: &str) -> bool {
-    let strs = |r: &Value, k: &str| -> Vec<String> {
-        r.get(k)
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let strs = |r: &Value, k: &str| registry::strs(r.get(k));
     let (plural, sub) = resource.split_once('/').unwrap_or((resource, ""));
     rules.iter().any(|r| {
         let groups = strs(r, "apiGroups");

@@ -63,6 +63,65 @@ fn status_apply(status: Value) -> Patch<Value> {
     Patch::Apply(json!({"apiVersion": "example.com/v1", "kind": "Gadget", "status": status}))
 }
 
+/// A gadget `g` and the patch parameters of one field manager: (apply forced, update).
+async fn gadget_and_manager(api: &Api<DynamicObject>, op: &str) -> (PatchParams, PatchParams) {
+    api.create(&PostParams::default(), &gadget("g", json!({})))
+        .await
+        .expect("created");
+    let update = PatchParams {
+        field_manager: Some(op.into()),
+        ..PatchParams::default()
+    };
+    (PatchParams::apply(op).force(), update)
+}
+
+/// Status item `b` of gadget `g` owned twice: written ahead by a merge patch (an Update) and
+/// then by the apply (the operator's write-ahead ledger of old). Returns the object.
+async fn two_owners_of_b(
+    api: &Api<DynamicObject>,
+    apply: &PatchParams,
+    update: &PatchParams,
+) -> DynamicObject {
+    api.patch_status(
+        "g",
+        apply,
+        &status_apply(json!({"parts": [{"name": "a", "state": "Declared", "owned": true}]})),
+    )
+    .await
+    .expect("apply a");
+    // Write-ahead with a merge patch: b is recorded as Pending by an Update.
+    api.patch_status(
+        "g",
+        update,
+        &Patch::Merge(json!({"status": {"parts": [
+            {"name": "a", "state": "Declared", "owned": true},
+            {"name": "b", "state": "Pending", "owned": true}]}})),
+    )
+    .await
+    .expect("update adds b");
+    // The apply takes over b's state (forced: its value changes); name and owned keep their
+    // value, so the Update entry still owns them too.
+    api.patch_status(
+        "g",
+        apply,
+        &status_apply(json!({"parts": [
+                {"name": "a", "state": "Declared", "owned": true},
+                {"name": "b", "state": "Declared", "owned": true}]})),
+    )
+    .await
+    .expect("apply both")
+}
+
+/// The apply of gadget `g`'s status without item `b`.
+async fn drop_b(api: &Api<DynamicObject>, apply: &PatchParams) -> kube::Result<DynamicObject> {
+    api.patch_status(
+        "g",
+        apply,
+        &status_apply(json!({"parts": [{"name": "a", "state": "Declared", "owned": true}]})),
+    )
+    .await
+}
+
 fn api_error(e: kube::Error) -> (u16, String) {
     match e {
         kube::Error::Api(s) => (s.code, s.message.clone()),
@@ -78,44 +137,9 @@ fn api_error(e: kube::Error) -> (u16, String) {
 async fn update_and_apply_of_one_manager_own_fields_separately() {
     let emu = Emulator::start().await.expect("emulator");
     let api = gadgets(&emu).await;
-    api.create(&PostParams::default(), &gadget("g", json!({})))
-        .await
-        .expect("created");
     let op = "gadget-operator";
-    let apply = PatchParams::apply(op).force();
-    let update = PatchParams {
-        field_manager: Some(op.into()),
-        ..PatchParams::default()
-    };
-    api.patch_status(
-        "g",
-        &apply,
-        &status_apply(json!({"parts": [{"name": "a", "state": "Declared", "owned": true}]})),
-    )
-    .await
-    .expect("apply a");
-    // Write-ahead with a merge patch: b is recorded as Pending by an Update.
-    api.patch_status(
-        "g",
-        &update,
-        &Patch::Merge(json!({"status": {"parts": [
-            {"name": "a", "state": "Declared", "owned": true},
-            {"name": "b", "state": "Pending", "owned": true}]}})),
-    )
-    .await
-    .expect("update adds b");
-    // The apply takes over b's state (forced: its value changes); name and owned keep their
-    // value, so the Update entry still owns them too.
-    let both = api
-        .patch_status(
-            "g",
-            &apply,
-            &status_apply(json!({"parts": [
-                {"name": "a", "state": "Declared", "owned": true},
-                {"name": "b", "state": "Declared", "owned": true}]})),
-        )
-        .await
-        .expect("apply both");
+    let (apply, update) = gadget_and_manager(&api, op).await;
+    let both = two_owners_of_b(&api, &apply, &update).await;
     let entries: Vec<(String, String)> = both
         .metadata
         .managed_fields
@@ -159,12 +183,7 @@ async fn update_and_apply_of_one_manager_own_fields_separately() {
     );
     // Dropping b from the apply removes only what the apply alone owned: state. The item is
     // left with name and owned, and the server refuses the result.
-    let err = api
-        .patch_status(
-            "g",
-            &apply,
-            &status_apply(json!({"parts": [{"name": "a", "state": "Declared", "owned": true}]})),
-        )
+    let err = drop_b(&api, &apply)
         .await
         .expect_err("b lost its required state");
     let (code, message) = api_error(err);
@@ -755,30 +774,9 @@ async fn owner_reference_permission_enforcement_is_opt_in() {
 async fn client_sent_managed_fields_replace_the_record() {
     let emu = Emulator::start().await.expect("emulator");
     let api = gadgets(&emu).await;
-    api.create(&PostParams::default(), &gadget("g", json!({})))
-        .await
-        .expect("created");
     let op = "gadget-operator";
-    let apply = PatchParams::apply(op).force();
-    let update = PatchParams {
-        field_manager: Some(op.into()),
-        ..PatchParams::default()
-    };
-    let two = json!([{"name": "a", "state": "Declared", "owned": true},
-                     {"name": "b", "state": "Declared", "owned": true}]);
-    api.patch_status(
-        "g",
-        &update,
-        &Patch::Merge(json!({"status": {"parts": [
-            {"name": "a", "state": "Declared", "owned": true},
-            {"name": "b", "state": "Pending", "owned": true}]}})),
-    )
-    .await
-    .expect("update");
-    let g = api
-        .patch_status("g", &apply, &status_apply(json!({"parts": two})))
-        .await
-        .expect("apply");
+    let (apply, update) = gadget_and_manager(&api, op).await;
+    let g = two_owners_of_b(&api, &apply, &update).await;
     // An empty list changes nothing.
     let same = api
         .patch(
@@ -828,14 +826,7 @@ async fn client_sent_managed_fields_replace_the_record() {
         .filter_map(|m| m.operation.clone())
         .collect();
     assert_eq!(operations, ["Apply"]);
-    let g = api
-        .patch_status(
-            "g",
-            &apply,
-            &status_apply(json!({"parts": [{"name": "a", "state": "Declared", "owned": true}]})),
-        )
-        .await
-        .expect("dropping b works again");
+    let g = drop_b(&api, &apply).await.expect("dropping b works again");
     assert_eq!(
         g.data["status"]["parts"],
         json!([{"name": "a", "state": "Declared", "owned": true}])
