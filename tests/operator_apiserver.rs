@@ -529,11 +529,7 @@ async fn backoff_holds_from_the_first_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn expected_broker_answers_are_not_logged_as_errors() {
     let emu = std::sync::Arc::new(kube_emulator::Emulator::start().await.expect("emulator"));
-    let crd =
-        serde_json::to_value(<stompgate::crd::StompGateway as kube::CustomResourceExt>::crd())
-            .expect("crd");
-    let (code, body) = emu.call("POST", support::cluster::CRDS, Some(&crd));
-    assert_eq!(code, 201, "{body}");
+    support::cluster::install_crd(&emu).await;
     let dir = std::env::temp_dir().join(format!("stompgate-logs-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("dir");
     let kubeconfig = dir.join("kubeconfig");
@@ -610,4 +606,130 @@ async fn expected_broker_answers_are_not_logged_as_errors() {
     );
     delete_exchange(&rabbit().await, &exchange).await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The rules of the operator's ClusterRole as shipped in deploy/ (rendered from the chart).
+fn shipped_operator_rules() -> Value {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/operator.yaml"))
+            .expect("deploy/operator.yaml");
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).expect("yaml");
+        if v["kind"] == "ClusterRole" && v["metadata"]["name"] == "stompgate" {
+            return v["rules"].clone();
+        }
+    }
+    panic!("no ClusterRole stompgate in deploy/operator.yaml");
+}
+
+/// Finding 3: with the `OwnerReferencesPermissionEnforcement` admission plugin (on in
+/// OpenShift) and exactly the shipped RBAC, the operator creates its children and adopts a
+/// Service that existed before: setting an ownerReference needs `delete` on the child (and
+/// `update` on stompgateways/finalizers for blockOwnerDeletion).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adoption_works_under_owner_reference_permission_enforcement() {
+    let emu = std::sync::Arc::new(kube_emulator::Emulator::start().await.expect("emulator"));
+    emu.enforce_owner_references(shipped_operator_rules());
+    let op = Op::start_on(emu, Duration::from_secs(30)).await;
+    let ns = "ownerrefs";
+    op.namespace(ns);
+    op.guest_secret(ns);
+    // Someone's Service of the same name, created before the StompGateway.
+    op.create(
+        &format!("/api/v1/namespaces/{ns}/services"),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "gw"},
+               "spec": {"ports": [{"name": "ws", "port": 15674}]}}),
+    );
+    op.gateway(ns, "gw", broker_addr().port(), json!({}));
+    op.deployment_available(ns, "gw").await;
+    let gw = wait_for("Ready", 30, || {
+        op.gw(ns, "gw").filter(|g| cond_is(g, "Ready", "True"))
+    })
+    .await;
+    let svc = op
+        .emu
+        .get(&format!("/api/v1/namespaces/{ns}/services/gw"))
+        .expect("service");
+    assert_eq!(
+        svc["metadata"]["ownerReferences"][0]["uid"], gw["metadata"]["uid"],
+        "adopted: {:#}",
+        svc["metadata"]
+    );
+    let refused: Vec<String> = op
+        .emu
+        .audit()
+        .iter()
+        .filter(|a| !a.method.starts_with("IN-PROCESS") && a.code == 403)
+        .map(|a| format!("{} {}", a.method, a.path))
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+}
+
+/// Finding 1, for objects written before the fix: an operator version that merge-patched the
+/// write-ahead ledger left an Update entry owning ledger items. The operator folds that entry
+/// into its apply first, so removing such an exchange later does not wedge the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ownership_left_by_an_older_version_is_repaired() {
+    let op = Op::start(Duration::from_secs(30)).await;
+    let ns = "legacy-owner";
+    op.namespace(ns);
+    op.guest_secret(ns);
+    let (keep, legacy) = (uniq("keep"), uniq("legacy"));
+    let exchange = |name: &str| json!({"name": name, "type": "topic"});
+    op.gateway(
+        ns,
+        "gw",
+        broker_addr().port(),
+        json!({"exchanges": [exchange(&keep)], "deletionPolicy": "Delete"}),
+    );
+    wait_for("keep declared", 30, || {
+        op.gw(ns, "gw")
+            .filter(|g| observed_current(g) && ledger_names(g, "exchanges", "name").len() == 1)
+    })
+    .await;
+    // What the older version did before declaring a new exchange: a merge patch of the ledger.
+    let ledger = json!({"status": {"topology": {"bindings": [], "exchanges": [
+        {"name": keep, "state": "Declared", "owned": true},
+        {"name": legacy, "state": "Pending", "owned": true}]}}});
+    let (code, body) = op.emu.call(
+        "PATCH",
+        &format!(
+            "{}/status?fieldManager=stompgateway-operator",
+            gw_path(ns, "gw")
+        ),
+        Some(&ledger),
+    );
+    assert_eq!(code, 200, "{body}");
+    op.merge_patch(
+        &gw_path(ns, "gw"),
+        json!({"spec": {"topology": {"exchanges": [exchange(&keep), exchange(&legacy)]}}}),
+    );
+    wait_for("legacy declared", 30, || {
+        op.gw(ns, "gw").filter(|g| {
+            observed_current(g) && g["status"]["topology"]["exchanges"][1]["state"] == "Declared"
+        })
+    })
+    .await;
+    op.step("the exchange the older version recorded is removed from the spec");
+    op.merge_patch(
+        &gw_path(ns, "gw"),
+        json!({"spec": {"topology": {"exchanges": [exchange(&keep)]}}}),
+    );
+    let gw = wait_for("the removal observed", 30, || {
+        op.gw(ns, "gw").filter(|g| {
+            observed_current(g) && ledger_names(g, "exchanges", "name") == [keep.as_str()]
+        })
+    })
+    .await;
+    let operations: Vec<&str> = gw["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["subresource"] == "status" && m["manager"] == "stompgateway-operator")
+        .filter_map(|m| m["operation"].as_str())
+        .collect();
+    assert_eq!(operations, ["Apply"]);
+    let rmq = rabbit().await;
+    assert!(!exchange_exists(&rmq, &legacy).await, "owned: deleted");
+    delete_exchange(&rmq, &keep).await;
 }

@@ -817,6 +817,11 @@ async fn a_failing_apply_is_reported_and_retried() {
     assert!(writes(&calls).contains(&format!("PATCH {GW}/status")));
     assert_eq!(env.cond("Ready")["reason"], "ApplyFailed");
     assert_eq!(env.cond("Reconciling")["status"], "True");
+    // A sentence a person reads: the HTTP status and the server's message, no debug dump.
+    assert_eq!(
+        env.cond("Reconciling")["message"],
+        "applying the gateway objects failed: HTTP 500 Internal Server Error: injected failure"
+    );
     env.reconcile().await.0.expect("recovers");
     assert!(env.api.get(DEPLOY).is_some());
     delete_exchange(&rabbit().await, &ex).await;
@@ -827,7 +832,10 @@ async fn an_unreadable_object_is_stalled_not_a_dead_watch() {
     let env = Env::new(json!({
         "apiVersion": "stompgate.io/v1alpha1", "kind": "StompGateway",
         "metadata": {"name": "gw", "namespace": NS, "uid": "u", "generation": 4},
-        "spec": {"replicas": 1}
+        "spec": {"replicas": 1},
+        "status": {"observedGeneration": 3,
+                   "topology": {"exchanges": [{"name": "x", "state": "Declared", "owned": true}],
+                                "bindings": []}}
     }));
     let guarded: controller::Guarded =
         serde_json::from_value(env.api.get(GW).expect("gw")).expect("the guard always reads");
@@ -848,6 +856,14 @@ async fn an_unreadable_object_is_stalled_not_a_dead_watch() {
         "{s}"
     );
     assert_eq!(env.status()["observedGeneration"], 4);
+    // The rest of the status stays: an apply without the ownership ledger would remove it,
+    // and a later deletion could no longer clean up what the operator created.
+    assert_eq!(
+        env.status()["topology"]["exchanges"][0]["name"],
+        "x",
+        "{:#}",
+        env.status()
+    );
 }
 
 #[tokio::test]

@@ -9,6 +9,9 @@
 #[path = "e2e/proxy.rs"]
 #[allow(dead_code)]
 mod proxy;
+#[path = "support/operator/mod.rs"]
+#[allow(clippy::duplicate_mod)]
+mod support;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -16,7 +19,6 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use kube_emulator::Emulator;
 use serde_json::{Value, json};
-use stompgate::crd::StompGateway;
 
 const NS: &str = "leak";
 
@@ -106,23 +108,7 @@ async fn credentials_never_appear_in_logs_events_objects_or_metrics() {
     rabbitmqctl(&["set_permissions", "-p", "/", &user.0, ".*", ".*", ".*"]);
 
     let emu = Emulator::start().await.expect("emulator");
-    let crd = serde_json::to_value(<StompGateway as kube::CustomResourceExt>::crd()).expect("crd");
-    assert_eq!(
-        emu.call(
-            "POST",
-            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-            Some(&crd)
-        )
-        .0,
-        201
-    );
-    wait_for("the CRD is served", 10, || {
-        (emu.call("GET", "/apis/stompgate.io/v1alpha1/stompgateways", None)
-            .0
-            == 200)
-            .then_some(())
-    })
-    .await;
+    support::cluster::install_crd(&emu).await;
     let post = |path: &str, obj: Value| {
         let (code, body) = emu.call("POST", path, Some(&obj));
         assert_eq!(code, 201, "POST {path}: {body}");

@@ -178,3 +178,89 @@ spec:
     assert!(has("spec.topology.exchanges[1]", "duplicate"), "{f:?}");
     assert!(has("spec.topology.onConflict", "not one of"), "{f:?}");
 }
+
+/// Finding 9: lint shows in one pass everything the API server refuses: schema problems and
+/// CEL rules together, as the server runs them (the CEL rules are skipped only when a value
+/// has the wrong type). Checked against the API emulator, which runs the same schema and rules
+/// the way kube-apiserver does.
+#[tokio::test]
+async fn lint_reports_schema_and_cel_problems_in_one_pass_like_the_server() {
+    let yaml = r#"apiVersion: stompgate.io/v1alpha1
+kind: StompGateway
+metadata: {name: Chat_1}
+spec:
+  rabbitmq: {host: "amqp://rabbitmq.messaging.svc", port: 70000}
+  webSocket: {path: ws}
+"#;
+    let emu = kube_emulator::Emulator::start().await.expect("emulator");
+    support::cluster::install_crd(&emu).await;
+    // (field, message) pairs from lint and from the server, fields sorted.
+    let both = |yaml: &str| {
+        let d = docs(yaml);
+        let mut lint: Vec<(String, String)> = lint_docs(&d, &[])
+            .into_iter()
+            .flat_map(|(_, f)| f.into_iter().map(|f| (f.path, f.message)))
+            .collect();
+        let (code, body) = emu.call(
+            "POST",
+            "/apis/stompgate.io/v1alpha1/namespaces/default/stompgateways",
+            Some(&d[0].value),
+        );
+        assert_eq!(code, 422, "{body}");
+        let mut server: Vec<(String, String)> = body["details"]["causes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+                (s("field"), s("message"))
+            })
+            .collect();
+        lint.sort();
+        server.sort();
+        (lint, server)
+    };
+    let fields = |v: &[(String, String)]| v.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>();
+    let (lint, server) = both(yaml);
+    assert_eq!(lint.len(), 5, "{lint:#?}");
+    assert_eq!(
+        fields(&lint),
+        fields(&server),
+        "lint {lint:#?}\nserver {server:#?}"
+    );
+    // The CEL messages are the same rules' messages.
+    for (field, message) in &lint {
+        if message.starts_with("spec.") {
+            assert!(
+                server
+                    .iter()
+                    .any(|(f, m)| f == field && m.ends_with(message.as_str())),
+                "{field}: {message} not in {server:#?}"
+            );
+        }
+    }
+    // A value of the wrong type stops the rules, on both sides, and both say so.
+    let (lint, server) = both(
+        r#"apiVersion: stompgate.io/v1alpha1
+kind: StompGateway
+metadata: {name: chat}
+spec:
+  rabbitmq: {host: "amqp://rabbitmq.messaging.svc", port: "x"}
+"#,
+    );
+    assert!(
+        lint.iter()
+            .any(|(_, m)| m == stompgate::operator::validate::NOT_CHECKED),
+        "{lint:#?}"
+    );
+    assert!(
+        server
+            .iter()
+            .any(|(_, m)| m.contains(stompgate::operator::validate::NOT_CHECKED)),
+        "{server:#?}"
+    );
+    assert!(
+        !lint.iter().any(|(f, _)| f == "spec.rabbitmq.host"),
+        "no CEL finding: {lint:#?}"
+    );
+}

@@ -14,7 +14,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
 use kube::core::error_boundary::InvalidObject;
@@ -29,6 +29,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use super::managed_fields;
 use super::metrics::Metrics;
 use super::own_writes::OwnWrites;
 use super::resources::{self, APPLIED_HASH_ANNOTATION, BuildInputs, FIELD_MANAGER};
@@ -170,7 +171,7 @@ impl Context {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The Kubernetes API failed.
-    #[error("kubernetes API: {0}")]
+    #[error("kubernetes API: {}", status::api_error_message(.0))]
     Kube(#[from] kube::Error),
     /// A retryable condition (Secret missing, broker down, binding pending); already in status.
     #[error("{}: {message}", reason.as_str())]
@@ -268,6 +269,23 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
     if gw.metadata.deletion_timestamp.is_some() {
         return cleanup(gw, ctx, &api).await;
     }
+    // Status ownership left by older versions (a merge-patched ledger) goes to the operator's
+    // apply first, or the ledger's dropped items would wedge every status write.
+    let repaired;
+    let gw = match managed_fields::fold_status_updates(&gw.metadata, FIELD_MANAGER) {
+        Some(entries) => {
+            let patch = json!({"metadata": {"managedFields": entries,
+                                            "resourceVersion": gw.resource_version()}});
+            let pp = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            };
+            repaired = api.patch(&name, &pp, &Patch::Merge(&patch)).await?;
+            tracing::info!(%ns, %name, "status ownership of an older operator version moved to its apply");
+            &repaired
+        }
+        None => gw,
+    };
     ensure_finalizer(
         gw,
         &api,
@@ -346,7 +364,10 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
             Err(e) => {
                 let p = Problem::new(
                     Reason::ApplyFailed,
-                    format!("applying the gateway objects failed: {e}"),
+                    format!(
+                        "applying the gateway objects failed: {}",
+                        status::api_error_message(&e)
+                    ),
                 );
                 obs.blocked = Some(p);
                 obs.deployment = deployments.get_opt(&name).await.ok().flatten();
@@ -1011,8 +1032,23 @@ async fn report_unreadable(invalid: &InvalidObject, ctx: &Context) -> Result<(),
         "the StompGateway cannot be read by this operator version: {}",
         invalid.error
     );
-    let conds = status::merge_conditions(
-        &[],
+    // The rest of the status (the ledger above all) is applied again as it is: what the apply
+    // leaves out, the server removes.
+    let raw: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        ns,
+        &ApiResource::erase::<StompGateway>(&()),
+    );
+    let mut current = raw
+        .get_opt(name)
+        .await?
+        .and_then(|o| o.data.get("status").cloned())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    let prev: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> =
+        serde_json::from_value(current["conditions"].clone()).unwrap_or_default();
+    let mut conds = status::merge_conditions(
+        &prev,
         vec![
             status::Cond::new(
                 status::types::READY,
@@ -1020,18 +1056,26 @@ async fn report_unreadable(invalid: &InvalidObject, ctx: &Context) -> Result<(),
                 Reason::InvalidSpec,
                 message.clone(),
             ),
+            status::Cond::new(
+                status::types::RECONCILING,
+                false,
+                Reason::InvalidSpec,
+                "the StompGateway cannot be read",
+            ),
             status::Cond::new(status::types::STALLED, true, Reason::InvalidSpec, message),
         ],
         generation,
     );
+    conds.extend(
+        prev.into_iter()
+            .filter(|p| !conds.iter().any(|c| c.type_ == p.type_))
+            .collect::<Vec<_>>(),
+    );
+    current["observedGeneration"] = json!(generation);
+    current["conditions"] = json!(conds);
     // Guarded: the answer is the same unreadable object, which must not fail the call.
     let api: Api<Guarded> = Api::namespaced(ctx.client.clone(), ns);
-    apply_status(
-        &api,
-        name,
-        &json!({"observedGeneration": generation, "conditions": conds}),
-    )
-    .await?;
+    apply_status(&api, name, &current).await?;
     Ok(())
 }
 

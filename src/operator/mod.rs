@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod controller;
 pub mod leader;
+pub mod managed_fields;
 pub mod metrics;
 pub mod own_writes;
 pub mod resources;

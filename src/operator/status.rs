@@ -158,6 +158,26 @@ impl Problem {
     }
 }
 
+/// A Kubernetes API failure as a person reads it in a condition or an event: the HTTP status
+/// and the server's own message (`HTTP 403 Forbidden: services "gw" is forbidden: ...`),
+/// never the client's debug dump of the response.
+pub fn api_error_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => {
+            let phrase = axum::http::StatusCode::from_u16(s.code)
+                .ok()
+                .and_then(|c| c.canonical_reason())
+                .unwrap_or(s.reason.as_str());
+            match (phrase.is_empty(), s.message.is_empty()) {
+                (_, true) => format!("HTTP {} {phrase}", s.code),
+                (true, false) => format!("HTTP {}: {}", s.code, s.message),
+                (false, false) => format!("HTTP {} {phrase}: {}", s.code, s.message),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
 /// What the reconcile observed; [`build`] turns it into a status.
 #[derive(Clone, Debug, Default)]
 pub struct Observation {

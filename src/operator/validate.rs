@@ -88,16 +88,21 @@ pub fn validate_value(obj: &Value, old: Option<&Value>) -> Vec<Finding> {
     }
     let c = compiled();
     // Only the spec is checked against the schema; metadata is the API server's own.
+    let mut blocking = false;
     if let (Some(spec), Some(spec_schema)) = (obj.get("spec"), c.schema.pointer("/properties/spec"))
     {
-        check_schema(spec_schema, spec, "spec", &mut out);
+        check_schema(spec_schema, spec, "spec", &mut out, &mut blocking);
     } else {
         out.push(finding("spec", "required"));
+        blocking = true;
     }
-    if !out.is_empty() {
+    // As the API server does: the CEL rules run too, unless a value has the wrong type or is
+    // outside its enum (the rules could not be evaluated on it), so one pass shows everything
+    // the server would refuse.
+    if blocking {
+        out.push(finding("", NOT_CHECKED));
         return out;
     }
-    // CEL rules need a schema-valid object to evaluate meaningfully.
     if let Err(errs) = Validator::new().validate_compiled(&c.cel, obj, old) {
         for e in errs.iter() {
             let path = e.field_path.trim_start_matches('.').to_string();
@@ -110,6 +115,9 @@ pub fn validate_value(obj: &Value, old: Option<&Value>) -> Vec<Finding> {
     }
     out
 }
+
+/// The API server's message when a type error keeps it from running the CEL rules.
+pub const NOT_CHECKED: &str = "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation";
 
 fn is_dns_label(s: &str) -> bool {
     s.len() <= 63
@@ -242,8 +250,16 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// OpenAPI v3 validation of the subset the CRD uses, with field-naming messages.
-fn check_schema(schema: &Value, v: &Value, path: &str, out: &mut Vec<Finding>) {
+/// OpenAPI v3 validation of the subset the CRD uses, with field-naming messages. `blocking`
+/// is set by the errors that keep the API server from running the CEL rules: a value of the
+/// wrong type, or outside its enum.
+fn check_schema(
+    schema: &Value,
+    v: &Value,
+    path: &str,
+    out: &mut Vec<Finding>,
+    blocking: &mut bool,
+) {
     if v.is_null() {
         if schema.get("nullable") != Some(&Value::Bool(true)) {
             out.push(finding(
@@ -255,6 +271,7 @@ fn check_schema(schema: &Value, v: &Value, path: &str, out: &mut Vec<Finding>) {
     }
     if schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
         if !(v.is_string() || v.is_i64() || v.is_u64()) {
+            *blocking = true;
             out.push(finding(
                 path,
                 format!("must be an integer or a string, got {}", type_name(v)),
@@ -273,6 +290,7 @@ fn check_schema(schema: &Value, v: &Value, path: &str, out: &mut Vec<Finding>) {
         t => t == actual,
     };
     if !ok {
+        *blocking = true;
         out.push(finding(path, format!("must be {ty}, got {actual}")));
         return;
     }
@@ -280,6 +298,7 @@ fn check_schema(schema: &Value, v: &Value, path: &str, out: &mut Vec<Finding>) {
         && !e.contains(v)
     {
         let allowed: Vec<String> = e.iter().map(|x| x.to_string()).collect();
+        *blocking = true;
         out.push(finding(
             path,
             format!("{v} is not one of {}", allowed.join(", ")),
@@ -321,7 +340,7 @@ fn check_schema(schema: &Value, v: &Value, path: &str, out: &mut Vec<Finding>) {
         }
         if let Some(item_schema) = schema.get("items") {
             for (i, item) in items.iter().enumerate() {
-                check_schema(item_schema, item, &format!("{path}[{i}]"), out);
+                check_schema(item_schema, item, &format!("{path}[{i}]"), out, blocking);
             }
             check_list_keys(schema, item_schema, items, path, out);
         }
@@ -354,9 +373,9 @@ fn check_schema(schema: &Value, v: &Value, path: &str, out: &mut Vec<Finding>) {
         for (k, val) in map {
             let child = format!("{path}.{k}");
             if let Some(s) = props.and_then(|p| p.get(k)) {
-                check_schema(s, val, &child, out);
+                check_schema(s, val, &child, out, blocking);
             } else if let Some(s) = additional {
-                check_schema(s, val, &child, out);
+                check_schema(s, val, &child, out, blocking);
             } else if !preserve {
                 let known: Vec<&String> = props.map(|p| p.keys().collect()).unwrap_or_default();
                 let hint = known

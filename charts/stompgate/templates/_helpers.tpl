@@ -50,12 +50,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["stompgate.io"]
   resources: ["stompgateways/finalizers"]
   verbs: ["update"]
+# delete: never called on these, but the OwnerReferencesPermissionEnforcement admission
+# plugin (on in OpenShift) allows setting an ownerReference only to who may delete the object.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services", "configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]

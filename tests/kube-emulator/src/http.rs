@@ -45,6 +45,9 @@ pub struct Incoming {
     pub user_agent: String,
     /// Body.
     pub body: Bytes,
+    /// A client over HTTP (subject to the opt-in authorization checks); in-process calls
+    /// act as the cluster administrator.
+    pub remote: bool,
 }
 
 impl Incoming {
@@ -350,6 +353,7 @@ fn make_req(inc: &Incoming, rr: &ResourceRoute) -> ApiResult<Req> {
         }
     };
     Ok(Req {
+        remote: inc.remote,
         res: rr.res.clone(),
         version: rr.version.clone(),
         namespace: rr.namespace.clone(),
@@ -764,6 +768,7 @@ pub async fn handle(app: App, req: axum::extract::Request) -> Response<Body> {
         content_type: header(&parts.headers, "content-type"),
         user_agent: header(&parts.headers, "user-agent"),
         body,
+        remote: true,
     };
     // Watches stream; everything else is answered under the lock at once.
     let watch = {

@@ -6,7 +6,8 @@
 //! structural schemas (pruning, defaults, validation, CEL rules, status and scale
 //! subresources, printer columns), get/list/watch with resourceVersion semantics, bookmarks
 //! and 410 Gone, optimistic concurrency, merge/JSON/strategic merge patches, server-side apply
-//! with managed fields and conflicts, finalizers and ownerReference garbage collection.
+//! with managed fields and conflicts, finalizers and ownerReference garbage collection, and a
+//! Deployment controller whose Pods are ready only when a kubelet (a test) says so.
 //! Anything else answers 404 or 405 with a message saying what is not implemented.
 //!
 //! See `docs/api-emulator.md` for what is covered and what is not.
@@ -160,6 +161,7 @@ impl Emulator {
             content_type: content_type.to_string(),
             user_agent: "kube-emulator-handle".into(),
             body: Bytes::copy_from_slice(body.unwrap_or_default()),
+            remote: false,
         };
         let r = http::serve_in_process(&self.app, &inc);
         (r.code, r.body)
@@ -240,6 +242,20 @@ impl Emulator {
         }
         let patch = serde_json::json!({"status": {"phase": "Running", "conditions": conditions}});
         self.call("PATCH", &path, Some(&patch)).0
+    }
+
+    /// Turns on the `OwnerReferencesPermissionEnforcement` admission plugin (on in OpenShift)
+    /// for clients over HTTP, who are granted `rules` (the RBAC `rules` of a Role or
+    /// ClusterRole, as JSON): a write that sets or changes `metadata.ownerReferences` needs
+    /// `delete` on the object, and one that makes an ownerReference `blockOwnerDeletion`
+    /// needs `update` on the owner's `finalizers` subresource; otherwise 403. In-process
+    /// calls act as the cluster administrator.
+    pub fn enforce_owner_references(&self, rules: Value) {
+        self.app
+            .state
+            .lock()
+            .expect("state lock")
+            .owner_reference_rules = rules.as_array().cloned();
     }
 
     /// Every request served so far.

@@ -315,7 +315,8 @@ pub fn builtins() -> Vec<ResourceDef> {
     ]
 }
 
-fn strs(v: Option<&Value>) -> Vec<String> {
+/// The strings of a JSON array (none when it is not one).
+pub fn strs(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
         .map(|a| {
             a.iter()

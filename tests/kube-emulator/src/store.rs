@@ -83,6 +83,8 @@ pub enum FieldValidation {
 /// A request's context.
 #[derive(Clone, Debug)]
 pub struct Req {
+    /// From a client over HTTP (subject to the opt-in authorization checks).
+    pub remote: bool,
     /// The resource.
     pub res: Arc<ResourceDef>,
     /// The version in the URL.
@@ -148,6 +150,8 @@ pub struct State {
     pub deployment_hashes: HashMap<String, String>,
     /// Controllers switched off (kube-controller-manager's `--controllers=-name`).
     pub controllers_off: std::collections::BTreeSet<String>,
+    /// RBAC rules of remote clients when OwnerReferencesPermissionEnforcement is on.
+    pub owner_reference_rules: Option<Vec<Value>>,
 }
 
 fn sk(res: &ResourceDef) -> StorageKey {
@@ -174,6 +178,7 @@ impl State {
             server_address: String::new(),
             deployment_hashes: HashMap::new(),
             controllers_off: Default::default(),
+            owner_reference_rules: None,
         };
         let ns_res = st
             .registry
@@ -209,6 +214,7 @@ impl State {
     pub fn internal_req(&self, res: Arc<ResourceDef>, ns: Option<String>) -> Req {
         let version = res.storage_version.clone();
         Req {
+            remote: false,
             res,
             version,
             namespace: ns,
@@ -639,6 +645,7 @@ impl State {
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         let key = Self::key_of(req, &name);
         self.prepare(req, None, &mut obj)?;
+        self.owner_reference_admission(req, None, &obj)?;
         self.validate(req, None, &mut obj, "")?;
         if self.stored(&req.res, &key).is_some() {
             return Err(ApiError::already_exists(
@@ -908,6 +915,81 @@ impl State {
         }
     }
 
+    /// The `OwnerReferencesPermissionEnforcement` admission plugin, when turned on
+    /// ([`crate::Emulator::enforce_owner_references`]): changing an object's ownerReferences
+    /// needs `delete` on the object; a new or newly blocking `blockOwnerDeletion` reference
+    /// needs `update` on the owner's `finalizers`.
+    fn owner_reference_admission(
+        &self,
+        req: &Req,
+        old: Option<&Value>,
+        new: &Value,
+    ) -> ApiResult<()> {
+        let Some(rules) = self.owner_reference_rules.as_ref().filter(|_| req.remote) else {
+            return Ok(());
+        };
+        let refs = |v: Option<&Value>| -> Vec<Value> {
+            v.and_then(|v| v.pointer("/metadata/ownerReferences"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (before, after) = (refs(old), refs(Some(new)));
+        let changing = match old {
+            None => !after.is_empty(),
+            Some(_) => before != after,
+        };
+        if !changing {
+            return Ok(());
+        }
+        let name = meta_str(new, "name").unwrap_or("").to_string();
+        let forbidden = |why: &str| {
+            ApiError::forbidden(format!(
+                "{} \"{name}\" is forbidden: {why}: , <nil>",
+                util::qualified(&req.res.group, &req.res.plural)
+            ))
+        };
+        if !allowed(rules, "delete", &req.res.group, &req.res.plural, &name) {
+            return Err(forbidden(
+                "cannot set an ownerRef on a resource you can't delete",
+            ));
+        }
+        let blocking =
+            |r: &Value| r.get("blockOwnerDeletion").and_then(Value::as_bool) == Some(true);
+        for r in after.iter().filter(|r| blocking(r)) {
+            let was_blocking = before
+                .iter()
+                .any(|b| b.get("uid") == r.get("uid") && blocking(b));
+            if was_blocking {
+                continue;
+            }
+            let api_version = r.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+            let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+            let kind = r.get("kind").and_then(Value::as_str).unwrap_or("");
+            let owner = r.get("name").and_then(Value::as_str).unwrap_or("");
+            let resource = self
+                .registry
+                .find_kind(group, kind)
+                .filter(|d| d.version(version).is_some())
+                .map(|d| d.plural.clone());
+            let ok = resource.is_some_and(|plural| {
+                allowed(
+                    rules,
+                    "update",
+                    group,
+                    &format!("{plural}/finalizers"),
+                    owner,
+                )
+            });
+            if !ok {
+                return Err(forbidden(
+                    "cannot set blockOwnerDeletion if an ownerReference refers to a resource you can't set finalizers on",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Server-side apply first converts the patch to its typed form; a field the schema does
     /// not declare, a value of the wrong type or a keyed-list item given twice fails there, as
     /// a plain error: HTTP 500 `failed to create typed patch object (...)`, not the 422 a POST
@@ -1029,6 +1111,14 @@ impl State {
                 }
             }
         }
+        // managedFields sent with an update or patch of the main resource replace the server's
+        // record (an empty list keeps it): how clients repair ownership (client-go csaupgrade).
+        let sent_owners = new
+            .pointer("/metadata/managedFields")
+            .filter(|m| m.as_array().is_some_and(|a| !a.is_empty()))
+            .filter(|m| Some(*m) != old.pointer("/metadata/managedFields"))
+            .filter(|_| sub.is_empty() && entries.is_none())
+            .map(|m| json!({"metadata": {"managedFields": m}}));
         // Server-owned metadata.
         {
             let om = old.get("metadata").cloned().unwrap_or_default();
@@ -1080,6 +1170,7 @@ impl State {
             }
         }
         self.prepare(req, Some(old), &mut new)?;
+        self.owner_reference_admission(req, Some(old), &new)?;
         self.validate(req, Some(old), &mut new, sub)?;
         if req.res.has_generation && util::spec_part(old) != util::spec_part(&new) {
             let g = old
@@ -1102,7 +1193,7 @@ impl State {
                 let nv = Self::view(&req.res, &req.version, &new);
                 let old_set = fields::field_set(&ov, &lists, inc, only);
                 let new_set = fields::field_set(&nv, &lists, inc, only);
-                let mut entries = fields::read_entries(old);
+                let mut entries = fields::read_entries(sent_owners.as_ref().unwrap_or(old));
                 fields::record_update(
                     &mut entries,
                     &old_set,
@@ -1476,7 +1567,19 @@ impl State {
                         }
                         t
                     });
-                    if causes.is_empty() {
+                    // The CEL rules run alongside the other errors, unless a value has the
+                    // wrong type or is outside its enum (`hasBlockingErr` in the API server).
+                    let blocked = causes.iter().any(|c| {
+                        matches!(c.reason, "FieldValueTypeInvalid" | "FieldValueNotSupported")
+                            || c.message.contains("in body must be of type")
+                    });
+                    if blocked {
+                        causes.push(Cause::new(
+                            "FieldValueInvalid",
+                            "<nil>",
+                            "<nil>: Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
+                        ));
+                    } else {
                         let mut with_meta = top.clone();
                         with_meta["metadata"] = obj.get("metadata").cloned().unwrap_or_default();
                         causes.extend(schema::validate_cel(&schema, &with_meta, old_top.as_ref()));
@@ -2031,4 +2134,26 @@ fn event_from_v1(v1: &Value) -> Value {
         }
     }
     Value::Object(out)
+}
+
+/// Whether RBAC `rules` allow `verb` on `resource` (`plural` or `plural/subresource`) of
+/// `group`, object `name`.
+fn allowed(rules: &[Value], verb: &str, group: &str, resource: &str, name: &str) -> bool {
+    let strs = |r: &Value, k: &str| registry::strs(r.get(k));
+    let (plural, sub) = resource.split_once('/').unwrap_or((resource, ""));
+    rules.iter().any(|r| {
+        let groups = strs(r, "apiGroups");
+        let resources = strs(r, "resources");
+        let verbs = strs(r, "verbs");
+        let names = strs(r, "resourceNames");
+        let resource_ok = resources.iter().any(|x| {
+            x == "*"
+                || x == resource
+                || (!sub.is_empty() && (x == &format!("*/{sub}") || x == &format!("{plural}/*")))
+        });
+        groups.iter().any(|g| g == "*" || g == group)
+            && resource_ok
+            && verbs.iter().any(|v| v == "*" || v == verb)
+            && (names.is_empty() || names.iter().any(|n| n == name))
+    })
 }

@@ -18,8 +18,11 @@ fn gadget_crd() -> Value {
             "versions": [{"name": "v1", "served": true, "storage": true,
                 "subresources": {"status": {}},
                 "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                    "spec": {"type": "object", "properties": {
-                        "size": {"type": "integer"},
+                    "spec": {"type": "object",
+                      "x-kubernetes-validations": [{"rule": "!has(self.size) || self.size % 2 == 0",
+                                                    "message": "size must be even"}],
+                      "properties": {
+                        "size": {"type": "integer", "maximum": 100},
                         "parts": {"type": "array", "x-kubernetes-list-type": "map",
                             "x-kubernetes-list-map-keys": ["name"],
                             "items": {"type": "object", "required": ["name"],
@@ -60,6 +63,65 @@ fn status_apply(status: Value) -> Patch<Value> {
     Patch::Apply(json!({"apiVersion": "example.com/v1", "kind": "Gadget", "status": status}))
 }
 
+/// A gadget `g` and the patch parameters of one field manager: (apply forced, update).
+async fn gadget_and_manager(api: &Api<DynamicObject>, op: &str) -> (PatchParams, PatchParams) {
+    api.create(&PostParams::default(), &gadget("g", json!({})))
+        .await
+        .expect("created");
+    let update = PatchParams {
+        field_manager: Some(op.into()),
+        ..PatchParams::default()
+    };
+    (PatchParams::apply(op).force(), update)
+}
+
+/// Status item `b` of gadget `g` owned twice: written ahead by a merge patch (an Update) and
+/// then by the apply (the operator's write-ahead ledger of old). Returns the object.
+async fn two_owners_of_b(
+    api: &Api<DynamicObject>,
+    apply: &PatchParams,
+    update: &PatchParams,
+) -> DynamicObject {
+    api.patch_status(
+        "g",
+        apply,
+        &status_apply(json!({"parts": [{"name": "a", "state": "Declared", "owned": true}]})),
+    )
+    .await
+    .expect("apply a");
+    // Write-ahead with a merge patch: b is recorded as Pending by an Update.
+    api.patch_status(
+        "g",
+        update,
+        &Patch::Merge(json!({"status": {"parts": [
+            {"name": "a", "state": "Declared", "owned": true},
+            {"name": "b", "state": "Pending", "owned": true}]}})),
+    )
+    .await
+    .expect("update adds b");
+    // The apply takes over b's state (forced: its value changes); name and owned keep their
+    // value, so the Update entry still owns them too.
+    api.patch_status(
+        "g",
+        apply,
+        &status_apply(json!({"parts": [
+                {"name": "a", "state": "Declared", "owned": true},
+                {"name": "b", "state": "Declared", "owned": true}]})),
+    )
+    .await
+    .expect("apply both")
+}
+
+/// The apply of gadget `g`'s status without item `b`.
+async fn drop_b(api: &Api<DynamicObject>, apply: &PatchParams) -> kube::Result<DynamicObject> {
+    api.patch_status(
+        "g",
+        apply,
+        &status_apply(json!({"parts": [{"name": "a", "state": "Declared", "owned": true}]})),
+    )
+    .await
+}
+
 fn api_error(e: kube::Error) -> (u16, String) {
     match e {
         kube::Error::Api(s) => (s.code, s.message.clone()),
@@ -75,44 +137,9 @@ fn api_error(e: kube::Error) -> (u16, String) {
 async fn update_and_apply_of_one_manager_own_fields_separately() {
     let emu = Emulator::start().await.expect("emulator");
     let api = gadgets(&emu).await;
-    api.create(&PostParams::default(), &gadget("g", json!({})))
-        .await
-        .expect("created");
     let op = "gadget-operator";
-    let apply = PatchParams::apply(op).force();
-    let update = PatchParams {
-        field_manager: Some(op.into()),
-        ..PatchParams::default()
-    };
-    api.patch_status(
-        "g",
-        &apply,
-        &status_apply(json!({"parts": [{"name": "a", "state": "Declared", "owned": true}]})),
-    )
-    .await
-    .expect("apply a");
-    // Write-ahead with a merge patch: b is recorded as Pending by an Update.
-    api.patch_status(
-        "g",
-        &update,
-        &Patch::Merge(json!({"status": {"parts": [
-            {"name": "a", "state": "Declared", "owned": true},
-            {"name": "b", "state": "Pending", "owned": true}]}})),
-    )
-    .await
-    .expect("update adds b");
-    // The apply takes over b's state (forced: its value changes); name and owned keep their
-    // value, so the Update entry still owns them too.
-    let both = api
-        .patch_status(
-            "g",
-            &apply,
-            &status_apply(json!({"parts": [
-                {"name": "a", "state": "Declared", "owned": true},
-                {"name": "b", "state": "Declared", "owned": true}]})),
-        )
-        .await
-        .expect("apply both");
+    let (apply, update) = gadget_and_manager(&api, op).await;
+    let both = two_owners_of_b(&api, &apply, &update).await;
     let entries: Vec<(String, String)> = both
         .metadata
         .managed_fields
@@ -156,12 +183,7 @@ async fn update_and_apply_of_one_manager_own_fields_separately() {
     );
     // Dropping b from the apply removes only what the apply alone owned: state. The item is
     // left with name and owned, and the server refuses the result.
-    let err = api
-        .patch_status(
-            "g",
-            &apply,
-            &status_apply(json!({"parts": [{"name": "a", "state": "Declared", "owned": true}]})),
-        )
+    let err = drop_b(&api, &apply)
         .await
         .expect_err("b lost its required state");
     let (code, message) = api_error(err);
@@ -604,4 +626,218 @@ async fn a_write_without_field_manager_is_owned_by_its_user_agent() {
         .await
         .expect("created");
     assert_eq!(managers("named"), ["my-operator"]);
+}
+
+/// The CEL rules run even when other validation failed (a value out of range, a bad name), so
+/// one answer lists every problem; only a value of the wrong type (or outside its enum) keeps
+/// them from running, and the answer says so.
+#[tokio::test]
+async fn cel_rules_run_alongside_schema_errors_unless_a_type_is_wrong() {
+    let emu = Emulator::start().await.expect("emulator");
+    let api = gadgets(&emu).await;
+    let err = api
+        .create(
+            &PostParams::default(),
+            &gadget("Bad_Name", json!({"size": 101})),
+        )
+        .await
+        .expect_err("invalid");
+    let (code, message) = api_error(err);
+    assert_eq!(code, 422);
+    for want in [
+        "metadata.name: Invalid value: \"Bad_Name\"",
+        "spec.size: Invalid value: 101: spec.size in body should be less than or equal to 100",
+        "size must be even",
+    ] {
+        assert!(message.contains(want), "{want} in {message}");
+    }
+    let err = api
+        .create(&PostParams::default(), &gadget("g", json!({"size": "7"})))
+        .await
+        .expect_err("invalid");
+    let (code, message) = api_error(err);
+    assert_eq!(code, 422);
+    assert!(
+        message.contains("spec.size in body must be of type integer"),
+        "{message}"
+    );
+    assert!(
+        message.contains("some validation rules were not checked because the object was invalid"),
+        "{message}"
+    );
+    assert!(!message.contains("size must be even"), "{message}");
+}
+
+/// The opt-in `OwnerReferencesPermissionEnforcement` admission plugin: setting or changing
+/// ownerReferences needs `delete` on the object, and a `blockOwnerDeletion` reference needs
+/// `update` on the owner's `finalizers`; in-process calls (the administrator) are exempt.
+#[tokio::test]
+async fn owner_reference_permission_enforcement_is_opt_in() {
+    let emu = Emulator::start().await.expect("emulator");
+    let api = gadgets(&emu).await;
+    let owner = api
+        .create(&PostParams::default(), &gadget("owner", json!({})))
+        .await
+        .expect("owner");
+    let owner_ref = |block: bool| {
+        json!([{"apiVersion": "example.com/v1", "kind": "Gadget", "name": "owner",
+                "uid": owner.metadata.uid.clone().unwrap_or_default(),
+                "controller": true, "blockOwnerDeletion": block}])
+    };
+    let cm = |name: &str, refs: Value| -> k8s_openapi::api::core::v1::ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name, "ownerReferences": refs}}))
+            .expect("cm")
+    };
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::default_namespaced(emu.client());
+    // Off by default.
+    cms.create(&PostParams::default(), &cm("free", owner_ref(true)))
+        .await
+        .expect("no enforcement");
+    let writer = json!([{"apiGroups": [""], "resources": ["configmaps"],
+                         "verbs": ["get", "create", "patch", "update"]}]);
+    emu.enforce_owner_references(writer.clone());
+    let err = cms
+        .create(&PostParams::default(), &cm("a", owner_ref(false)))
+        .await
+        .expect_err("no delete permission");
+    let (code, message) = api_error(err);
+    assert_eq!(code, 403);
+    assert_eq!(
+        message,
+        "configmaps \"a\" is forbidden: cannot set an ownerRef on a resource you can't delete: , <nil>"
+    );
+    // Taking over an existing object is a change of its ownerReferences too.
+    emu.call(
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "orphan"}})),
+    );
+    let err = cms
+        .patch(
+            "orphan",
+            &PatchParams::apply("tester"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                                 "metadata": {"name": "orphan", "ownerReferences": owner_ref(false)}})),
+        )
+        .await
+        .expect_err("adoption needs delete");
+    assert_eq!(api_error(err).0, 403);
+    // With delete: allowed, unless the reference blocks the owner's deletion without
+    // permission to update the owner's finalizers.
+    let mut rules = writer.as_array().cloned().unwrap_or_default();
+    rules[0]["verbs"] = json!(["get", "create", "patch", "update", "delete"]);
+    emu.enforce_owner_references(json!(rules.clone()));
+    cms.create(&PostParams::default(), &cm("b", owner_ref(false)))
+        .await
+        .expect("delete granted");
+    let err = cms
+        .create(&PostParams::default(), &cm("c", owner_ref(true)))
+        .await
+        .expect_err("blockOwnerDeletion");
+    let (code, message) = api_error(err);
+    assert_eq!(code, 403);
+    assert!(
+        message.contains("cannot set blockOwnerDeletion if an ownerReference refers to a resource you can't set finalizers on"),
+        "{message}"
+    );
+    rules.push(
+        json!({"apiGroups": ["example.com"], "resources": ["gadgets/finalizers"],
+                      "verbs": ["update"]}),
+    );
+    emu.enforce_owner_references(json!(rules));
+    cms.create(&PostParams::default(), &cm("c", owner_ref(true)))
+        .await
+        .expect("finalizers granted");
+    // A change that leaves the ownerReferences alone needs nothing more.
+    emu.enforce_owner_references(writer);
+    cms.patch(
+        "c",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "v"}})),
+    )
+    .await
+    .expect("owner references unchanged");
+    // The administrator (in-process) is not checked.
+    let (code, body) = emu.call(
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(&json!({"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": "admin", "ownerReferences": owner_ref(true)}})),
+    );
+    assert_eq!(code, 201, "{body}");
+}
+
+/// managedFields sent with an update or patch of the main resource replace the server's record
+/// (an empty list keeps it), which is how a client repairs ownership: here the Update entry
+/// that wedges the status is folded into the Apply entry, and dropping the item works again.
+#[tokio::test]
+async fn client_sent_managed_fields_replace_the_record() {
+    let emu = Emulator::start().await.expect("emulator");
+    let api = gadgets(&emu).await;
+    let op = "gadget-operator";
+    let (apply, update) = gadget_and_manager(&api, op).await;
+    let g = two_owners_of_b(&api, &apply, &update).await;
+    // An empty list changes nothing.
+    let same = api
+        .patch(
+            "g",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"managedFields": []}})),
+        )
+        .await
+        .expect("patch");
+    assert_eq!(same.metadata.managed_fields, g.metadata.managed_fields);
+    // Fold the status Update entry into the status Apply entry.
+    let mut entries: Vec<Value> = g
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .map(|m| serde_json::to_value(m).expect("entry"))
+        .collect();
+    let is = |e: &Value, operation: &str| {
+        e["manager"] == op && e["operation"] == operation && e["subresource"] == "status"
+    };
+    let legacy = entries
+        .iter()
+        .find(|e| is(e, "Update"))
+        .cloned()
+        .expect("the Update entry");
+    entries.retain(|e| !is(e, "Update"));
+    for e in entries.iter_mut().filter(|e| is(e, "Apply")) {
+        let mut fields = e["fieldsV1"].clone();
+        merge(&mut fields, &legacy["fieldsV1"]);
+        e["fieldsV1"] = fields;
+    }
+    let repaired = api
+        .patch(
+            "g",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"managedFields": entries}})),
+        )
+        .await
+        .expect("repair");
+    let operations: Vec<String> = repaired
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.subresource.as_deref() == Some("status"))
+        .filter_map(|m| m.operation.clone())
+        .collect();
+    assert_eq!(operations, ["Apply"]);
+    let g = drop_b(&api, &apply).await.expect("dropping b works again");
+    assert_eq!(
+        g.data["status"]["parts"],
+        json!([{"name": "a", "state": "Declared", "owned": true}])
+    );
+}
+
+/// Union of two FieldsV1 trees.
+fn merge(into: &mut Value, from: &Value) {
+    if let (Some(a), Some(b)) = (into.as_object_mut(), from.as_object()) {
+        for (k, v) in b {
+            merge(a.entry(k.clone()).or_insert_with(|| json!({})), v);
+        }
+    }
 }

@@ -52,6 +52,21 @@ pub fn deployment_path(ns: &str, name: &str) -> String {
     format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}")
 }
 
+/// Installs the StompGateway CRD and waits until it is served.
+pub async fn install_crd(emu: &Emulator) {
+    let crd =
+        serde_json::to_value(<StompGateway as kube::CustomResourceExt>::crd()).expect("crd json");
+    let (code, body) = emu.call("POST", CRDS, Some(&crd));
+    assert_eq!(code, 201, "create CRD: {body}");
+    wait_for("the CRD is served", 10, || {
+        (emu.call("GET", "/apis/stompgate.io/v1alpha1/stompgateways", None)
+            .0
+            == 200)
+            .then_some(())
+    })
+    .await;
+}
+
 /// The emulator and a running controller.
 pub struct Op {
     /// The API server.
@@ -73,17 +88,7 @@ impl Op {
 
     /// [`Op::start`] on a given emulator.
     pub async fn start_on(emu: Arc<Emulator>, finalizer_timeout: Duration) -> Op {
-        let crd = serde_json::to_value(<StompGateway as kube::CustomResourceExt>::crd())
-            .expect("crd json");
-        let (code, body) = emu.call("POST", CRDS, Some(&crd));
-        assert_eq!(code, 201, "create CRD: {body}");
-        wait_for("the CRD is served", 10, || {
-            (emu.call("GET", "/apis/stompgate.io/v1alpha1/stompgateways", None)
-                .0
-                == 200)
-                .then_some(())
-        })
-        .await;
+        install_crd(&emu).await;
         let (brokers, reconnected) = BrokerPool::new();
         // The operator's --broker-probe-secs 1: a broker that returns is noticed within ~1 s.
         std::mem::forget(brokers.spawn_monitor(Duration::from_secs(1)));
