@@ -733,3 +733,50 @@ async fn ownership_left_by_an_older_version_is_repaired() {
     assert!(!exchange_exists(&rmq, &legacy).await, "owned: deleted");
     delete_exchange(&rmq, &keep).await;
 }
+
+/// Whether the ledger records `exchange` as owned.
+fn owns(gw: &Value, exchange: &str) -> bool {
+    gw.pointer("/status/topology/exchanges")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|e| e["name"] == exchange && e["owned"] == true)
+}
+
+/// Issue 18, item 4: the controller's cache can lag behind the operator's own status writes (a
+/// child's event starts the next reconcile before the StompGateway's status event arrives).
+/// A reconcile handed such a stale copy - here, the object as first created, without the
+/// status that records the exchange the operator created - must not record that exchange as
+/// not owned (it would then be left behind on deletion).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_cached_copy_never_disowns_a_created_exchange() {
+    let op = Op::start(Duration::from_secs(30)).await;
+    let ns = "stale";
+    op.namespace(ns);
+    op.guest_secret(ns);
+    let exchange = uniq("stale");
+    op.gateway(
+        ns,
+        "gw",
+        broker_addr().port(),
+        json!({"exchanges": [{"name": exchange, "type": "topic"}], "deletionPolicy": "Delete"}),
+    );
+    let created = wait_for("the exchange recorded as owned", 60, || {
+        op.gw(ns, "gw").filter(|g| owns(g, &exchange))
+    })
+    .await;
+    let mut stale = created.clone();
+    stale.as_object_mut().expect("object").remove("status");
+    stale["metadata"]["resourceVersion"] = json!("1");
+    let stale: stompgate::crd::StompGateway = serde_json::from_value(stale).expect("typed");
+    stompgate::operator::controller::reconcile(std::sync::Arc::new(stale), op.ctx.clone())
+        .await
+        .expect("reconcile of the stale copy");
+    let after = op.gw(ns, "gw").expect("still there");
+    assert!(owns(&after, &exchange), "disowned: {}", after["status"]["topology"]);
+
+    op.delete(&gw_path(ns, "gw"));
+    wait_for("the StompGateway gone", 60, || op.gw(ns, "gw").is_none().then_some(())).await;
+    let c = rabbit().await;
+    assert!(!exchange_exists(&c, &exchange).await, "{exchange} leaked");
+}

@@ -80,6 +80,8 @@ pub struct OperatorReport {
     /// Operator counters after convergence.
     pub reconciles_ok: f64,
     pub reconciles_error: f64,
+    /// Mean reconcile duration during convergence.
+    pub reconcile_mean_ms: f64,
     pub errors_by_reason: BTreeMap<String, f64>,
     pub rss_empty_mb: f64,
     pub rss_peak_mb: f64,
@@ -111,7 +113,7 @@ impl OperatorReport {
     pub fn human(&self) -> String {
         format!(
             "operator bench: {} StompGateways in {} namespaces on {}\n\
-             converge: {:.1} s (created in {:.1} s); reconciles {} ok + {} errors {:?}\n\
+             converge: {:.1} s (created in {:.1} s); reconciles {} ok + {} errors {:?}, mean {:.0} ms\n\
              RSS: empty {:.1} MB, peak {:.1} MB, steady {:.1} MB; threads peak {}\n\
              idle {} s: {} object writes, {} events, {} broker operations, {} reconciles\n\
              restart: all re-checked in {:.1} s, RSS peak {:.1} MB, {} object writes\n\
@@ -126,6 +128,7 @@ impl OperatorReport {
             self.reconciles_ok,
             self.reconciles_error,
             self.errors_by_reason,
+            self.reconcile_mean_ms,
             self.rss_empty_mb,
             self.rss_peak_mb,
             self.rss_steady_mb,
@@ -425,39 +428,43 @@ fn current_and_ready(gw: &StompGateway) -> bool {
             .any(|c| c.type_ == "TopologyReady" && c.status == "True")
 }
 
-/// Every object's resourceVersion (the operator's writes move them).
+/// A version of every object the operator writes: the StompGateway's resourceVersion (only
+/// the operator writes its status and finalizers), the Deployment's generation (its status
+/// belongs to the Deployment controller), the Service's and ConfigMap's resourceVersion.
 async fn versions(client: &Client, prefix: &str) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let lp = ListParams::default();
+    let ours = |ns: Option<String>| ns.is_some_and(|n| n.starts_with(prefix));
     let gws: Api<StompGateway> = Api::all(client.clone());
     for o in gws.list(&lp).await?.items {
-        if o.namespace().is_some_and(|n| n.starts_with(prefix)) {
-            out.insert(
-                format!("gw/{}/{}", o.namespace().unwrap_or_default(), o.name_any()),
-                o.resource_version().unwrap_or_default(),
-            );
+        if ours(o.namespace()) {
+            let key = format!("gw/{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+            out.insert(key, o.resource_version().unwrap_or_default());
         }
     }
     let deployments: Api<Deployment> = Api::all(client.clone());
     for o in deployments.list(&lp).await?.items {
-        if o.namespace().is_some_and(|n| n.starts_with(prefix)) {
-            out.insert(
-                format!(
-                    "deploy/{}/{}",
-                    o.namespace().unwrap_or_default(),
-                    o.name_any()
-                ),
-                o.resource_version().unwrap_or_default(),
+        if ours(o.namespace()) {
+            let key = format!(
+                "deploy/{}/{}",
+                o.namespace().unwrap_or_default(),
+                o.name_any()
             );
+            out.insert(key, o.metadata.generation.unwrap_or(0).to_string());
         }
     }
     let services: Api<k8s_openapi::api::core::v1::Service> = Api::all(client.clone());
     for o in services.list(&lp).await?.items {
-        if o.namespace().is_some_and(|n| n.starts_with(prefix)) {
-            out.insert(
-                format!("svc/{}/{}", o.namespace().unwrap_or_default(), o.name_any()),
-                o.resource_version().unwrap_or_default(),
-            );
+        if ours(o.namespace()) {
+            let key = format!("svc/{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+            out.insert(key, o.resource_version().unwrap_or_default());
+        }
+    }
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::all(client.clone());
+    for o in config_maps.list(&lp).await?.items {
+        if ours(o.namespace()) {
+            let key = format!("cm/{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+            out.insert(key, o.resource_version().unwrap_or_default());
         }
     }
     Ok(out)
@@ -634,6 +641,11 @@ pub async fn run(args: &OperatorBenchArgs) -> anyhow::Result<OperatorReport> {
         .count();
     report.reconciles_ok = sum(&m, "stompgw_reconcile_total{result=\"ok\"");
     report.reconciles_error = sum(&m, "stompgw_reconcile_total{result=\"error\"");
+    let count = sum(&m, "stompgw_reconcile_duration_seconds_count");
+    if count > 0.0 {
+        report.reconcile_mean_ms =
+            sum(&m, "stompgw_reconcile_duration_seconds_sum") / count * 1000.0;
+    }
     report.errors_by_reason = labelled(&m, "stompgw_reconcile_errors_total", "reason");
 
     super::progress(format!("idle for {} s", args.idle_secs));

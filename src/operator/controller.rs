@@ -93,6 +93,9 @@ pub struct Context {
     // Last broker target read from the Secrets of objects with a cleanup finalizer: a namespace
     // deletion removes the Secret before the finalizer runs, and cleanup still needs it.
     targets: Mutex<HashMap<ObjectRef<StompGateway>, BrokerTarget>>,
+    // The resourceVersion of each StompGateway as the operator last wrote (or freshly read) it:
+    // a cached copy with another version may predate that write (see `Context::fresh`).
+    known_versions: Mutex<HashMap<ObjectRef<StompGateway>, String>>,
 }
 
 impl Context {
@@ -111,6 +114,54 @@ impl Context {
             own_writes: Arc::default(),
             failures: Mutex::new(HashMap::new()),
             targets: Mutex::new(HashMap::new()),
+            known_versions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Remembers the version of a StompGateway the operator just wrote or read from the API
+    /// server.
+    fn note_version(&self, gw: &StompGateway) {
+        if let (Some(rv), Ok(mut m)) = (gw.resource_version(), self.known_versions.lock()) {
+            m.insert(ObjectRef::from_obj(gw), rv);
+        }
+    }
+
+    fn forget_version(&self, r: &ObjectRef<StompGateway>) {
+        if let Ok(mut m) = self.known_versions.lock() {
+            m.remove(r);
+        }
+    }
+
+    /// The object to reconcile: the cached copy, unless the operator knows of a version the
+    /// cache does not show yet, in which case a fresh read. The controller's cache can lag
+    /// behind the operator's own status writes (a child's event can start the next reconcile
+    /// before the status event arrives); acting on such a copy would decide ownership from a
+    /// ledger that misses exchanges the operator created, and record them as not owned (then
+    /// leak them on deletion), or write back a stale status. None: the object is gone.
+    async fn fresh(&self, gw: Arc<StompGateway>) -> Result<Option<Arc<StompGateway>>, Error> {
+        let oref = ObjectRef::from_obj(&*gw);
+        let known = self
+            .known_versions
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&oref).cloned());
+        match known {
+            Some(rv) if gw.resource_version().as_ref() != Some(&rv) => {}
+            _ => return Ok(Some(gw)),
+        }
+        let (Some(ns), Some(name)) = (gw.namespace(), gw.metadata.name.as_deref()) else {
+            return Ok(Some(gw));
+        };
+        let api: Api<StompGateway> = Api::namespaced(self.client.clone(), &ns);
+        match api.get_opt(name).await? {
+            Some(current) => {
+                self.note_version(&current);
+                Ok(Some(Arc::new(current)))
+            }
+            None => {
+                self.forget_version(&oref);
+                Ok(None)
+            }
         }
     }
 
@@ -236,6 +287,14 @@ pub fn error_policy(gw: Arc<StompGateway>, err: &Error, ctx: Arc<Context>) -> Ac
 /// Reconciles one StompGateway (the `Controller` entry point).
 pub async fn reconcile(gw: Arc<StompGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
+    let gw = match ctx.fresh(gw).await {
+        Ok(Some(gw)) => gw,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(e) => {
+            ctx.metrics.reconciled("error", start.elapsed());
+            return Err(e);
+        }
+    };
     let res = match reconcile_inner(&gw, &ctx).await {
         Err(Error::Kube(e)) if going_away(&e) => {
             tracing::debug!(name = %gw.name_any(), namespace = ?gw.namespace(), error = %e,
@@ -281,6 +340,7 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
                 ..PatchParams::default()
             };
             repaired = api.patch(&name, &pp, &Patch::Merge(&patch)).await?;
+            ctx.note_version(&repaired);
             tracing::info!(%ns, %name, "status ownership of an older operator version moved to its apply");
             &repaired
         }
@@ -288,6 +348,7 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
     };
     ensure_finalizer(
         gw,
+        ctx,
         &api,
         gw.spec.topology.deletion_policy == DeletionPolicy::Delete,
     )
@@ -390,7 +451,7 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
         Ok(broker) => {
             obs.broker = Some(Ok(()));
             if !gw.spec.paused {
-                let applied = match record_intent(gw, &api, &broker).await? {
+                let applied = match record_intent(gw, ctx, &api, &broker).await? {
                     Ok(prev) => broker.apply(&gw.spec.topology, prev.as_ref()).await,
                     Err(e) => Err(e),
                 };
@@ -468,6 +529,7 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
 /// create (write-ahead ownership), and returns the ledger to apply against.
 async fn record_intent(
     gw: &StompGateway,
+    ctx: &Context,
     api: &Api<StompGateway>,
     broker: &topology::Broker,
 ) -> Result<Result<Option<crate::crd::TopologyStatus>, TopologyError>, Error> {
@@ -488,7 +550,8 @@ async fn record_intent(
     // server removes.
     let mut status = gw.status.clone().unwrap_or_default();
     status.topology = Some(ledger.clone());
-    apply_status(api, &gw.name_any(), &status).await?;
+    let written = apply_status(api, &gw.name_any(), &status).await?;
+    ctx.note_version(&written);
     Ok(Ok(Some(ledger)))
 }
 
@@ -815,7 +878,8 @@ async fn write_status(
     if prev == Some(&new) {
         return Ok(());
     }
-    apply_status(api, &gw.name_any(), &new).await?;
+    let written = apply_status(api, &gw.name_any(), &new).await?;
+    ctx.note_version(&written);
     // One event per Ready transition: Normal when it becomes True, Warning when it turns
     // False for a problem (not for an ordinary rollout).
     for c in status::transitions(prev, &new) {
@@ -849,6 +913,7 @@ async fn publish(ctx: &Context, gw: &StompGateway, type_: EventType, reason: &st
 
 async fn ensure_finalizer(
     gw: &StompGateway,
+    ctx: &Context,
     api: &Api<StompGateway>,
     want: bool,
 ) -> Result<(), Error> {
@@ -865,11 +930,12 @@ async fn ensure_finalizer(
     if want {
         list.push(FINALIZER.into());
     }
-    set_finalizers(gw, api, list).await
+    set_finalizers(gw, ctx, api, list).await
 }
 
 async fn set_finalizers(
     gw: &StompGateway,
+    ctx: &Context,
     api: &Api<StompGateway>,
     list: Vec<String>,
 ) -> Result<(), Error> {
@@ -881,8 +947,15 @@ async fn set_finalizers(
         field_manager: Some(FIELD_MANAGER.into()),
         ..PatchParams::default()
     };
-    api.patch(&gw.name_any(), &pp, &Patch::Merge(&patch))
+    let written = api
+        .patch(&gw.name_any(), &pp, &Patch::Merge(&patch))
         .await?;
+    if written.meta().deletion_timestamp.is_some() && written.finalizers().is_empty() {
+        // The API server deletes it now.
+        ctx.forget_version(&ObjectRef::from_obj(gw));
+    } else {
+        ctx.note_version(&written);
+    }
     Ok(())
 }
 
@@ -909,7 +982,7 @@ async fn cleanup(
         .cloned()
         .collect();
     if !wants {
-        set_finalizers(gw, api, remaining).await?;
+        set_finalizers(gw, ctx, api, remaining).await?;
         ctx.remember_target(&oref, None);
         return Ok(Action::await_change());
     }
@@ -966,7 +1039,7 @@ async fn cleanup(
                 )
                 .await;
             }
-            set_finalizers(gw, api, remaining).await?;
+            set_finalizers(gw, ctx, api, remaining).await?;
             ctx.remember_target(&oref, None);
             Ok(Action::await_change())
         }
@@ -985,7 +1058,7 @@ async fn cleanup(
                 format!("broker objects were left in RabbitMQ: {}", p.message),
             )
             .await;
-            set_finalizers(gw, api, remaining).await?;
+            set_finalizers(gw, ctx, api, remaining).await?;
             ctx.remember_target(&oref, None);
             Ok(Action::await_change())
         }
