@@ -53,6 +53,12 @@ impl BrokerConfig {
         if uri.query.heartbeat.is_none() {
             uri.query.heartbeat = Some(DEFAULT_AMQP_HEARTBEAT_SECS);
         }
+        // lapin gives each connection read and write buffers of 32 frames, filled in at
+        // connect: at RabbitMQ's default frame_max (128 KiB) that is 8 MiB resident per
+        // pooled connection, 4 KB per session of a full one; `?frame_max=N` overrides.
+        if uri.query.frame_max.is_none() {
+            uri.query.frame_max = Some(DEFAULT_AMQP_FRAME_MAX);
+        }
         Ok(BrokerConfig {
             uri,
             idle_connection_ttl: Duration::from_secs(30),
@@ -532,6 +538,9 @@ fn is_channel_error(error: &lapin::Error) -> bool {
 
 /// AMQP heart-beat interval asked for when the URL sets none.
 pub const DEFAULT_AMQP_HEARTBEAT_SECS: u16 = 20;
+
+/// AMQP frame_max the gateway asks for (bodies larger than this travel as several frames).
+pub const DEFAULT_AMQP_FRAME_MAX: u32 = 16 * 1024;
 /// Connect timeout while the monitor reports RabbitMQ down.
 const DOWN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Probe interval while RabbitMQ is up but the monitor holds no connection of its own.
