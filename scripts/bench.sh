@@ -20,6 +20,9 @@
 #   DURATION / WARMUP       fanout measurement window / warm-up, seconds (default 10 / 2)
 #   LAT_DURATION            paced latency window, seconds (default 20)
 #   FANOUT_NS / FANOUT_SIZES / CONN_COUNTS  override the matrix (space separated)
+#   CONN_CLIENTS  client profiles of the connections scenario (default: native stompjs7
+#                 stompjs2 python sockjs-websocket sockjs-xhr-streaming; the sockjs ones run
+#                 against the gateway only: RabbitMQ dropped SockJS in 3.7)
 #   GATEWAY_ONLY_NS / GATEWAY_ONLY_CONNS    cells run for the gateway only (10000 / 50000)
 #   OUT         results directory (default bench-results/<timestamp>)
 #   BIN         stompgate binary (default: cargo build --release, then target/release/stompgate)
@@ -51,6 +54,7 @@ else
 fi
 # Web-STOMP at N=10000 is tried only when its N=1000 run connected everyone.
 WEBSTOMP_TRY_10K=${WEBSTOMP_TRY_10K:-1}
+CONN_CLIENTS=${CONN_CLIENTS:-"native stompjs7 stompjs2 python sockjs-websocket sockjs-xhr-streaming"}
 
 NODE_DIR=${NODE_DIR:-/tmp/stompgate-bench-node}
 NODE=benchws@$(hostname -s)
@@ -161,7 +165,14 @@ start_gateway() {
     >>"$OUT/logs/gateway.log" 2>&1 &
   GATEWAY_PID=$!
   for _ in $(seq 100); do
-    if port_up "${GATEWAY_LISTEN##*:}"; then return; fi
+    if port_up "${GATEWAY_LISTEN##*:}"; then
+      # Ready = its own connection to RabbitMQ is up (and counted in "RSS before").
+      for _ in $(seq 100); do
+        curl -sf "http://$GATEWAY_LISTEN/readyz" >/dev/null 2>&1 && break
+        sleep 0.1
+      done
+      return
+    fi
     kill -0 "$GATEWAY_PID" 2>/dev/null || { echo "error: gateway exited; see $OUT/logs/gateway.log" >&2; exit 1; }
     sleep 0.1
   done
@@ -258,22 +269,26 @@ for system in webstomp gateway; do
 
   if has "$SCENARIOS" connections; then
     counts="$CONN_COUNTS"; [ "$system" = gateway ] && counts="$counts $GATEWAY_ONLY_CONNS"
-    for c in $counts; do
-      # Each process (client and server) needs one descriptor per session.
-      if [ $((c + 500)) -gt "$hard_nofile" ]; then
-        log "skip $system connections C=$c: file limit $hard_nofile < $((c + 500)) (needs CAP_SYS_RESOURCE to raise)"
-        printf '{"scenario":"connections","requested":%s,"skipped":"nofile hard limit %s"}\n' "$c" "$hard_nofile" \
-          >"$OUT/connections_c${c}__${system}__skipped.json"
-        continue
-      fi
-      ips=127.0.0.1
-      [ "$c" -gt 25000 ] && ips=127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4
-      for r in $(seq "$REPEAT"); do
-        # A fresh gateway per run, so RSS before/after is not blurred by earlier runs.
-        if [ "$system" = gateway ]; then stop_gateway; start_gateway; fi
-        RUNS=$r run_bench "connections_c${c}" "$system" connections --count "$c" \
-          --connect-concurrency 200 --hold "$HOLD" --pid "$(pid_of "$system")" --pid-tree \
-          --source-ips "$ips" || true
+    for client in $CONN_CLIENTS; do
+      case "$client" in sockjs-*) [ "$system" = gateway ] || continue ;; esac
+      for c in $counts; do
+        stem="connections_c${c}_${client}"
+        # Each process (client and server) needs one descriptor per session.
+        if [ $((c + 500)) -gt "$hard_nofile" ]; then
+          log "skip $system connections C=$c: file limit $hard_nofile < $((c + 500)) (needs CAP_SYS_RESOURCE to raise)"
+          printf '{"scenario":"connections","requested":%s,"skipped":"nofile hard limit %s"}\n' "$c" "$hard_nofile" \
+            >"$OUT/${stem}__${system}__skipped.json"
+          continue
+        fi
+        ips=127.0.0.1
+        [ "$c" -gt 25000 ] && ips=127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4
+        for r in $(seq "$REPEAT"); do
+          # A fresh gateway per run, so RSS before/after is not blurred by earlier runs.
+          if [ "$system" = gateway ]; then stop_gateway; start_gateway; fi
+          RUNS=$r run_bench "$stem" "$system" connections --count "$c" --client "$client" \
+            --connect-concurrency 200 --hold "$HOLD" --pid "$(pid_of "$system")" --pid-tree \
+            --source-ips "$ips" || true
+        done
       done
     done
   fi

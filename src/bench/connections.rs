@@ -134,6 +134,8 @@ pub struct ConnectionsReport {
     pub rss_after_kb: Option<u64>,
     pub rss_per_session_kb: Option<f64>,
     pub rss_after_close_kb: Option<u64>,
+    /// The --pid process's CPU time over the hold (after the settle), in % of one core.
+    pub idle_cpu_percent: Option<f64>,
     /// This client's own RSS with every session open (its per-connection overhead).
     pub client_rss_kb: Option<u64>,
     pub nofile_limit: u64,
@@ -147,6 +149,7 @@ impl ConnectionsReport {
              sessions      {ok}/{req} in {cs:.2} s = {sps:.0} sessions/s (per session p50 {c50} ms, p99 {c99} ms, max {cmax} ms), {failed} failed\n\
              held          {hold} s, {dropped} dropped\n\
              server RSS    before {before}, after {after}, per session {per}, after close {closed}{tree}\n\
+             server CPU    {cpu} of one core while idle\n\
              client RSS    {client_rss}\n",
             url = self.url,
             dest = self.destination,
@@ -168,6 +171,10 @@ impl ConnectionsReport {
                 .map(|v| format!("{v:.1} KB"))
                 .unwrap_or_else(|| "-".into()),
             closed = kb(self.rss_after_close_kb),
+            cpu = self
+                .idle_cpu_percent
+                .map(|v| format!("{v:.2} %"))
+                .unwrap_or_else(|| "-".into()),
             tree = if self.pid_tree { " (process tree)" } else { "" },
             client_rss = kb(self.client_rss_kb),
         );
@@ -265,7 +272,15 @@ pub async fn run(args: &ConnectionsArgs, nofile: u64) -> anyhow::Result<Connecti
     tokio::time::sleep(settle).await;
     let rss_after = rss(args.pid);
     let client_rss = rss_kb(std::process::id(), false);
+    // The server's CPU while the sessions idle (heart-beats, timers): the rest of the hold.
+    let cpu_start = args.pid.and_then(cpu_seconds).map(|c| (c, Instant::now()));
     tokio::time::sleep(Duration::from_secs_f64(args.hold.max(0.0)) - settle).await;
+    let idle_cpu_percent = match (cpu_start, args.pid.and_then(cpu_seconds)) {
+        (Some((before, at)), Some(after)) if at.elapsed() >= Duration::from_secs(1) => {
+            Some(round3((after - before) * 100.0 / at.elapsed().as_secs_f64()))
+        }
+        _ => None,
+    };
 
     progress("closing sessions");
     let (dropped, drop_errors) = opened.holder.close().await?;
@@ -301,6 +316,7 @@ pub async fn run(args: &ConnectionsArgs, nofile: u64) -> anyhow::Result<Connecti
         rss_after_kb: rss_after,
         rss_per_session_kb: per_session,
         rss_after_close_kb: rss_after_close,
+        idle_cpu_percent,
         client_rss_kb: client_rss,
         nofile_limit: nofile,
     })
