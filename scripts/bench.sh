@@ -23,7 +23,7 @@
 #   CONN_CLIENTS  client profiles of the connections scenario (default: native stompjs7
 #                 stompjs2 python sockjs-websocket sockjs-xhr-streaming; the sockjs ones run
 #                 against the gateway only: RabbitMQ dropped SockJS in 3.7)
-#   GATEWAY_ONLY_NS / GATEWAY_ONLY_CONNS    cells run for the gateway only (10000 / 50000)
+#   GATEWAY_ONLY_NS / GATEWAY_ONLY_CONNS    cells run for the gateway only (10000 / 50000; "" for none)
 #   OUT         results directory (default bench-results/<timestamp>)
 #   BIN         stompgate binary (default: cargo build --release, then target/release/stompgate)
 #   REUSE_NODE=1  use a node already listening on 5674/15676 instead of starting one
@@ -47,8 +47,8 @@ if [ "$QUICK" = 1 ]; then
 else
   DURATION=${DURATION:-10}; WARMUP=${WARMUP:-2}; LAT_DURATION=${LAT_DURATION:-20}
   FANOUT_NS=${FANOUT_NS:-"1 100 1000"}; FANOUT_SIZES=${FANOUT_SIZES:-"100 4096"}
-  GATEWAY_ONLY_NS=${GATEWAY_ONLY_NS:-"10000"}; CONN_COUNTS=${CONN_COUNTS:-"1000 10000"}
-  GATEWAY_ONLY_CONNS=${GATEWAY_ONLY_CONNS:-"50000"}; ECHO_COUNT=${ECHO_COUNT:-5000}
+  GATEWAY_ONLY_NS=${GATEWAY_ONLY_NS-"10000"}; CONN_COUNTS=${CONN_COUNTS:-"1000 10000"}
+  GATEWAY_ONLY_CONNS=${GATEWAY_ONLY_CONNS-"50000"}; ECHO_COUNT=${ECHO_COUNT:-5000}
   LATENCY_CELLS=${LATENCY_CELLS:-"1000:3 1000:300 100:30 1:2000"}; QUEUES_N=${QUEUES_N:-1000}
   HOLD=${HOLD:-5}
 fi
@@ -190,6 +190,12 @@ stop_gateway() {
   fi
 }
 
+# CPU of the broker, and of the gateway when it is the system measured (fan-out µs/delivery).
+cpu_pids() {
+  echo "--cpu-pid broker=$NODE_PID"
+  if [ "$1" = gateway ]; then echo "--cpu-pid gateway=$GATEWAY_PID"; fi
+}
+
 url_of() { if [ "$1" = gateway ]; then echo "$GATEWAY_URL"; else echo "$WEBSTOMP_URL"; fi; }
 pid_of() { if [ "$1" = gateway ]; then echo "$GATEWAY_PID"; else echo "$NODE_PID"; fi; }
 
@@ -245,9 +251,10 @@ for system in webstomp gateway; do
           log "skip webstomp fanout N=$n: its N=1000 run did not keep every subscriber"
           continue
         fi
+        # shellcheck disable=SC2046
         run_bench "$stem" "$system" fanout --amqp-url "$AMQP_URL" --subscribers "$n" \
           --size "$size" --rate max --duration "$DURATION" --warmup "$WARMUP" \
-          --connect-concurrency 200 || true
+          --connect-concurrency 200 $(cpu_pids "$system") || true
       done
     done
   fi
@@ -255,9 +262,10 @@ for system in webstomp gateway; do
   if has "$SCENARIOS" latency; then
     for cell in $LATENCY_CELLS; do
       n=${cell%%:*}; rate=${cell##*:}
+      # shellcheck disable=SC2046
       run_bench "fanout-paced_n${n}_r${rate}_s100" "$system" fanout --amqp-url "$AMQP_URL" \
         --subscribers "$n" --size 100 --rate "$rate" --duration "$LAT_DURATION" --warmup "$WARMUP" \
-        --connect-concurrency 200 || true
+        --connect-concurrency 200 $(cpu_pids "$system") || true
     done
   fi
 
