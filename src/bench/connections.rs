@@ -276,9 +276,9 @@ pub async fn run(args: &ConnectionsArgs, nofile: u64) -> anyhow::Result<Connecti
     let cpu_start = args.pid.and_then(cpu_seconds).map(|c| (c, Instant::now()));
     tokio::time::sleep(Duration::from_secs_f64(args.hold.max(0.0)) - settle).await;
     let idle_cpu_percent = match (cpu_start, args.pid.and_then(cpu_seconds)) {
-        (Some((before, at)), Some(after)) if at.elapsed() >= Duration::from_secs(1) => {
-            Some(round3((after - before) * 100.0 / at.elapsed().as_secs_f64()))
-        }
+        (Some((before, at)), Some(after)) if at.elapsed() >= Duration::from_secs(1) => Some(
+            round3((after - before) * 100.0 / at.elapsed().as_secs_f64()),
+        ),
         _ => None,
     };
 
