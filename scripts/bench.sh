@@ -20,7 +20,10 @@
 #   DURATION / WARMUP       fanout measurement window / warm-up, seconds (default 10 / 2)
 #   LAT_DURATION            paced latency window, seconds (default 20)
 #   FANOUT_NS / FANOUT_SIZES / CONN_COUNTS  override the matrix (space separated)
-#   GATEWAY_ONLY_NS / GATEWAY_ONLY_CONNS    cells run for the gateway only (10000 / 50000)
+#   CONN_CLIENTS  client profiles of the connections scenario (default: native stompjs7
+#                 stompjs2 python sockjs-websocket sockjs-xhr-streaming; the sockjs ones run
+#                 against the gateway only: RabbitMQ dropped SockJS in 3.7)
+#   GATEWAY_ONLY_NS / GATEWAY_ONLY_CONNS    cells run for the gateway only (10000 / 50000; "" for none)
 #   OUT         results directory (default bench-results/<timestamp>)
 #   BIN         stompgate binary (default: cargo build --release, then target/release/stompgate)
 #   REUSE_NODE=1  use a node already listening on 5674/15676 instead of starting one
@@ -44,13 +47,14 @@ if [ "$QUICK" = 1 ]; then
 else
   DURATION=${DURATION:-10}; WARMUP=${WARMUP:-2}; LAT_DURATION=${LAT_DURATION:-20}
   FANOUT_NS=${FANOUT_NS:-"1 100 1000"}; FANOUT_SIZES=${FANOUT_SIZES:-"100 4096"}
-  GATEWAY_ONLY_NS=${GATEWAY_ONLY_NS:-"10000"}; CONN_COUNTS=${CONN_COUNTS:-"1000 10000"}
-  GATEWAY_ONLY_CONNS=${GATEWAY_ONLY_CONNS:-"50000"}; ECHO_COUNT=${ECHO_COUNT:-5000}
+  GATEWAY_ONLY_NS=${GATEWAY_ONLY_NS-"10000"}; CONN_COUNTS=${CONN_COUNTS:-"1000 10000"}
+  GATEWAY_ONLY_CONNS=${GATEWAY_ONLY_CONNS-"50000"}; ECHO_COUNT=${ECHO_COUNT:-5000}
   LATENCY_CELLS=${LATENCY_CELLS:-"1000:3 1000:300 100:30 1:2000"}; QUEUES_N=${QUEUES_N:-1000}
   HOLD=${HOLD:-5}
 fi
 # Web-STOMP at N=10000 is tried only when its N=1000 run connected everyone.
 WEBSTOMP_TRY_10K=${WEBSTOMP_TRY_10K:-1}
+CONN_CLIENTS=${CONN_CLIENTS:-"native stompjs7 stompjs2 python sockjs-websocket sockjs-xhr-streaming"}
 
 NODE_DIR=${NODE_DIR:-/tmp/stompgate-bench-node}
 NODE=benchws@$(hostname -s)
@@ -161,7 +165,14 @@ start_gateway() {
     >>"$OUT/logs/gateway.log" 2>&1 &
   GATEWAY_PID=$!
   for _ in $(seq 100); do
-    if port_up "${GATEWAY_LISTEN##*:}"; then return; fi
+    if port_up "${GATEWAY_LISTEN##*:}"; then
+      # Ready = its own connection to RabbitMQ is up (and counted in "RSS before").
+      for _ in $(seq 100); do
+        curl -sf "http://$GATEWAY_LISTEN/readyz" >/dev/null 2>&1 && break
+        sleep 0.1
+      done
+      return
+    fi
     kill -0 "$GATEWAY_PID" 2>/dev/null || { echo "error: gateway exited; see $OUT/logs/gateway.log" >&2; exit 1; }
     sleep 0.1
   done
@@ -177,6 +188,12 @@ stop_gateway() {
     wait "$GATEWAY_PID" 2>/dev/null || true
     GATEWAY_PID=""
   fi
+}
+
+# CPU of the broker, and of the gateway when it is the system measured (fan-out µs/delivery).
+cpu_pids() {
+  echo "--cpu-pid broker=$NODE_PID"
+  if [ "$1" = gateway ]; then echo "--cpu-pid gateway=$GATEWAY_PID"; fi
 }
 
 url_of() { if [ "$1" = gateway ]; then echo "$GATEWAY_URL"; else echo "$WEBSTOMP_URL"; fi; }
@@ -234,9 +251,10 @@ for system in webstomp gateway; do
           log "skip webstomp fanout N=$n: its N=1000 run did not keep every subscriber"
           continue
         fi
+        # shellcheck disable=SC2046
         run_bench "$stem" "$system" fanout --amqp-url "$AMQP_URL" --subscribers "$n" \
           --size "$size" --rate max --duration "$DURATION" --warmup "$WARMUP" \
-          --connect-concurrency 200 || true
+          --connect-concurrency 200 $(cpu_pids "$system") || true
       done
     done
   fi
@@ -244,9 +262,10 @@ for system in webstomp gateway; do
   if has "$SCENARIOS" latency; then
     for cell in $LATENCY_CELLS; do
       n=${cell%%:*}; rate=${cell##*:}
+      # shellcheck disable=SC2046
       run_bench "fanout-paced_n${n}_r${rate}_s100" "$system" fanout --amqp-url "$AMQP_URL" \
         --subscribers "$n" --size 100 --rate "$rate" --duration "$LAT_DURATION" --warmup "$WARMUP" \
-        --connect-concurrency 200 || true
+        --connect-concurrency 200 $(cpu_pids "$system") || true
     done
   fi
 
@@ -258,22 +277,26 @@ for system in webstomp gateway; do
 
   if has "$SCENARIOS" connections; then
     counts="$CONN_COUNTS"; [ "$system" = gateway ] && counts="$counts $GATEWAY_ONLY_CONNS"
-    for c in $counts; do
-      # Each process (client and server) needs one descriptor per session.
-      if [ $((c + 500)) -gt "$hard_nofile" ]; then
-        log "skip $system connections C=$c: file limit $hard_nofile < $((c + 500)) (needs CAP_SYS_RESOURCE to raise)"
-        printf '{"scenario":"connections","requested":%s,"skipped":"nofile hard limit %s"}\n' "$c" "$hard_nofile" \
-          >"$OUT/connections_c${c}__${system}__skipped.json"
-        continue
-      fi
-      ips=127.0.0.1
-      [ "$c" -gt 25000 ] && ips=127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4
-      for r in $(seq "$REPEAT"); do
-        # A fresh gateway per run, so RSS before/after is not blurred by earlier runs.
-        if [ "$system" = gateway ]; then stop_gateway; start_gateway; fi
-        RUNS=$r run_bench "connections_c${c}" "$system" connections --count "$c" \
-          --connect-concurrency 200 --hold "$HOLD" --pid "$(pid_of "$system")" --pid-tree \
-          --source-ips "$ips" || true
+    for client in $CONN_CLIENTS; do
+      case "$client" in sockjs-*) [ "$system" = gateway ] || continue ;; esac
+      for c in $counts; do
+        stem="connections_c${c}_${client}"
+        # Each process (client and server) needs one descriptor per session.
+        if [ $((c + 500)) -gt "$hard_nofile" ]; then
+          log "skip $system connections C=$c: file limit $hard_nofile < $((c + 500)) (needs CAP_SYS_RESOURCE to raise)"
+          printf '{"scenario":"connections","requested":%s,"skipped":"nofile hard limit %s"}\n' "$c" "$hard_nofile" \
+            >"$OUT/${stem}__${system}__skipped.json"
+          continue
+        fi
+        ips=127.0.0.1
+        [ "$c" -gt 25000 ] && ips=127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4
+        for r in $(seq "$REPEAT"); do
+          # A fresh gateway per run, so RSS before/after is not blurred by earlier runs.
+          if [ "$system" = gateway ]; then stop_gateway; start_gateway; fi
+          RUNS=$r run_bench "$stem" "$system" connections --count "$c" --client "$client" \
+            --connect-concurrency 200 --hold "$HOLD" --pid "$(pid_of "$system")" --pid-tree \
+            --source-ips "$ips" || true
+        done
       done
     done
   fi

@@ -73,7 +73,7 @@ for line in open(sys.argv[1]):
 if bad:
     print("missing or wrong: " + ", ".join(bad))
     sys.exit(1)
-import pika, stomp  # importable by this interpreter
+import pika, stomp, websockets  # importable by this interpreter
 PYEOF
 }
 if msg=$(check_py 2>&1); then
@@ -97,6 +97,6 @@ else
   fi
   msg=$(check_py 2>&1) || die "after pip install: $msg"
 fi
-"$PY" -c 'import pika, stomp, sys; print("python", sys.version.split()[0], "pika", pika.__version__, "stomp.py", stomp.__version__)'
+"$PY" -c 'import pika, stomp, sys, websockets; print("python", sys.version.split()[0], "pika", pika.__version__, "stomp.py", stomp.__version__, "websockets", websockets.__version__)'
 ms=$(( ($(date +%s%N) - T0) / 1000000 ))
 echo "ensure-test-deps: OK in $((ms / 1000)).$(printf '%03d' $((ms % 1000)))s"

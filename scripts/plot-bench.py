@@ -88,7 +88,7 @@ def stems(cells, pattern):
     for stem, _system in cells:
         m = re.fullmatch(pattern, stem)
         if m:
-            found[stem] = tuple(int(g) if g.isdigit() else g for g in m.groups())
+            found[stem] = tuple("" if g is None else int(g) if g.isdigit() else g for g in m.groups())
     return sorted(found, key=lambda s: found[s])
 
 
@@ -142,11 +142,11 @@ def markdown(cells):
         parts.append("### Request/response via a queue (echo)\n\n" + table(
             ["bytes", "Web-STOMP rt/s", "stompgate rt/s", "ratio", "Web-STOMP p50 us",
              "Web-STOMP p99 us", "stompgate p50 us", "stompgate p99 us"], rows))
-    conns = stems(cells, r"connections_c(\d+)")
+    conns = stems(cells, r"connections_c(\d+)(?:_([a-z0-9-]+))?")
     if conns:
         rows = []
         for stem in conns:
-            c = stem.split("_c")[1]
+            c, client = re.fullmatch(r"connections_c(\d+)(?:_([a-z0-9-]+))?", stem).groups()
             ws = median(cells, stem, "webstomp", "sessions_per_s")
             gs = median(cells, stem, "gateway", "sessions_per_s")
             # The broker's Erlang VM keeps memory it freed when earlier sessions closed, so a
@@ -156,6 +156,8 @@ def markdown(cells):
                     for s in SYSTEMS}
             wk = median({(stem, "webstomp"): grew["webstomp"]}, stem, "webstomp", "rss_per_session_kb")
             gk = median({(stem, "gateway"): grew["gateway"]}, stem, "gateway", "rss_per_session_kb")
+            wc = median(cells, stem, "webstomp", "idle_cpu_percent")
+            gc = median(cells, stem, "gateway", "idle_cpu_percent")
             skipped = [s for s in SYSTEMS for r in cells.get((stem, s), []) if r.get("skipped")]
             n = note(cells, stem)
             reused = [f"{s}: {len(cells.get((stem, s), [])) - len(grew[s])} run(s) reused freed memory, RSS from the others"
@@ -165,10 +167,12 @@ def markdown(cells):
                 n = (n + "; " if n else "") + "; ".join(reused)
             if skipped:
                 n = (n + "; " if n else "") + "skipped (file limit): " + ", ".join(skipped)
-            rows.append([c, fmt(ws), fmt(gs), ratio(gs, ws), fmt(wk, 1), fmt(gk, 1), ratio(gk, wk), n])
-        parts.append("### Idle sessions (CONNECT + 1 SUBSCRIBE)\n\n" + table(
-            ["sessions", "Web-STOMP sessions/s", "stompgate sessions/s", "ratio",
-             "Web-STOMP KB/session", "stompgate KB/session", "ratio", "notes"], rows))
+            rows.append([c, client or "native", fmt(ws), fmt(gs), ratio(gs, ws), fmt(wk, 1), fmt(gk, 1),
+                         ratio(gk, wk), fmt(wc, 2), fmt(gc, 2), n])
+        parts.append("### Idle sessions (CONNECT + 1 SUBSCRIBE), per client profile\n\n" + table(
+            ["sessions", "client", "Web-STOMP sessions/s", "stompgate sessions/s", "ratio",
+             "Web-STOMP KB/session", "stompgate KB/session", "ratio", "Web-STOMP idle CPU %",
+             "stompgate idle CPU %", "notes"], rows))
     queues = stems(cells, r"queues_n(\d+)")
     if queues:
         rows = []

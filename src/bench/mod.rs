@@ -163,6 +163,15 @@ impl ErrorCounts {
         entry.count += 1;
     }
 
+    /// Adds `count` errors of a kind reported by an external client driver.
+    pub fn add_kind(&mut self, kind: &str, count: u64, example: &str) {
+        let entry = self.0.entry(kind.to_string()).or_default();
+        if entry.count == 0 {
+            entry.example = example.to_string();
+        }
+        entry.count += count;
+    }
+
     pub fn total(&self) -> u64 {
         self.0.values().map(|e| e.count).sum()
     }

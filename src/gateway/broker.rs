@@ -56,6 +56,12 @@ impl BrokerConfig {
         if uri.query.heartbeat.is_none() {
             uri.query.heartbeat = Some(DEFAULT_AMQP_HEARTBEAT_SECS);
         }
+        // lapin gives each connection read and write buffers of 32 frames, filled in at
+        // connect: at RabbitMQ's default frame_max (128 KiB) that is 8 MiB resident per
+        // pooled connection, 4 KB per session of a full one; `?frame_max=N` overrides.
+        if uri.query.frame_max.is_none() {
+            uri.query.frame_max = Some(DEFAULT_AMQP_FRAME_MAX);
+        }
         Ok(BrokerConfig {
             uri,
             idle_connection_ttl: Duration::from_secs(30),
@@ -709,6 +715,8 @@ pub const DEFAULT_AMQP_HEARTBEAT_SECS: u16 = 20;
 pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 128;
 /// How long a failure to open channels keeps /readyz failing with no retry.
 pub const CHANNEL_TROUBLE_HOLD: Duration = Duration::from_secs(10);
+/// AMQP frame_max the gateway asks for (bodies larger than this travel as several frames).
+pub const DEFAULT_AMQP_FRAME_MAX: u32 = 16 * 1024;
 /// Connect timeout while the monitor reports RabbitMQ down.
 const DOWN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Probe interval while RabbitMQ is up but the monitor holds no connection of its own.

@@ -2,7 +2,7 @@
 //! the codec, the broker and a socket meet. One task per connection.
 
 use crate::gateway::broker::{self, Broker, BrokerLink, SessionChannel};
-use crate::gateway::fanout::{Fanout, Membership, SharedEvent};
+use crate::gateway::fanout::{Fanout, Membership, SharedEvent, SharedEvents};
 use crate::gateway::session::{
     Action, BrokerFailure, BrokerReply, BrokerRequest, ChannelOp, CloseReason, Delivery, Session,
     SessionConfig,
@@ -561,8 +561,8 @@ pub async fn run_with_bearer<I, O>(
                         BrokerReply::Done
                     }
                     OpResult::Joined(tag, Ok(mut membership)) => {
-                        if let Some(receiver) = membership.take_receiver() {
-                            shared.insert(tag.clone(), shared_stream(receiver));
+                        if let Some(events) = membership.take_events() {
+                            shared.insert(tag.clone(), shared_stream(events));
                         }
                         memberships.insert(tag, membership);
                         BrokerReply::Done
@@ -701,9 +701,9 @@ pub async fn run_with_bearer<I, O>(
     drop(channel);
 }
 
-fn shared_stream(receiver: tokio::sync::broadcast::Receiver<SharedEvent>) -> SharedStream {
+fn shared_stream(events: SharedEvents) -> SharedStream {
     // A trailing None marks the end (the hub stopped).
-    tokio_stream::wrappers::BroadcastStream::new(receiver)
+    events
         .map(Some)
         .chain(futures::stream::once(async { None }))
         .boxed()

@@ -5,10 +5,13 @@
 //! `/topic/...` with `ack:auto`, not durable, no queue or consumer arguments) with the same
 //! (vhost, exchange, binding key) share ONE exclusive auto-delete queue per gateway process.
 //! A hub task consumes it, encodes each delivery once per distinct subscription id, and hands
-//! the same `Bytes` to every listening session through a broadcast ring (one per subscription
-//! id): memory is shared by all listeners and bounded by the slowest one's lag; a listener
-//! that falls [`FanoutConfig::listener_capacity`] messages behind is closed as a slow
-//! consumer rather than buffered without bound.
+//! the same `Bytes` to every listening session through ONE broadcast ring per hub (each event
+//! holds the delivery's frames, one per subscription id, and a session reads the one at its
+//! id's slot): memory is shared by all listeners and bounded by the slowest one's lag; a
+//! listener that falls [`FanoutConfig::listener_capacity`] messages behind is closed as a
+//! slow consumer rather than buffered without bound. The ring is allocated in full when the
+//! hub starts (~90 bytes a slot), so it must not be per subscription id: clients that name
+//! every subscription differently would pay it per session.
 //!
 //! Access control stays exact: before a session joins a hub, the broker authorises that
 //! session's own credentials for the same subscription, by running the very declare / bind /
@@ -30,14 +33,18 @@ use crate::stomp::codec;
 use crate::stomp::{Command, Frame, Version};
 use crate::telemetry::GatewayMetrics;
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use lapin::options::{BasicCancelOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_util::sync::CancellationToken;
 
 /// Tunables of the fan-out.
@@ -84,48 +91,98 @@ pub struct Fanout {
 
 type HubSlot = Arc<tokio::sync::Mutex<Option<Arc<Hub>>>>;
 
+/// Whose access to which shared queue a probe checked.
+type AuthorizationKey = (PoolKey, HubKey);
+
 struct FanoutInner {
     config: FanoutConfig,
     hubs: Mutex<HashMap<HubKey, HubSlot>>,
-    authorized: Mutex<HashMap<(PoolKey, HubKey), Instant>>,
+    authorized: Mutex<HashMap<AuthorizationKey, Instant>>,
+    /// One probe at a time per key: a burst of joins (a page reloaded by thousands of
+    /// browsers) waits for the first probe instead of each opening a channel to probe.
+    probing: Mutex<HashMap<AuthorizationKey, Arc<tokio::sync::Mutex<()>>>>,
     metrics: GatewayMetrics,
 }
 
-/// A session's place in a hub. Dropping it leaves the hub (the last one out deletes the
-/// shared queue).
+/// What the hub puts in its ring.
+#[derive(Debug, Clone)]
+enum HubEvent {
+    /// One delivery, encoded once per subscription id, each at its group's slot (an empty
+    /// `Bytes` at free slots).
+    Delivery(Arc<[Bytes]>),
+    Failed(BrokerFailure),
+}
+
+/// A session's place in a hub. The hub is left (the last one out deletes the shared queue)
+/// once both the membership and its event stream are dropped, so a slot is never handed to
+/// another subscription id while a stream may still read it.
 pub struct Membership {
+    member: Arc<Member>,
+    events: Option<SharedEvents>,
+}
+
+struct Member {
     hub: Arc<Hub>,
     consumer_tag: String,
-    receiver: Option<broadcast::Receiver<SharedEvent>>,
 }
 
-impl Membership {
-    /// The stream of events; can be taken once. A `Lagged` error means the session fell
-    /// too far behind (slow consumer).
-    pub fn take_receiver(&mut self) -> Option<broadcast::Receiver<SharedEvent>> {
-        self.receiver.take()
-    }
-
-    pub fn hub_key(&self) -> &HubKey {
-        &self.hub.key
-    }
-}
-
-impl Drop for Membership {
+impl Drop for Member {
     fn drop(&mut self) {
         self.hub.leave(&self.consumer_tag);
     }
 }
 
+impl Membership {
+    /// The stream of events; can be taken once. A `Lagged` error means the session fell
+    /// too far behind (slow consumer).
+    pub fn take_events(&mut self) -> Option<SharedEvents> {
+        self.events.take()
+    }
+
+    pub fn hub_key(&self) -> &HubKey {
+        &self.member.hub.key
+    }
+}
+
+/// The events of one subscription: the hub's ring, read at the subscription id's slot.
+pub struct SharedEvents {
+    slot: usize,
+    ring: BroadcastStream<HubEvent>,
+    _member: Arc<Member>,
+}
+
+impl Stream for SharedEvents {
+    type Item = Result<SharedEvent, BroadcastStreamRecvError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let slot = self.slot;
+        self.ring.poll_next_unpin(cx).map(|item| {
+            item.map(|event| {
+                event.map(|event| match event {
+                    // The slot exists in every event sent since this stream subscribed.
+                    HubEvent::Delivery(frames) => {
+                        SharedEvent::Frame(frames.get(slot).cloned().unwrap_or_default())
+                    }
+                    HubEvent::Failed(failure) => SharedEvent::Failed(failure),
+                })
+            })
+        })
+    }
+}
+
 /// Listeners of one subscription id: they all get the same encoded bytes.
 struct Group {
-    sender: broadcast::Sender<SharedEvent>,
+    /// Index of this id's frame in every [`HubEvent::Delivery`].
+    slot: usize,
     members: usize,
 }
 
 #[derive(Default)]
 struct Listeners {
     by_tag: HashMap<String, Group>,
+    /// Slots of groups that left, for reuse; `slots` is one past the highest in use.
+    free_slots: Vec<usize>,
+    slots: usize,
     count: usize,
     /// Set when the last listener left or the queue failed: joiners must build a new hub.
     closed: bool,
@@ -135,7 +192,10 @@ struct Hub {
     key: HubKey,
     /// Session id used in message ids of this hub's deliveries.
     session_id: String,
+    /// Held under `listeners`' lock when sending and subscribing, so a new listener's slot
+    /// is in every event it receives.
     listeners: Mutex<Listeners>,
+    ring: broadcast::Sender<HubEvent>,
     stop: CancellationToken,
     sequence: AtomicU64,
     metrics: GatewayMetrics,
@@ -148,6 +208,7 @@ impl Fanout {
                 config,
                 hubs: Mutex::new(HashMap::new()),
                 authorized: Mutex::new(HashMap::new()),
+                probing: Mutex::new(HashMap::new()),
                 metrics,
             }),
         }
@@ -215,26 +276,37 @@ impl Fanout {
     }
 
     fn register(&self, hub: &Arc<Hub>, consumer_tag: &str) -> Option<Membership> {
-        let mut listeners = hub.listeners.lock().ok()?;
+        let mut guard = hub.listeners.lock().ok()?;
+        let listeners = &mut *guard;
         if listeners.closed {
             return None;
         }
-        let capacity = self.inner.config.listener_capacity;
         let group = listeners
             .by_tag
             .entry(consumer_tag.to_string())
-            .or_insert_with(|| Group {
-                sender: broadcast::channel(capacity).0,
-                members: 0,
+            .or_insert_with(|| {
+                let slot = listeners.free_slots.pop().unwrap_or_else(|| {
+                    listeners.slots += 1;
+                    listeners.slots - 1
+                });
+                Group { slot, members: 0 }
             });
         group.members += 1;
-        let receiver = group.sender.subscribe();
+        let slot = group.slot;
+        let ring = BroadcastStream::new(hub.ring.subscribe());
         listeners.count += 1;
         self.inner.metrics.fanout_listeners.inc();
-        Some(Membership {
+        let member = Arc::new(Member {
             hub: hub.clone(),
             consumer_tag: consumer_tag.to_string(),
-            receiver: Some(receiver),
+        });
+        Some(Membership {
+            member: member.clone(),
+            events: Some(SharedEvents {
+                slot,
+                ring,
+                _member: member,
+            }),
         })
     }
 
@@ -248,14 +320,32 @@ impl Fanout {
     ) -> Result<(), BrokerFailure> {
         let cache_key = (channel.credentials().clone(), key.clone());
         let ttl = self.inner.config.authorization_ttl;
-        let fresh = self
-            .inner
-            .authorized
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&cache_key).copied())
-            .is_some_and(|at| at.elapsed() < ttl);
-        if fresh {
+        let fresh = || {
+            self.inner
+                .authorized
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&cache_key).copied())
+                .is_some_and(|at| at.elapsed() < ttl)
+        };
+        if fresh() {
+            return Ok(());
+        }
+        let turn = match self.inner.probing.lock() {
+            Ok(mut probing) => {
+                // Forget the keys nobody is probing now.
+                probing.retain(|_, lock| Arc::strong_count(lock) > 1);
+                Some(probing.entry(cache_key.clone()).or_default().clone())
+            }
+            Err(_) => None,
+        };
+        let _turn = match &turn {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        // The probe this one waited for succeeded: nothing left to check. (After a refusal,
+        // each waiter probes itself and gets the broker's error on its own channel.)
+        if fresh() {
             return Ok(());
         }
         let mut probe = plan.clone();
@@ -325,6 +415,7 @@ impl Fanout {
             key,
             session_id: format!("session-{}", crate::gateway::connection::random_token()),
             listeners: Mutex::new(Listeners::default()),
+            ring: broadcast::channel(self.inner.config.listener_capacity.max(1)).0,
             stop: CancellationToken::new(),
             sequence: AtomicU64::new(0),
             metrics: self.inner.metrics.clone(),
@@ -392,21 +483,13 @@ impl Hub {
             }
         };
         // Listeners stay registered until their memberships drop, so counts stay exact.
-        let senders: Vec<broadcast::Sender<SharedEvent>> = match self.listeners.lock() {
-            Ok(mut l) => {
-                l.closed = true;
-                l.by_tag.values().map(|g| g.sender.clone()).collect()
-            }
-            Err(_) => Vec::new(),
-        };
+        if let Ok(mut l) = self.listeners.lock() {
+            l.closed = true;
+        }
         if let Some(failure) = failure {
             tracing::warn!(exchange = %self.key.exchange, key = %self.key.routing_key, reason = %failure.text.trim_end(), "shared subscription queue failed");
-            for sender in &senders {
-                let _ = sender.send(SharedEvent::Failed(failure.clone()));
-            }
+            let _ = self.ring.send(HubEvent::Failed(failure));
         }
-        // Without senders the listeners' streams end after what they already have.
-        drop(senders);
         // Dropping the consumer and channel deletes the exclusive auto-delete queue.
         drop(consumer);
         drop(channel);
@@ -419,8 +502,9 @@ impl Hub {
             return;
         };
         let body = Bytes::from(delivery.data);
+        let mut frames = vec![Bytes::new(); listeners.slots];
         for (tag, group) in listeners.by_tag.iter() {
-            let frame = self.encode(
+            frames[group.slot] = self.encode(
                 tag,
                 sequence,
                 delivery.exchange.as_str(),
@@ -429,9 +513,9 @@ impl Hub {
                 &delivery.properties,
                 body.clone(),
             );
-            // Never blocks: a listener that lags too far learns it on its next receive.
-            let _ = group.sender.send(SharedEvent::Frame(frame));
         }
+        // Never blocks: a listener that lags too far learns it on its next receive.
+        let _ = self.ring.send(HubEvent::Delivery(frames.into()));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -477,7 +561,9 @@ impl Hub {
         };
         group.members = group.members.saturating_sub(1);
         if group.members == 0 {
+            let slot = group.slot;
             listeners.by_tag.remove(consumer_tag);
+            listeners.free_slots.push(slot);
         }
         listeners.count = listeners.count.saturating_sub(1);
         self.metrics.fanout_listeners.dec();

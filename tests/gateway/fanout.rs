@@ -1,6 +1,8 @@
 //! Pod-local fan-out: transient subscriptions share one queue, nothing else changes.
 
-use crate::support::{Amqp, Client, body, ensure_user, queues_bound_to, start_gateway, unique};
+use crate::support::{
+    Amqp, Client, body, ensure_user, queues_bound_to, rabbitmqctl, start_gateway, unique,
+};
 use lapin::{BasicProperties, ExchangeKind};
 use std::time::Duration;
 use stompgate::stomp::{Command, Frame};
@@ -213,4 +215,103 @@ async fn a_subscriber_that_never_reads_is_disconnected_with_bounded_memory() {
     );
     amqp.delete_exchange(&exchange).await;
     drop(slow);
+}
+
+#[tokio::test]
+async fn every_subscription_id_gets_its_own_frames_and_a_freed_slot_is_reused_correctly() {
+    let gw = start_gateway(&["--fanout", "true"]).await;
+    let amqp = Amqp::connect().await;
+    let exchange = unique("ids");
+    amqp.declare_exchange(&exchange, ExchangeKind::Topic).await;
+    let destination = format!("/exchange/{exchange}/zjj");
+    // Pages that name their subscriptions themselves (one id per browser).
+    let mut clients = Vec::new();
+    for id in ["a", "b", "c"] {
+        let mut c = Client::logged_in_ws(&gw).await;
+        c.subscribe(id, &destination, &[]).await;
+        clients.push((id, c));
+    }
+    // "b" leaves; "d" joins and takes its place in the shared queue's frame table.
+    let (_, mut b) = clients.remove(1);
+    b.disconnect().await;
+    let mut d = Client::logged_in_ws(&gw).await;
+    d.subscribe("d", &destination, &[]).await;
+    clients.push(("d", d));
+    assert_eq!(queues_bound_to(&exchange), 1, "one shared queue");
+    for n in 0..3 {
+        let text = format!("message {n}");
+        amqp.publish(
+            &exchange,
+            "zjj",
+            text.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
+        for (id, c) in clients.iter_mut() {
+            let m = c.recv().await;
+            assert_eq!(body(&m), text);
+            assert_eq!(m.get("subscription"), Some(*id), "{m:?}");
+            let message_id = m.get("message-id").unwrap();
+            assert!(
+                message_id.starts_with(&format!("T_{id}@@session-")),
+                "{message_id}"
+            );
+        }
+    }
+    amqp.delete_exchange(&exchange).await;
+}
+
+#[tokio::test]
+async fn a_burst_of_subscribers_is_authorised_by_one_probe_not_one_channel_each() {
+    // A user of its own, so its pooled AMQP connection is this gateway's and nobody else's.
+    let user = "stompgate-burst";
+    ensure_user(user, "burst", ".*", ".*", ".*");
+    let gw = start_gateway(&["--fanout", "true"]).await;
+    let amqp = Amqp::connect().await;
+    let exchange = unique("burst");
+    amqp.declare_exchange(&exchange, ExchangeKind::Topic).await;
+    let mut clients = Vec::new();
+    for _ in 0..30 {
+        let mut c = Client::ws(&gw).await;
+        let reply = c
+            .connect_with(&[
+                ("accept-version", "1.2"),
+                ("host", "/"),
+                ("login", user),
+                ("passcode", "burst"),
+            ])
+            .await;
+        assert_eq!(reply.command, Command::Connected, "{reply:?}");
+        clients.push(c);
+    }
+    // Every SUBSCRIBE is out before the first RECEIPT: the joins overlap, as when a page
+    // is reloaded by many browsers at once.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let frame = Frame::new(Command::Subscribe)
+            .header("id", "sub-0")
+            .header("destination", format!("/exchange/{exchange}/news").as_str())
+            .header("receipt", format!("r{i}").as_str());
+        c.send(frame).await;
+    }
+    for c in clients.iter_mut() {
+        let reply = c.recv_receipt().await;
+        assert_eq!(reply.command, Command::Receipt, "{reply:?}");
+    }
+    // One channel for the probe (the prober's own) and one for the shared queue; a probe per
+    // subscriber would leave a channel open per session.
+    let listing = rabbitmqctl(&["list_connections", "user", "channels", "--quiet"]);
+    let channels: Vec<u32> = listing
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(u, _)| *u == user)
+        .filter_map(|(_, c)| c.trim().parse().ok())
+        .collect();
+    assert_eq!(channels.len(), 1, "one pooled connection: {listing}");
+    assert!(channels[0] <= 2, "{} channels: {listing}", channels[0]);
+    amqp.publish(&exchange, "news", b"all", BasicProperties::default())
+        .await;
+    for c in clients.iter_mut() {
+        assert_eq!(body(&c.recv().await), "all");
+    }
+    amqp.delete_exchange(&exchange).await;
 }

@@ -20,6 +20,9 @@ use super::session::{Attach, Attachment, Permit, ReceiverId, Session, Take};
 use super::{CLOSE_INTERRUPTED, CLOSE_MESSAGE_TOO_BIG, SessionHandler};
 use tokio_tungstenite::tungstenite::Error as WsError;
 
+/// Initial read buffer per connection; tungstenite grows it for a larger frame.
+const READ_BUFFER_BYTES: usize = 1024;
+
 /// How long to wait for the client's close reply after our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -62,7 +65,11 @@ pub(crate) async fn upgrade<H: SessionHandler>(
         return too_many_sessions();
     };
     let limit = server.raw_limit;
-    ws.max_message_size(limit)
+    // tungstenite's default 128 KiB read buffer would cost more than everything else an idle
+    // session holds; it grows for a larger frame. Frames are written at once, unbuffered.
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| run(server, socket, permit, raw))
 }
