@@ -773,10 +773,17 @@ async fn a_stale_cached_copy_never_disowns_a_created_exchange() {
         .await
         .expect("reconcile of the stale copy");
     let after = op.gw(ns, "gw").expect("still there");
-    assert!(owns(&after, &exchange), "disowned: {}", after["status"]["topology"]);
+    assert!(
+        owns(&after, &exchange),
+        "disowned: {}",
+        after["status"]["topology"]
+    );
 
     op.delete(&gw_path(ns, "gw"));
-    wait_for("the StompGateway gone", 60, || op.gw(ns, "gw").is_none().then_some(())).await;
+    wait_for("the StompGateway gone", 60, || {
+        op.gw(ns, "gw").is_none().then_some(())
+    })
+    .await;
     let c = rabbit().await;
     assert!(!exchange_exists(&c, &exchange).await, "{exchange} leaked");
 }
