@@ -19,6 +19,7 @@
 //! Not emulated: ReplicaSets and revision history, `spec.paused` (a paused Deployment is
 //! reconciled like any other), pod deletion grace periods.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -133,33 +134,32 @@ struct Pods {
     old: Vec<Value>,
 }
 
-fn pods_of(st: &State, ns: &str, uid: &str, hash: &str) -> Pods {
-    let mut new = Vec::new();
-    let mut old = Vec::new();
+/// Live pods by the uid of their controlling owner, in one scan of the pods.
+fn pods_by_owner(st: &State) -> HashMap<String, Vec<Value>> {
+    let mut out: HashMap<String, Vec<Value>> = HashMap::new();
     let key = (String::new(), "pods".to_string());
-    for ((pns, _), p) in st.objects.get(&key).into_iter().flatten() {
-        if pns != ns || p.pointer("/metadata/deletionTimestamp").is_some() {
+    for p in st.objects.get(&key).into_iter().flat_map(|m| m.values()) {
+        if p.pointer("/metadata/deletionTimestamp").is_some() {
             continue;
         }
-        let owned = p
+        let owner = p
             .pointer("/metadata/ownerReferences")
             .and_then(Value::as_array)
-            .is_some_and(|refs| {
-                refs.iter()
-                    .any(|r| r["uid"] == uid && r["controller"] == true)
-            });
-        if !owned {
-            continue;
-        }
-        if p.pointer(&format!("/metadata/labels/{HASH_LABEL}"))
-            .and_then(Value::as_str)
-            == Some(hash)
-        {
-            new.push(p.clone());
-        } else {
-            old.push(p.clone());
+            .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+            .and_then(|r| r["uid"].as_str());
+        if let Some(uid) = owner {
+            out.entry(uid.to_string()).or_default().push(p.clone());
         }
     }
+    out
+}
+
+fn split(pods: Vec<Value>, hash: &str) -> Pods {
+    let (new, old) = pods.into_iter().partition(|p| {
+        p.pointer(&format!("/metadata/labels/{HASH_LABEL}"))
+            .and_then(Value::as_str)
+            == Some(hash)
+    });
     Pods { new, old }
 }
 
@@ -442,14 +442,49 @@ fn status_for(d: &Value, pods: &Pods, desired: i64, new_rollout: Option<&str>) -
     status
 }
 
-/// One Deployment: scale, then write the status if it changed. True when it wrote.
-fn sync(st: &mut State, res: &Arc<ResourceDef>, d: &Value) -> bool {
+/// In how many seconds time alone may change this status: a progress deadline running, or a
+/// ready pod becoming available after `minReadySeconds`.
+fn next_change_in(d: &Value, status: &Value, pods: &Pods) -> Option<i64> {
+    let mut soonest: Option<i64> = None;
+    let mut at = |secs: i64| soonest = Some(soonest.map_or(secs, |s| s.min(secs)).max(0));
+    if let (Some(deadline), Some(p)) = (
+        d.pointer("/spec/progressDeadlineSeconds")
+            .and_then(Value::as_i64),
+        condition(status, "Progressing"),
+    ) && p["status"] == "True"
+        && p["reason"] != NEW_RS_AVAILABLE
+        && let Some(age) = p["lastUpdateTime"].as_str().and_then(util::age_secs)
+    {
+        // Timestamps have whole seconds: one more to be past the deadline.
+        at(deadline + 1 - age);
+    }
+    let min_ready = int(d.pointer("/spec/minReadySeconds"), 0);
+    if min_ready > 0 {
+        for p in pods.new.iter().chain(&pods.old) {
+            if let Some(age) = ready_since(p).as_deref().and_then(util::age_secs)
+                && age < min_ready
+            {
+                at(min_ready - age);
+            }
+        }
+    }
+    soonest
+}
+
+/// One Deployment with its pods: scale, then write the status if it changed. Returns whether
+/// it wrote, and in how many seconds time alone may change the status.
+fn sync(
+    st: &mut State,
+    res: &Arc<ResourceDef>,
+    d: &Value,
+    pods: Vec<Value>,
+) -> (bool, Option<i64>) {
     let ns = meta_str(d, "namespace").unwrap_or_default().to_string();
     let name = meta_str(d, "name").unwrap_or_default().to_string();
     let uid = meta_str(d, "uid").unwrap_or_default().to_string();
     let desired = int(d.pointer("/spec/replicas"), 1);
     let hash = template_hash(&d["spec"]["template"]);
-    let pods = pods_of(st, &ns, &uid, &hash);
+    let pods = split(pods, &hash);
     // A template seen for the first time starts a rollout (the real controller creates a
     // ReplicaSet then).
     let new_rollout = st.deployment_hashes.get(&uid) != Some(&hash);
@@ -458,21 +493,22 @@ fn sync(st: &mut State, res: &Arc<ResourceDef>, d: &Value) -> bool {
     }
     let scaled = scale(st, d, &ns, &hash, &pods, desired);
     let pods = if scaled {
-        pods_of(st, &ns, &uid, &hash)
+        split(pods_by_owner(st).remove(&uid).unwrap_or_default(), &hash)
     } else {
         pods
     };
     let rs = format!("{name}-{hash}");
     let status = status_for(d, &pods, desired, new_rollout.then_some(rs.as_str()));
+    let next = next_change_in(d, &status, &pods);
     if d.get("status") == Some(&status) {
-        return scaled;
+        return (scaled, next);
     }
     let mut body = d.clone();
     body["status"] = status;
     let mut req = st.internal_req(res.clone(), Some(ns));
     req.manager = MANAGER.into();
     let wrote = st.update(&mut req, &name, "status", body).is_ok();
-    scaled || wrote
+    (scaled || wrote, next)
 }
 
 /// One pass over every Deployment; true when anything was written.
@@ -494,14 +530,25 @@ pub fn pass(st: &mut State) -> bool {
         .filter_map(|d| meta_str(d, "uid").map(str::to_string))
         .collect();
     st.deployment_hashes.retain(|uid, _| live.contains(uid));
+    let mut pods = pods_by_owner(st);
     let mut wrote = false;
+    let mut soonest: Option<i64> = None;
     for d in deployments {
         // A Deployment being deleted is left to the garbage collector.
         if d.pointer("/metadata/deletionTimestamp").is_some() {
             continue;
         }
-        wrote |= sync(st, &res, &d);
+        let own = meta_str(&d, "uid")
+            .and_then(|uid| pods.remove(uid))
+            .unwrap_or_default();
+        let (w, next) = sync(st, &res, &d, own);
+        wrote |= w;
+        if let Some(n) = next {
+            soonest = Some(soonest.map_or(n, |s| s.min(n)));
+        }
     }
+    st.deployment_wakeup = soonest
+        .map(|secs| std::time::Instant::now() + std::time::Duration::from_secs(secs.max(0) as u64));
     wrote
 }
 

@@ -34,8 +34,10 @@ use serde_json::Value;
 
 pub use store::AuditEntry;
 
-/// How often the controllers look again when nothing changed.
-const CONTROLLER_TICK: Duration = Duration::from_millis(250);
+/// How often the controllers look again when nothing changed and no deadline is pending.
+const CONTROLLER_IDLE: Duration = Duration::from_secs(5);
+/// The shortest pause between two timed passes.
+const CONTROLLER_MIN_WAIT: Duration = Duration::from_millis(100);
 
 /// Emulator settings.
 #[derive(Clone, Debug)]
@@ -85,11 +87,19 @@ impl Emulator {
         let controllers_state = app.state.clone();
         let controllers = tokio::spawn(async move {
             loop {
-                // Every change wakes the controllers; the tick is for what time alone changes
-                // (progress deadlines, minReadySeconds).
+                // Every change wakes the controllers; so does the time when time alone may
+                // change a Deployment's status (a progress deadline, minReadySeconds).
+                let wakeup = controllers_state
+                    .lock()
+                    .expect("state lock")
+                    .deployment_wakeup;
+                let wait = wakeup
+                    .map(|t| t.saturating_duration_since(std::time::Instant::now()))
+                    .unwrap_or(CONTROLLER_IDLE)
+                    .clamp(CONTROLLER_MIN_WAIT, CONTROLLER_IDLE);
                 tokio::select! {
                     _ = notify.notified() => {}
-                    _ = tokio::time::sleep(CONTROLLER_TICK) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
                 let mut st = controllers_state.lock().expect("state lock");
                 gc::run(&mut st);

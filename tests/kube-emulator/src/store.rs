@@ -148,6 +148,8 @@ pub struct State {
     pub server_address: String,
     /// The pod-template-hash each Deployment (by uid) last rolled out.
     pub deployment_hashes: HashMap<String, String>,
+    /// When time alone may next change a Deployment's status (None: only changes will).
+    pub deployment_wakeup: Option<std::time::Instant>,
     /// Controllers switched off (kube-controller-manager's `--controllers=-name`).
     pub controllers_off: std::collections::BTreeSet<String>,
     /// RBAC rules of remote clients when OwnerReferencesPermissionEnforcement is on.
@@ -177,6 +179,7 @@ impl State {
             gc_notify: Arc::new(tokio::sync::Notify::new()),
             server_address: String::new(),
             deployment_hashes: HashMap::new(),
+            deployment_wakeup: None,
             controllers_off: Default::default(),
             owner_reference_rules: None,
         };

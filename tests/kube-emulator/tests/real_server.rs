@@ -388,10 +388,6 @@ async fn deployments_move_their_status_as_the_deployment_controller_does() {
         deploy_cond(&d, "Available"),
         Some(("False".into(), "MinimumReplicasUnavailable".into()))
     );
-    assert_eq!(
-        deploy_cond(&d, "Progressing").map(|c| c.0),
-        Some("True".into())
-    );
     let ps = pods(&emu);
     assert_eq!(ps.len(), 2);
     for p in &ps {
@@ -411,6 +407,23 @@ async fn deployments_move_their_status_as_the_deployment_controller_does() {
         Some("False".into())
     );
     assert_eq!(counts(&d), [2, 2, 0, 0]);
+    // A long deadline from here (no new rollout: still timed out), so a slow machine cannot
+    // time the next steps out.
+    let (code, _) = emu.call(
+        "PATCH",
+        path,
+        Some(&json!({"spec": {"progressDeadlineSeconds": 600}})),
+    );
+    assert_eq!(code, 200);
+    let d = until("the new deadline observed", || {
+        emu.get(path)
+            .filter(|d| d["status"]["observedGeneration"] == 2)
+    })
+    .await;
+    assert_eq!(
+        deploy_cond(&d, "Progressing").map(|c| c.1),
+        Some("ProgressDeadlineExceeded".into())
+    );
 
     // A kubelet reports one pod ready, then the other: progress again, then complete.
     let first = ps[0]["metadata"]["name"]
@@ -449,12 +462,14 @@ async fn deployments_move_their_status_as_the_deployment_controller_does() {
     let (code, body) = emu.call(
         "PATCH",
         path,
-        Some(&json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "web:2"}]}}}})),
+        // A long deadline while the rollout is looked at, so a slow machine cannot time it out.
+        Some(&json!({"spec": {"progressDeadlineSeconds": 600,
+                              "template": {"spec": {"containers": [{"name": "web", "image": "web:2"}]}}}})),
     );
     assert_eq!(code, 200, "{body}");
     let d = until("the rollout started", || {
         emu.get(path)
-            .filter(|d| d["status"]["observedGeneration"] == 2)
+            .filter(|d| d["status"]["observedGeneration"] == 3)
     })
     .await;
     assert_eq!(counts(&d), [3, 1, 2, 2], "{:#}", d["status"]);
@@ -491,15 +506,19 @@ async fn deployments_move_their_status_as_the_deployment_controller_does() {
     })
     .await;
     assert_eq!(images(&pods(&emu)), ["web:2", "web:2"]);
-    assert_eq!(d["status"]["observedGeneration"], 2);
+    assert_eq!(d["status"]["observedGeneration"], 3);
 
     // Scale up a finished rollout: pods at once, not ready; Progressing is not re-estimated
     // (the real controller never times out a scale-up), Available turns False.
-    let (code, _) = emu.call("PATCH", path, Some(&json!({"spec": {"replicas": 4}})));
+    let (code, _) = emu.call(
+        "PATCH",
+        path,
+        Some(&json!({"spec": {"replicas": 4, "progressDeadlineSeconds": 2}})),
+    );
     assert_eq!(code, 200);
     let d = until("scaled", || {
         emu.get(path)
-            .filter(|d| d["status"]["observedGeneration"] == 3)
+            .filter(|d| d["status"]["observedGeneration"] == 4)
     })
     .await;
     assert_eq!(counts(&d), [4, 4, 2, 2]);
@@ -840,4 +859,25 @@ fn merge(into: &mut Value, from: &Value) {
             merge(a.entry(k.clone()).or_insert_with(|| json!({})), v);
         }
     }
+}
+
+/// A ready pod counts as available only after `minReadySeconds`; the controller looks again
+/// when that time has passed, with nothing else changing.
+#[tokio::test]
+async fn min_ready_seconds_delay_availability() {
+    let emu = Emulator::start().await.expect("emulator");
+    let path = "/apis/apps/v1/namespaces/default/deployments/web";
+    let mut d = deployment(1, "web:1");
+    d["spec"]["minReadySeconds"] = json!(5);
+    let (code, body) = emu.call(
+        "POST",
+        "/apis/apps/v1/namespaces/default/deployments",
+        Some(&d),
+    );
+    assert_eq!(code, 201, "{body}");
+    until("a pod", || pods(&emu).first().cloned()).await;
+    ready_all(&emu);
+    let d = until("ready", || emu.get(path).filter(|d| counts(d)[2] == 1)).await;
+    assert_eq!(counts(&d), [1, 1, 1, 0], "ready, not yet available");
+    until("available", || emu.get(path).filter(|d| counts(d)[3] == 1)).await;
 }
