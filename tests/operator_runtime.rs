@@ -107,7 +107,7 @@ async fn admin_endpoints_serve_metrics_health_and_readiness() {
     let metrics = Arc::new(Metrics::new());
     metrics.reconciled("ok", Duration::from_millis(20));
     metrics.error("SecretNotFound");
-    metrics.broker_op("exchange.declare", true);
+    metrics.broker_op("exchange.declare", "ok");
     let ready = Arc::new(AtomicBool::new(false));
     let router = stompgate::operator::admin_router(metrics, ready.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -318,7 +318,7 @@ async fn unbind_uses_the_exact_arguments_of_the_bind() {
         )
         .await
         .expect("apply");
-    assert!(second.ops.contains(&("unbind", true)));
+    assert!(second.ops.contains(&("unbind", "ok")));
     // Publishing with the header no longer routes.
     let ch = c.create_channel().await.expect("ch");
     let mut headers = FieldTable::default();
@@ -386,7 +386,10 @@ async fn cleanup_deletes_only_owned_objects() {
         .collect();
     assert_eq!(owned, vec![(mine.as_str(), true), (theirs.as_str(), false)]);
     let removed = b.cleanup(&out.status).await.expect("cleanup");
-    assert!(removed.iter().any(|r| r.contains(&mine)), "{removed:?}");
+    assert!(
+        removed.names.iter().any(|r| r.contains(&mine)),
+        "{removed:?}"
+    );
     assert!(!exchange_exists(&c, &mine).await);
     assert!(exchange_exists(&c, &theirs).await, "found exchange kept");
     // Cleanup is idempotent: a second run (e.g. after a retry) succeeds and keeps theirs.
@@ -489,7 +492,7 @@ async fn pool_reuses_connections_and_signals_a_reconnect() {
         "reconnect signalled so every gateway resyncs"
     );
     let empty = TopologyStatus::default();
-    assert!(c.cleanup(&empty).await.expect("usable").is_empty());
+    assert!(c.cleanup(&empty).await.expect("usable").names.is_empty());
 }
 
 /// Many objects' broker operations at once on one connection, some failing on purpose (a
@@ -595,11 +598,47 @@ async fn concurrent_objects_get_their_own_errors_and_ownership() {
     .await;
     for (i, r) in removed.into_iter().enumerate() {
         let r = r.unwrap_or_else(|e| panic!("cleanup {i}: {e}"));
-        assert!(r.contains(&format!("exchange {}", objects[i].0)), "{r:?}");
+        assert!(
+            r.names.contains(&format!("exchange {}", objects[i].0)),
+            "{r:?}"
+        );
     }
     for (own, queue, conflict) in &objects {
         assert!(!exchange_exists(&c, own).await, "{own} leaked");
         let conflict: Vec<&str> = conflict.iter().map(String::as_str).collect();
         cleanup(&c, &conflict, &[queue]).await;
     }
+}
+
+/// A resync of a settled topology looks for drift and changes nothing: one passive check
+/// per exchange and one (idempotent) bind per binding, no declare; what RabbitMQ answered is
+/// what the ops say (a check that finds nothing is `not_found`, not `ok`).
+#[tokio::test]
+async fn a_settled_topology_costs_one_check_per_exchange_on_resync() {
+    let c = raw().await;
+    let (ex, q) = (uniq("settled"), uniq("settledq"));
+    declare_queue(&c, &q).await;
+    let b = broker().await;
+    let s = spec(vec![exchange(&ex, "topic")], vec![binding(&ex, &q, "k")]);
+    let first = b.apply(&s, None).await.expect("apply");
+    assert_eq!(
+        first.ops,
+        vec![
+            ("exchange.check", "not_found"),
+            ("exchange.declare", "ok"),
+            ("bind", "ok")
+        ]
+    );
+    let second = b.apply(&s, Some(&first.status)).await.expect("resync");
+    assert_eq!(second.ops, vec![("exchange.check", "ok"), ("bind", "ok")]);
+    assert_eq!(second.status, first.status);
+    // Drift: the exchange deleted behind our back is declared again and reported.
+    cleanup(&c, &[&ex], &[]).await;
+    let third = b.apply(&s, Some(&second.status)).await.expect("repair");
+    assert_eq!(third.recreated, vec![ex.clone()]);
+    assert!(
+        routed(&c, &ex, "k", &q).await,
+        "binding restored with the exchange"
+    );
+    cleanup(&c, &[&ex], &[&q]).await;
 }

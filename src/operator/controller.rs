@@ -63,7 +63,12 @@ pub struct Settings {
     pub reporter: String,
     /// Pod name reported on events.
     pub instance: Option<String>,
+    /// Reconciles at most this many StompGateways at a time.
+    pub max_concurrent_reconciles: u16,
 }
+
+/// Default of `--max-concurrent-reconciles`.
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 16;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -72,6 +77,7 @@ impl Default for Settings {
             finalizer_timeout: Duration::from_secs(300),
             reporter: "stompgate-operator".into(),
             instance: None,
+            max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
         }
     }
 }
@@ -443,7 +449,7 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
     match ctx.brokers.get(&secrets.target).await {
         Err(e) => {
             let p = broker_problem(&e);
-            ctx.metrics.broker_op("connect", false);
+            ctx.metrics.broker_op("connect", topology::result::ERROR);
             obs.broker = Some(Err(p.clone()));
             obs.topology = Some(Err(p.clone()));
             retry = Some(p);
@@ -452,13 +458,21 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
             obs.broker = Some(Ok(()));
             if !gw.spec.paused {
                 let applied = match record_intent(gw, ctx, &api, &broker).await? {
-                    Ok(prev) => broker.apply(&gw.spec.topology, prev.as_ref()).await,
+                    Ok(intent) => {
+                        broker
+                            .apply_checked(
+                                &gw.spec.topology,
+                                intent.ledger.as_ref(),
+                                &intent.checked,
+                            )
+                            .await
+                    }
                     Err(e) => Err(e),
                 };
                 match applied {
                     Ok(outcome) => {
-                        for (op, ok) in &outcome.ops {
-                            ctx.metrics.broker_op(op, *ok);
+                        for (op, result) in &outcome.ops {
+                            ctx.metrics.broker_op(op, result);
                         }
                         for _ in &outcome.conflicts {
                             ctx.metrics.conflict();
@@ -494,6 +508,7 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
                         obs.ledger = Some(outcome.status);
                     }
                     Err(e) => {
+                        count_failed_op(ctx, &e);
                         let p = broker_problem(&e);
                         if matches!(e, TopologyError::Lost { .. }) {
                             ctx.brokers.mark_down(&secrets.target).await;
@@ -532,18 +547,32 @@ async fn record_intent(
     ctx: &Context,
     api: &Api<StompGateway>,
     broker: &topology::Broker,
-) -> Result<Result<Option<crate::crd::TopologyStatus>, TopologyError>, Error> {
+) -> Result<Result<Intent, TopologyError>, Error> {
     let prev = gw.status.as_ref().and_then(|s| s.topology.clone());
     let unrecorded = topology::unrecorded_exchanges(&gw.spec.topology, prev.as_ref());
     if unrecorded.is_empty() {
-        return Ok(Ok(prev));
+        return Ok(Ok(Intent {
+            ledger: prev,
+            checked: topology::Checked::new(),
+        }));
     }
-    let missing = match broker.missing(&unrecorded).await {
-        Ok(m) => m,
+    let (checked, ops) = match broker.check(&unrecorded).await {
+        Ok(c) => c,
         Err(e) => return Ok(Err(e)),
     };
+    for (op, result) in ops {
+        ctx.metrics.broker_op(op, result);
+    }
+    let missing: Vec<String> = checked
+        .iter()
+        .filter(|(_, exists)| !**exists)
+        .map(|(name, _)| name.clone())
+        .collect();
     if missing.is_empty() {
-        return Ok(Ok(prev));
+        return Ok(Ok(Intent {
+            ledger: prev,
+            checked,
+        }));
     }
     let ledger = topology::with_intent(prev.as_ref(), &missing);
     // The whole status as last written, with the intent: what the apply stops sending, the
@@ -552,7 +581,16 @@ async fn record_intent(
     status.topology = Some(ledger.clone());
     let written = apply_status(api, &gw.name_any(), &status).await?;
     ctx.note_version(&written);
-    Ok(Ok(Some(ledger)))
+    Ok(Ok(Intent {
+        ledger: Some(ledger),
+        checked,
+    }))
+}
+
+/// The ledger to apply against, and what the passive checks of this pass found.
+struct Intent {
+    ledger: Option<crate::crd::TopologyStatus>,
+    checked: topology::Checked,
 }
 
 /// Every status write: server-side apply of the whole status by [`FIELD_MANAGER`]. One
@@ -578,6 +616,13 @@ where
         &Patch::Apply(&patch),
     )
     .await
+}
+
+/// Counts the operation a topology error interrupted (`result="error"`).
+fn count_failed_op(ctx: &Context, e: &TopologyError) {
+    if let TopologyError::Refused { op, .. } | TopologyError::Lost { op, .. } = e {
+        ctx.metrics.broker_op(op, topology::result::ERROR);
+    }
 }
 
 fn broker_problem(e: &TopologyError) -> Problem {
@@ -1009,10 +1054,18 @@ async fn cleanup(
             .await
             .map_err(|e| broker_problem(&e))?;
         let ledger = ledger.cloned().unwrap_or_default();
-        broker
-            .cleanup(&ledger)
-            .await
-            .map_err(|e| broker_problem(&e))
+        match broker.cleanup(&ledger).await {
+            Ok(removed) => {
+                for (op, result) in &removed.ops {
+                    ctx.metrics.broker_op(op, result);
+                }
+                Ok(removed.names)
+            }
+            Err(e) => {
+                count_failed_op(ctx, &e);
+                Err(broker_problem(&e))
+            }
+        }
     };
     // One attempt may not outlive the deadline either (a broker that never answers).
     let attempt: Result<Vec<String>, Problem> =
@@ -1223,7 +1276,13 @@ pub async fn run(
             .combine(predicates::annotations),
         Default::default(),
     );
-    let controller = Controller::for_stream(gateways, reader);
+    // Bounded: a burst (a restart, a thousand objects applied at once) must not open a
+    // thousand API requests and broker channels at once (memory, and a struggling API server
+    // answering 504s), and the work queue keeps its order.
+    let controller = Controller::for_stream(gateways, reader).with_config(
+        kube::runtime::controller::Config::default()
+            .concurrency(ctx.settings.max_concurrent_reconciles.max(1)),
+    );
     let store = controller.store();
     ctx.metrics.observe_gateways(store.clone());
     let reconnect_stream = tokio_stream::wrappers::UnboundedReceiverStream::new(reconnected);

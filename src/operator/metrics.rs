@@ -130,9 +130,8 @@ impl Metrics {
             .inc();
     }
 
-    /// A broker operation.
-    pub fn broker_op(&self, op: &str, ok: bool) {
-        let result = if ok { "ok" } else { "error" };
+    /// A broker operation and what RabbitMQ answered (`topology::result`).
+    pub fn broker_op(&self, op: &str, result: &str) {
         self.broker_ops
             .get_or_create(&OpLabels {
                 op: op.into(),

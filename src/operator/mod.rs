@@ -63,6 +63,10 @@ pub struct OperatorArgs {
     /// Seconds after a deletion request when broker cleanup gives up.
     #[arg(long, env = "STOMPGATE_FINALIZER_TIMEOUT_SECS", default_value_t = 300)]
     pub finalizer_timeout_secs: u64,
+    /// StompGateways reconciled at the same time (bounds API requests, broker channels and
+    /// memory during bursts such as a restart).
+    #[arg(long, env = "STOMPGATE_MAX_CONCURRENT_RECONCILES", default_value_t = controller::DEFAULT_MAX_CONCURRENT_RECONCILES, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
     /// Seconds between probes of brokers that are down.
     #[arg(long, env = "STOMPGATE_BROKER_PROBE_SECS", default_value_t = 10)]
     pub broker_probe_secs: u64,
@@ -241,6 +245,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         finalizer_timeout: Duration::from_secs(args.finalizer_timeout_secs),
         reporter: "stompgate-operator".into(),
         instance: Some(identity),
+        max_concurrent_reconciles: args.max_concurrent_reconciles,
     };
     let ctx = Arc::new(controller::Context::new(
         client,

@@ -379,6 +379,25 @@ pub fn field_table(args: &BTreeMap<String, IntOrString>) -> FieldTable {
     t
 }
 
+/// `result` label values of broker operations: what RabbitMQ answered.
+pub mod result {
+    /// Done as asked.
+    pub const OK: &str = "ok";
+    /// The object does not exist (an answer, not a failure: a check that found nothing).
+    pub const NOT_FOUND: &str = "not_found";
+    /// The exchange exists with other properties.
+    pub const CONFLICT: &str = "conflict";
+    /// Refused for another reason (ACCESS_REFUSED, ...), or the connection failed: the
+    /// operation did not happen.
+    pub const ERROR: &str = "error";
+}
+
+/// A broker operation and what came of it, for metrics: (op, [`result`]).
+pub type Op = (&'static str, &'static str);
+
+/// Whether each exchange exists, as found by this pass's passive checks.
+pub type Checked = BTreeMap<String, bool>;
+
 /// The result of one topology pass.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Outcome {
@@ -390,8 +409,17 @@ pub struct Outcome {
     pub recreated: Vec<String>,
     /// Bindings that could not be applied yet, with the broker's reply.
     pub pending: Vec<String>,
-    /// Operations done, as (op, ok) for metrics.
-    pub ops: Vec<(&'static str, bool)>,
+    /// Operations done, for metrics.
+    pub ops: Vec<Op>,
+}
+
+/// What [`Broker::cleanup`] removed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Removed {
+    /// Names of the bindings and exchanges removed.
+    pub names: Vec<String>,
+    /// Operations done, for metrics.
+    pub ops: Vec<Op>,
 }
 
 impl Outcome {
@@ -519,67 +547,80 @@ impl Broker {
         spec: &TopologySpec,
         prev: Option<&TopologyStatus>,
     ) -> Result<Outcome, TopologyError> {
+        self.apply_checked(spec, prev, &Checked::new()).await
+    }
+
+    /// [`Broker::apply`], reusing what passive checks of this pass already found. An exchange
+    /// the ledger holds as declared (or adopted) that still exists costs one passive check and
+    /// nothing else: its properties cannot have changed (they are immutable in the spec), so
+    /// a resync only looks for drift. Missing exchanges are declared; new ones are declared
+    /// actively to verify that an existing one is equivalent.
+    pub async fn apply_checked(
+        &self,
+        spec: &TopologySpec,
+        prev: Option<&TopologyStatus>,
+        checked: &Checked,
+    ) -> Result<Outcome, TopologyError> {
         let empty = TopologyStatus::default();
         let prev = prev.unwrap_or(&empty);
         let mut out = Outcome::default();
         for e in &spec.exchanges {
             let before = prev.exchanges.iter().find(|p| p.name == e.name);
             let was_owned = before.is_some_and(|p| p.owned);
-            let passive = self.declare_exchange(e, true).await?;
-            let entry = match passive {
-                Ok(()) => {
-                    out.ops.push(("exchange.check", true));
-                    if spec.on_conflict == OnConflict::Adopt && !was_owned {
+            let exists = match checked.get(&e.name) {
+                Some(exists) => *exists,
+                None => self.exists(e, &mut out.ops).await?,
+            };
+            let settled = before
+                .filter(|p| p.state == state::DECLARED || p.state == state::ADOPTED)
+                .cloned();
+            let entry = match (exists, settled) {
+                (true, Some(entry)) => entry,
+                (true, None) if spec.on_conflict == OnConflict::Adopt && !was_owned => {
+                    ExchangeStatus {
+                        name: e.name.clone(),
+                        state: state::ADOPTED.into(),
+                        owned: false,
+                    }
+                }
+                // Exists, not known yet: an active declare verifies it is equivalent.
+                (true, None) => match self.declare_exchange(e, false).await? {
+                    Ok(()) => {
+                        out.ops.push(("exchange.declare", result::OK));
                         ExchangeStatus {
                             name: e.name.clone(),
-                            state: state::ADOPTED.into(),
+                            state: state::DECLARED.into(),
+                            owned: was_owned,
+                        }
+                    }
+                    Err(err) if is_soft(&err, AMQPSoftError::PRECONDITIONFAILED) => {
+                        out.ops.push(("exchange.declare", result::CONFLICT));
+                        out.conflicts.push(reply_text(&err));
+                        ExchangeStatus {
+                            name: e.name.clone(),
+                            state: state::CONFLICT.into(),
                             owned: false,
                         }
-                    } else {
-                        // Exists: an active declare verifies the properties are equivalent.
-                        match self.declare_exchange(e, false).await? {
-                            Ok(()) => {
-                                out.ops.push(("exchange.declare", true));
-                                ExchangeStatus {
-                                    name: e.name.clone(),
-                                    state: state::DECLARED.into(),
-                                    owned: was_owned,
-                                }
-                            }
-                            Err(err) if is_soft(&err, AMQPSoftError::PRECONDITIONFAILED) => {
-                                out.ops.push(("exchange.declare", false));
-                                out.conflicts.push(reply_text(&err));
-                                ExchangeStatus {
-                                    name: e.name.clone(),
-                                    state: state::CONFLICT.into(),
-                                    owned: false,
-                                }
-                            }
-                            Err(err) => return Err(op_error("exchange.declare", &err)),
+                    }
+                    Err(err) => return Err(op_error("exchange.declare", &err)),
+                },
+                (false, _) => match self.declare_exchange(e, false).await? {
+                    Ok(()) => {
+                        out.ops.push(("exchange.declare", result::OK));
+                        // A write-ahead entry (Pending) was never declared: not a drift.
+                        if before.is_some_and(|p| {
+                            p.state != state::PENDING && (p.owned || p.state == state::ADOPTED)
+                        }) {
+                            out.recreated.push(e.name.clone());
+                        }
+                        ExchangeStatus {
+                            name: e.name.clone(),
+                            state: state::DECLARED.into(),
+                            owned: true,
                         }
                     }
-                }
-                Err(err) if is_soft(&err, AMQPSoftError::NOTFOUND) => {
-                    out.ops.push(("exchange.check", true));
-                    match self.declare_exchange(e, false).await? {
-                        Ok(()) => {
-                            out.ops.push(("exchange.declare", true));
-                            // A write-ahead entry (Pending) was never declared: not a drift.
-                            if before.is_some_and(|p| {
-                                p.state != state::PENDING && (p.owned || p.state == state::ADOPTED)
-                            }) {
-                                out.recreated.push(e.name.clone());
-                            }
-                            ExchangeStatus {
-                                name: e.name.clone(),
-                                state: state::DECLARED.into(),
-                                owned: true,
-                            }
-                        }
-                        Err(err) => return Err(op_error("exchange.declare", &err)),
-                    }
-                }
-                Err(err) => return Err(op_error("exchange.check", &err)),
+                    Err(err) => return Err(op_error("exchange.declare", &err)),
+                },
             };
             out.status.exchanges.push(entry);
         }
@@ -609,11 +650,16 @@ impl Broker {
             }
             match self.bind(b).await? {
                 Ok(()) => {
-                    out.ops.push(("bind", true));
+                    out.ops.push(("bind", result::OK));
                     st.state = state::DECLARED.into();
                 }
                 Err(err) => {
-                    out.ops.push(("bind", false));
+                    let answer = if is_soft(&err, AMQPSoftError::NOTFOUND) {
+                        result::NOT_FOUND
+                    } else {
+                        result::ERROR
+                    };
+                    out.ops.push(("bind", answer));
                     out.pending.push(reply_text(&err));
                 }
             }
@@ -625,9 +671,9 @@ impl Broker {
                 continue;
             }
             match self.unbind(old).await? {
-                Ok(()) => out.ops.push(("unbind", true)),
+                Ok(()) => out.ops.push(("unbind", result::OK)),
                 Err(err) if is_soft(&err, AMQPSoftError::NOTFOUND) => {
-                    out.ops.push(("unbind", true))
+                    out.ops.push(("unbind", result::NOT_FOUND))
                 }
                 Err(err) => return Err(op_error("unbind", &err)),
             }
@@ -638,9 +684,9 @@ impl Broker {
             }
             if old.owned && spec.deletion_policy == DeletionPolicy::Delete {
                 match self.delete_exchange(&old.name).await? {
-                    Ok(()) => out.ops.push(("exchange.delete", true)),
+                    Ok(()) => out.ops.push(("exchange.delete", result::OK)),
                     Err(err) if is_soft(&err, AMQPSoftError::NOTFOUND) => {
-                        out.ops.push(("exchange.delete", true))
+                        out.ops.push(("exchange.delete", result::NOT_FOUND))
                     }
                     Err(err) => return Err(op_error("exchange.delete", &err)),
                 }
@@ -651,46 +697,69 @@ impl Broker {
     }
 
     /// Removes what the ledger says we created: owned bindings, then owned exchanges. Adopted
-    /// and found objects are never touched. Returns the names removed.
-    pub async fn cleanup(&self, ledger: &TopologyStatus) -> Result<Vec<String>, TopologyError> {
-        let mut removed = Vec::new();
+    /// and found objects are never touched.
+    pub async fn cleanup(&self, ledger: &TopologyStatus) -> Result<Removed, TopologyError> {
+        let mut removed = Removed::default();
         for b in ledger
             .bindings
             .iter()
             .filter(|b| b.owned && b.state == state::DECLARED)
         {
             match self.unbind(b).await? {
-                Ok(()) => removed.push(format!(
-                    "binding {} -> {} ({})",
-                    b.source, b.destination, b.routing_key
-                )),
-                Err(err) if is_soft(&err, AMQPSoftError::NOTFOUND) => {}
+                Ok(()) => {
+                    removed.ops.push(("unbind", result::OK));
+                    removed.names.push(format!(
+                        "binding {} -> {} ({})",
+                        b.source, b.destination, b.routing_key
+                    ));
+                }
+                Err(err) if is_soft(&err, AMQPSoftError::NOTFOUND) => {
+                    removed.ops.push(("unbind", result::NOT_FOUND));
+                }
                 Err(err) => return Err(op_error("unbind", &err)),
             }
         }
         for e in ledger.exchanges.iter().filter(|e| e.owned) {
             match self.delete_exchange(&e.name).await? {
-                Ok(()) => removed.push(format!("exchange {}", e.name)),
-                Err(err) if is_soft(&err, AMQPSoftError::NOTFOUND) => {}
+                Ok(()) => {
+                    removed.ops.push(("exchange.delete", result::OK));
+                    removed.names.push(format!("exchange {}", e.name));
+                }
+                Err(err) if is_soft(&err, AMQPSoftError::NOTFOUND) => {
+                    removed.ops.push(("exchange.delete", result::NOT_FOUND));
+                }
                 Err(err) => return Err(op_error("exchange.delete", &err)),
             }
         }
         Ok(removed)
     }
-}
 
-impl Broker {
-    /// Which of these exchanges do not exist in RabbitMQ (passive declares).
-    pub async fn missing(&self, exchanges: &[&ExchangeSpec]) -> Result<Vec<String>, TopologyError> {
-        let mut out = Vec::new();
-        for e in exchanges {
-            match self.declare_exchange(e, true).await? {
-                Ok(()) => {}
-                Err(err) if is_soft(&err, AMQPSoftError::NOTFOUND) => out.push(e.name.clone()),
-                Err(err) => return Err(op_error("exchange.check", &err)),
+    /// Whether an exchange exists (a passive declare), counted in `ops`.
+    async fn exists(&self, e: &ExchangeSpec, ops: &mut Vec<Op>) -> Result<bool, TopologyError> {
+        match self.declare_exchange(e, true).await? {
+            Ok(()) => {
+                ops.push(("exchange.check", result::OK));
+                Ok(true)
             }
+            Err(err) if is_soft(&err, AMQPSoftError::NOTFOUND) => {
+                ops.push(("exchange.check", result::NOT_FOUND));
+                Ok(false)
+            }
+            Err(err) => Err(op_error("exchange.check", &err)),
         }
-        Ok(out)
+    }
+
+    /// Passive checks of these exchanges: whether each exists, and the operations done.
+    pub async fn check(
+        &self,
+        exchanges: &[&ExchangeSpec],
+    ) -> Result<(Checked, Vec<Op>), TopologyError> {
+        let mut checked = Checked::new();
+        let mut ops = Vec::new();
+        for e in exchanges {
+            checked.insert(e.name.clone(), self.exists(e, &mut ops).await?);
+        }
+        Ok((checked, ops))
     }
 }
 
