@@ -3,6 +3,7 @@
 
 use crate::gateway::broker::{self, Broker, BrokerLink, SessionChannel};
 use crate::gateway::fanout::{Fanout, Membership, SharedEvent};
+use crate::gateway::server_info::ServerInfo;
 use crate::gateway::session::{
     Action, BrokerFailure, BrokerReply, BrokerRequest, ChannelOp, CloseReason, Delivery, Session,
     SessionConfig,
@@ -128,6 +129,8 @@ pub struct ConnectionSettings {
     /// Deliveries a session may have waiting behind a blocked write before it is closed
     /// as a slow consumer (`--max-queued-messages`, as for shared queues).
     pub max_queued_messages: usize,
+    /// RabbitMQ's product for CONNECTED's `server` header.
+    pub server_info: Arc<ServerInfo>,
 }
 
 /// A delivery (or the end marker) from one of the session's own consumers.
@@ -266,7 +269,10 @@ type SharedStream = BoxStream<'static, Option<Result<SharedEvent, BroadcastStrea
 
 /// Result of one broker operation, carried back into the loop.
 enum OpResult {
-    Connected(Result<Box<SessionChannel>, crate::gateway::session::ConnectFailure>),
+    /// The session's channel, and RabbitMQ's product for the `server` header.
+    Connected(
+        Result<(Box<SessionChannel>, Option<String>), crate::gateway::session::ConnectFailure>,
+    ),
     Subscribed(String, Result<lapin::Consumer, BrokerFailure>),
     Joined(String, Result<Membership, BrokerFailure>),
     TempQueue(String, Result<(String, lapin::Consumer), BrokerFailure>),
@@ -548,12 +554,12 @@ pub async fn run_with_bearer<I, O>(
             result = async { op.as_mut().expect("guarded").await }, if op.is_some() => {
                 op = None;
                 let reply = match result {
-                    OpResult::Connected(Ok(ch)) => {
+                    OpResult::Connected(Ok((ch, server_product))) => {
                         let watch = ch.link();
                         link_lost = Some(watch.lost().boxed());
                         link = Some(watch);
                         channel = Some(Arc::new(tokio::sync::Mutex::new(*ch)));
-                        BrokerReply::Connected { server_product: ctx.broker.server_product() }
+                        BrokerReply::Connected { server_product }
                     }
                     OpResult::Connected(Err(failure)) => BrokerReply::ConnectFailed(failure),
                     OpResult::Subscribed(tag, Ok(consumer)) => {
@@ -734,15 +740,30 @@ fn start_request(
             vhost,
         } => {
             let broker = ctx.broker.clone();
+            let server_info = ctx.server_info.clone();
+            // Half the login timeout: a CONNECTED that waited longer would come too late.
+            let product_wait = ctx
+                .session
+                .server_header
+                .as_ref()
+                .map(|_| ctx.session.login_timeout / 2);
             Some(
                 async move {
                     // `passcode` is zeroed when this future completes.
-                    OpResult::Connected(
-                        broker
-                            .open_channel(&login, passcode.as_str(), &vhost)
-                            .await
-                            .map(Box::new),
-                    )
+                    let opened = broker.open_channel(&login, passcode.as_str(), &vhost).await;
+                    drop(passcode);
+                    let result = match opened {
+                        Ok(channel) => {
+                            // The same `server` header from the first CONNECTED on.
+                            let product = match product_wait {
+                                Some(wait) => server_info.product(wait).await,
+                                None => None,
+                            };
+                            Ok((Box::new(channel), product))
+                        }
+                        Err(failure) => Err(failure),
+                    };
+                    OpResult::Connected(result)
                 }
                 .boxed(),
             )
