@@ -240,12 +240,17 @@ impl Client {
     pub async fn try_send(&mut self, frame: Frame) -> bool {
         let mut buf = BytesMut::new();
         encode(&frame, self.version, &mut buf);
+        self.try_send_raw(&buf).await
+    }
+
+    /// Like [`Client::send_raw`], but reports a failed write (server gone) instead of panicking.
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> bool {
         match &mut self.transport {
             Transport::Ws(ws) => ws
-                .send(Message::Binary(Bytes::copy_from_slice(&buf)))
+                .send(Message::Binary(Bytes::copy_from_slice(bytes)))
                 .await
                 .is_ok(),
-            Transport::Tcp(s) => s.write_all(&buf).await.is_ok(),
+            Transport::Tcp(s) => s.write_all(bytes).await.is_ok(),
         }
     }
 
