@@ -14,35 +14,10 @@ fn python() -> String {
     std::env::var("STOMPGATE_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
-/// Runs the browser runner and returns its JSON result line; panics with its output when
-/// the scenario fails.
 async fn browser(scenario: &str, page_url: &str, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec![
-        "tests/browser/run.mjs".to_string(),
-        scenario.to_string(),
-        "--page-url".to_string(),
-        page_url.to_string(),
-        "--amqp-url".to_string(),
-        support::amqp_url(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let output = tokio::process::Command::new("node")
-        .args(&args)
-        .current_dir(repo_root())
-        .output()
-        .await
-        .expect("node runs (scripts/ensure-test-deps.sh installs the browser test deps)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "{scenario} {extra:?} failed:\nstdout: {stdout}\nstderr: {stderr}"
-    );
-    let last = stdout.lines().last().unwrap_or_default();
-    let result: serde_json::Value = serde_json::from_str(last).expect("runner prints JSON");
-    assert_eq!(result["ok"], true, "{result}");
-    eprintln!("{scenario} {extra:?}: {result}");
-    result
+    let mut args = vec!["--page-url", page_url];
+    args.extend_from_slice(extra);
+    support::browser(scenario, &support::amqp_url(), &args).await
 }
 
 #[tokio::test]

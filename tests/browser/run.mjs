@@ -33,6 +33,9 @@ const USAGE = `usage: node run.mjs seed|stompjs7 [options]
   --amqp-url URL            publisher's broker (default amqp://guest:guest@127.0.0.1:5672/%2f)
   --exchange X --routing-key K   (default rabbitmq / zjj)
   --publish-interval-ms N   (default 200)
+  --publisher pika|tutorial pika: tests/python/publisher.py, one process publishing every interval (default);
+                            tutorial: tests/python/tutorial_send.py, the tutorial's send.py as written (it
+                            declares exchange 'rabbitmq' non-durable, routing key 'zjj'), run once per message
   --timeout-ms N            wait for the page to show the body (default 20000)
   --overall-timeout-ms N    hard limit for the whole run (default timeout-ms + 30000)
   --python PATH             interpreter for publisher.py (default $STOMPGATE_PYTHON or python3)
@@ -195,6 +198,7 @@ try {
       exchange: { type: 'string', default: 'rabbitmq' },
       'routing-key': { type: 'string', default: 'zjj' },
       'publish-interval-ms': { type: 'string', default: '200' },
+      publisher: { type: 'string', default: 'pika' },
       'timeout-ms': { type: 'string', default: '20000' },
       'overall-timeout-ms': { type: 'string' },
       python: { type: 'string', default: process.env.STOMPGATE_PYTHON || 'python3' },
@@ -209,6 +213,10 @@ try {
     throw new Error(`expected one subcommand, seed or stompjs7; got ${JSON.stringify(positionals)}`);
   }
   if (values['page-url'] && values['serve-dir']) throw new Error('give --page-url or --serve-dir, not both');
+  if (!['pika', 'tutorial'].includes(values.publisher)) throw new Error('--publisher must be pika or tutorial');
+  if (values.publisher === 'tutorial' && (values.exchange !== 'rabbitmq' || values['routing-key'] !== 'zjj')) {
+    throw new Error('--publisher tutorial publishes to exchange rabbitmq, routing key zjj only');
+  }
   for (const k of ['publish-interval-ms', 'timeout-ms', 'overall-timeout-ms']) {
     if (values[k] !== undefined && !(Number(values[k]) > 0)) throw new Error(`--${k} must be a positive number`);
   }
@@ -283,6 +291,45 @@ function startPublisher(bodyTemplate) {
   child.stderr.on('data', (d) => { state.publisherStderr = (state.publisherStderr + d).slice(-8000); });
   child.on('error', (e) => { state.publisherExit = `spawn error: ${e.message}`; firstResolve('exit'); });
   child.on('exit', (code, sig) => { state.publisherExit = sig ? `signal ${sig}` : code; firstResolve('exit'); });
+  return first;
+}
+
+// The tutorial's send.py, one process per message (as the tutorial's backend runs it), until
+// the run finishes. A run that fails (e.g. PRECONDITION_FAILED on its declare) ends the loop.
+function startTutorialPublisher(bodyTemplate) {
+  const script = join(REPO, 'tests', 'python', 'tutorial_send.py');
+  const interval = Number(opts['publish-interval-ms']);
+  let firstResolve;
+  const first = new Promise((r) => { firstResolve = r; });
+  (async () => {
+    for (let n = 1; !finished; n++) {
+      const body = bodyTemplate.replace('{n}', String(n));
+      const t = Date.now();
+      const child = spawn(opts.python, [script, body], {
+        stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, AMQP_URL: opts['amqp-url'], PYTHONUNBUFFERED: '1' },
+      });
+      state.publisher = child;
+      let stderr = '';
+      child.stderr.setEncoding('utf8');
+      child.stderr.on('data', (d) => { stderr = (stderr + d).slice(-8000); });
+      const exit = await new Promise((res) => {
+        child.on('error', (e) => res(`spawn error: ${e.message}`));
+        child.on('exit', (code, sig) => res(sig ? `signal ${sig}` : code));
+      });
+      if (state.publisher === child) state.publisher = null;
+      if (exit !== 0) {
+        if (finished) return;
+        state.publisherStderr = stderr;
+        state.publisherExit = `tutorial_send.py #${n}: ${exit}`;
+        firstResolve('exit');
+        return;
+      }
+      state.published.set(body, t);
+      state.publishedCount = n;
+      firstResolve('published');
+      await new Promise((r) => setTimeout(r, interval));
+    }
+  })();
   return first;
 }
 
@@ -384,7 +431,8 @@ async function main() {
   // Publisher first: it declares the exchange, which RabbitMQ requires before the page's SUBSCRIBE.
   const tag = randomBytes(6).toString('hex');
   const prefix = `stompgate-${state.scenario}-${tag} #`;
-  const first = await withTimeout(startPublisher(prefix + '{n}'), 15000);
+  const publish = opts.publisher === 'tutorial' ? startTutorialPublisher : startPublisher;
+  const first = await withTimeout(publish(prefix + '{n}'), 15000);
   if (first !== 'published') {
     return fail(first === 'timeout' ? 'publisher printed nothing within 15 s'
       : `publisher exited before publishing (exit ${state.publisherExit}): ${state.publisherStderr.trim()}`);

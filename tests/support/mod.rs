@@ -2,6 +2,8 @@
 //! WebSocket and TCP (using the project's own codec), and an AMQP publisher.
 #![allow(dead_code)]
 
+pub mod private_node;
+
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueDeleteOptions};
@@ -432,6 +434,35 @@ impl Client {
         assert_eq!(reply.command, Command::Receipt, "{reply:?}");
         assert_eq!(reply.get("receipt-id"), Some("bye"));
     }
+}
+
+/// Runs the browser runner (`tests/browser/run.mjs`: Chromium, the page, a publisher) and
+/// returns its JSON result line; panics with its output when the scenario fails.
+pub async fn browser(scenario: &str, amqp_url: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "tests/browser/run.mjs".to_string(),
+        scenario.to_string(),
+        "--amqp-url".to_string(),
+        amqp_url.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let output = tokio::process::Command::new("node")
+        .args(&args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .await
+        .expect("node runs (scripts/ensure-test-deps.sh installs the browser test deps)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{scenario} {extra:?} failed:\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    let result: serde_json::Value = serde_json::from_str(last).expect("runner prints JSON");
+    assert_eq!(result["ok"], true, "{result}");
+    eprintln!("{scenario} {extra:?}: {result}");
+    result
 }
 
 /// Body of a frame as text.
