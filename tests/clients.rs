@@ -1,5 +1,6 @@
 //! Real client libraries against the gateway: the founding page (stomp.js 2.3.3) and an
-//! @stomp/stompjs 7 page in headless Chromium, and Python's stomp.py over plain TCP.
+//! @stomp/stompjs 7 page in headless Chromium (served by the gateway, and from another
+//! origin over every transport), and Python's stomp.py over plain TCP.
 //! Needs `scripts/ensure-test-deps.sh` (node_modules, Chromium, pip packages), which the
 //! README's test command runs first.
 
@@ -62,19 +63,49 @@ async fn stomp_py_over_tcp_connects_subscribes_sends_and_receives() {
     );
 }
 
-/// The page's SockJS branch (`WebSocket` removed before its script runs), one transport at a
-/// time, with sockjs-client 1.6 against the gateway's SockJS endpoint.
-async fn seed_over_sockjs(transport: &str) {
-    let gw = support::start_gateway_with(&[], stompgate::demo::routes()).await;
-    let result = browser(
+/// The tutorial's setup: the page comes from the application's own web server (here the
+/// runner's, on another port: another origin), the gateway listens on its own host and port.
+#[tokio::test]
+async fn seed_page_from_another_origin_over_websocket() {
+    let gw = support::start_gateway(&[]).await;
+    let result = support::browser(
         "seed",
-        &format!("http://{}/demo/", gw.http_addr),
-        &["--sockjs-transport", transport],
+        &support::amqp_url(),
+        &["--ws-override", &format!("ws://{}/ws", gw.http_addr)],
+    )
+    .await;
+    assert_eq!(result["transport"], "websocket", "{result}");
+    assert_ne!(
+        result["pageUrl"].as_str().and_then(|u| u.split('/').nth(2)),
+        Some(gw.http_addr.to_string().as_str()),
+        "{result}"
+    );
+}
+
+/// The page's SockJS branch (`WebSocket` removed before its script runs), one transport at a
+/// time, with sockjs-client 1.6 against the gateway's SockJS endpoint; the page is served
+/// from another origin than the gateway's, as in the tutorial.
+async fn seed_over_sockjs(transport: &str) {
+    let gw = support::start_gateway(&[]).await;
+    let result = support::browser(
+        "seed",
+        &support::amqp_url(),
+        &[
+            "--sockjs-override",
+            &format!("http://{}/stomp", gw.http_addr),
+            "--sockjs-transport",
+            transport,
+        ],
     )
     .await;
     assert_eq!(
         result["transport"],
         format!("sockjs:{transport}"),
+        "{result}"
+    );
+    assert_ne!(
+        result["pageUrl"].as_str().and_then(|u| u.split('/').nth(2)),
+        Some(gw.http_addr.to_string().as_str()),
         "{result}"
     );
 }
@@ -92,6 +123,16 @@ async fn seed_page_over_sockjs_xhr_polling() {
 #[tokio::test]
 async fn seed_page_over_sockjs_eventsource() {
     seed_over_sockjs("eventsource").await;
+}
+
+#[tokio::test]
+async fn seed_page_over_sockjs_iframe_htmlfile() {
+    seed_over_sockjs("iframe-htmlfile").await;
+}
+
+#[tokio::test]
+async fn seed_page_over_sockjs_jsonp_polling() {
+    seed_over_sockjs("jsonp-polling").await;
 }
 
 #[tokio::test]

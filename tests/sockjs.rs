@@ -981,6 +981,108 @@ async fn eventsource_framing() {
     r.expect_end().await;
 }
 
+/// Issue 18: a page from another origin than the gateway's (the tutorial's case) must be able
+/// to use every transport; the browser refused `eventsource` without these headers.
+#[tokio::test]
+async fn every_transport_answers_a_page_from_another_origin() {
+    let (addr, _) = start(config()).await;
+    let page = "http://app.example:8080";
+    let origin = [("Origin", page)];
+    let url = session_url();
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("GET", "/stomp/info".to_owned(), ""),
+        ("POST", format!("{url}/xhr"), ""),
+        ("POST", format!("{url}/xhr_send"), r#"["x"]"#),
+        ("POST", format!("{url}/jsonp_send"), r#"["y"]"#),
+        ("GET", format!("{url}/jsonp?c=cb"), ""),
+    ];
+    for (method, path, body) in &cases {
+        let r = request(addr, method, path, &origin, body).await;
+        assert!(r.status < 300, "{method} {path}: {}", r.status);
+        verify_cors(&r, Some(page));
+        assert_eq!(r.header("vary"), Some("Origin"), "{method} {path}");
+    }
+    // The streaming receivers, read as far as their first frame.
+    for (method, transport) in [
+        ("POST", "xhr_streaming"),
+        ("GET", "eventsource"),
+        ("GET", "htmlfile?c=cb"),
+    ] {
+        let path = format!("{}/{transport}", session_url());
+        let r = Conn::open(addr, method, &path, &origin, b"").await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some(page),
+            "{path}"
+        );
+        assert_eq!(
+            r.header("access-control-allow-credentials"),
+            Some("true"),
+            "{path}"
+        );
+    }
+    // Without an Origin (same-origin GET, curl): `*`, as sockjs-node answers.
+    let r = Conn::open(
+        addr,
+        "GET",
+        &format!("{}/eventsource", session_url()),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+}
+
+/// `--allowed-origins` still decides: an allowed page gets the CORS headers on every
+/// transport, another one a 403 before any session exists.
+#[tokio::test]
+async fn allowed_origins_apply_to_every_transport() {
+    let (addr, mut events) = start(SockJsConfig {
+        allowed_origins: vec!["http://good.example".into()],
+        ..config()
+    })
+    .await;
+    for (method, transport) in [
+        ("GET", "eventsource"),
+        ("GET", "htmlfile?c=cb"),
+        ("GET", "jsonp?c=cb"),
+        ("POST", "xhr_streaming"),
+        ("POST", "xhr"),
+    ] {
+        let path = format!("{}/{transport}", session_url());
+        let evil = Conn::open(
+            addr,
+            method,
+            &path,
+            &[("Origin", "http://evil.example")],
+            b"",
+        )
+        .await;
+        assert_eq!(evil.status, 403, "{path}");
+        let good = Conn::open(
+            addr,
+            method,
+            &path,
+            &[("Origin", "http://good.example")],
+            b"",
+        )
+        .await;
+        assert_eq!(good.status, 200, "{path}");
+        assert_eq!(
+            good.header("access-control-allow-origin"),
+            Some("http://good.example"),
+            "{path}"
+        );
+        // The allowed page's session started (the previous one ends as its receiver goes).
+        let mut event = next_event(&mut events).await;
+        if event == Event::Ended {
+            event = next_event(&mut events).await;
+        }
+        assert_eq!(event, Event::Started, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn htmlfile_framing() {
     let (addr, _) = start(config()).await;
