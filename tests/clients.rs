@@ -63,6 +63,33 @@ async fn stomp_py_over_tcp_connects_subscribes_sends_and_receives() {
     );
 }
 
+/// @stomp/stompjs's own "Stomp Receipts" specs in Chromium: a SEND with `receipt` to a topic
+/// nobody is subscribed to gets its RECEIPT, as from RabbitMQ (issue 18: it got ERROR
+/// `Message not routed`, and the connection stayed open after it), then a receipted SUBSCRIBE
+/// on the same connection.
+#[tokio::test]
+async fn stompjs_7_receipt_specs_pass_for_a_send_nobody_receives() {
+    let gw = support::start_gateway(&[]).await;
+    let destination = format!("/topic/{}", support::unique("chat.general"));
+    let result = support::browser(
+        "receipt",
+        &support::amqp_url(),
+        &[
+            "--broker-url",
+            &format!("ws://{}/ws", gw.http_addr),
+            "--destination",
+            &destination,
+        ],
+    )
+    .await;
+    assert_eq!(
+        result["receipts"].as_array().map(Vec::len),
+        Some(2),
+        "{result}"
+    );
+    assert_eq!(result["message"], "Is anybody out there?", "{result}");
+}
+
 /// The tutorial's setup: the page comes from the application's own web server (here the
 /// runner's, on another port: another origin), the gateway listens on its own host and port.
 #[tokio::test]

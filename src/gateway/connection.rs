@@ -5,8 +5,8 @@ use crate::gateway::broker::{self, Broker, BrokerLink, SessionChannel};
 use crate::gateway::fanout::{Fanout, Membership, SharedEvent};
 use crate::gateway::server_info::ServerInfo;
 use crate::gateway::session::{
-    Action, BrokerFailure, BrokerReply, BrokerRequest, ChannelOp, CloseReason, Delivery, Session,
-    SessionConfig,
+    Action, BrokerFailure, BrokerReply, BrokerRequest, ChannelOp, CloseReason, ConfirmOutcome,
+    Delivery, Session, SessionConfig,
 };
 use crate::stomp::codec::{self, Decoded, Decoder, Limits};
 use crate::stomp::{Command, Frame, Version};
@@ -71,6 +71,7 @@ impl CloseCode {
             CloseReason::Shutdown => (CloseCode::GoingAway, "gateway shutting down"),
             CloseReason::SlowConsumer => (CloseCode::SlowConsumer, "slow consumer"),
             CloseReason::AccessRefused => (CloseCode::Normal, "access refused"),
+            CloseReason::PublishFailed => (CloseCode::Normal, "message not accepted"),
         }
     }
 
@@ -86,6 +87,7 @@ impl CloseCode {
             CloseReason::Shutdown => "shutdown",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::AccessRefused => "access_refused",
+            CloseReason::PublishFailed => "publish_failed",
         }
     }
 }
@@ -594,7 +596,11 @@ pub async fn run_with_bearer<I, O>(
                 match result {
                     Ok(confirmation) => {
                         if let Some(id) = confirm_id {
-                            session.handle_confirm(id, broker::confirm_outcome(confirmation));
+                            let outcome = broker::confirm_outcome(confirmation);
+                            if matches!(outcome, ConfirmOutcome::Unroutable { .. }) {
+                                metrics.unroutable_messages.inc();
+                            }
+                            session.handle_confirm(id, outcome);
                         }
                     }
                     Err(e) => session.handle_broker_failure(broker::to_failure(e)),

@@ -231,6 +231,7 @@ pub fn session_config(args: &GatewayArgs, broker: &BrokerConfig) -> SessionConfi
         max_subscriptions: args.max_subscriptions,
         plan: PlanConfig::default(),
         jwt: None,
+        error_on_unroutable: args.error_on_unroutable,
     }
 }
 

@@ -50,6 +50,10 @@ pub struct SessionConfig {
     /// JWT auth mode: CONNECT must carry a token this accepts; sessions then use
     /// `forced_credentials` and the token's destinations.
     pub jwt: Option<Arc<JwtVerifier>>,
+    /// A receipted SEND that no queue received gets ERROR `Message not routed` and the
+    /// session closes; otherwise it gets its RECEIPT, as with RabbitMQ (the message is
+    /// dropped either way).
+    pub error_on_unroutable: bool,
 }
 
 impl Default for SessionConfig {
@@ -67,6 +71,7 @@ impl Default for SessionConfig {
             max_subscriptions: 1024,
             plan: PlanConfig::default(),
             jwt: None,
+            error_on_unroutable: false,
         }
     }
 }
@@ -96,6 +101,9 @@ pub enum CloseReason {
     /// JWT mode: a destination outside the token's grant, or the token expired (already
     /// reported with an ERROR frame).
     AccessRefused,
+    /// RabbitMQ refused a receipted SEND (nack), or did not route it with
+    /// `error_on_unroutable` (already reported with an ERROR frame).
+    PublishFailed,
 }
 
 /// A request the driver executes against the broker, then answers with a [`BrokerReply`].
@@ -651,16 +659,29 @@ impl Session {
         }
         match outcome {
             ConfirmOutcome::Ack => self.receipt(Some(receipt)),
-            ConfirmOutcome::Unroutable { reply_text } => self.send_error(
-                "Message not routed",
-                &format!("The message was not routed to any queue ({reply_text}).\n"),
-                Some(&receipt),
-            ),
-            ConfirmOutcome::Nack => self.send_error(
-                "Message rejected",
-                "The broker rejected the message (basic.nack).\n",
-                Some(&receipt),
-            ),
+            // RabbitMQ confirms an unroutable message and drops it: the SEND is done.
+            ConfirmOutcome::Unroutable { .. } if !self.config.error_on_unroutable => {
+                self.receipt(Some(receipt))
+            }
+            // An ERROR ends the connection (STOMP): the client cannot miss it.
+            ConfirmOutcome::Unroutable { reply_text } => {
+                self.send_error(
+                    "Message not routed",
+                    &format!("The message was not routed to any queue ({reply_text}).\n"),
+                    Some(&receipt),
+                );
+                self.close(CloseReason::PublishFailed);
+            }
+            // RabbitMQ itself never answers such a SEND; silence would leave the client
+            // waiting for its RECEIPT forever.
+            ConfirmOutcome::Nack => {
+                self.send_error(
+                    "Message rejected",
+                    "The broker rejected the message (basic.nack).\n",
+                    Some(&receipt),
+                );
+                self.close(CloseReason::PublishFailed);
+            }
         }
     }
 

@@ -23,6 +23,9 @@ const REPO = resolve(HERE, '..', '..');
 const T0 = Date.now();
 
 const USAGE = `usage: node run.mjs seed|stompjs7 [options]
+       node run.mjs receipt --broker-url ws://HOST:PORT/ws [--destination D]
+  receipt                   @stomp/stompjs's receipt specs (a receipted SEND nobody is subscribed to, then a
+                            receipted SUBSCRIBE) on tests/browser/receipt.html, served from another origin
   --page-url URL            page to open (e.g. http://127.0.0.1:15674/demo/); default: serve --serve-dir
   --serve-dir DIR           serve DIR at http://127.0.0.1:<random>/demo/ (default examples/demo)
   --no-websocket            delete window.WebSocket before page scripts run (page takes the SockJS branch)
@@ -199,6 +202,8 @@ try {
       'routing-key': { type: 'string', default: 'zjj' },
       'publish-interval-ms': { type: 'string', default: '200' },
       publisher: { type: 'string', default: 'pika' },
+      'broker-url': { type: 'string' },
+      destination: { type: 'string', default: '/topic/chat.general' },
       'timeout-ms': { type: 'string', default: '20000' },
       'overall-timeout-ms': { type: 'string' },
       python: { type: 'string', default: process.env.STOMPGATE_PYTHON || 'python3' },
@@ -209,9 +214,10 @@ try {
     },
   });
   if (values.help) { process.stdout.write(USAGE + '\n'); process.exit(0); }
-  if (positionals.length !== 1 || !['seed', 'stompjs7'].includes(positionals[0])) {
-    throw new Error(`expected one subcommand, seed or stompjs7; got ${JSON.stringify(positionals)}`);
+  if (positionals.length !== 1 || !['seed', 'stompjs7', 'receipt'].includes(positionals[0])) {
+    throw new Error(`expected one subcommand, seed, stompjs7 or receipt; got ${JSON.stringify(positionals)}`);
   }
+  if (positionals[0] === 'receipt' && !values['broker-url']) throw new Error('receipt needs --broker-url');
   if (values['page-url'] && values['serve-dir']) throw new Error('give --page-url or --serve-dir, not both');
   if (!['pika', 'tutorial'].includes(values.publisher)) throw new Error('--publisher must be pika or tutorial');
   if (values.publisher === 'tutorial' && (values.exchange !== 'rabbitmq' || values['routing-key'] !== 'zjj')) {
@@ -248,6 +254,13 @@ function serveDir(root) {
       const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
       if (path === '/favicon.ico') { resp.writeHead(204); return resp.end(); }
       if (path === '/' || path === '/demo') { resp.writeHead(302, { location: '/demo/' }); return resp.end(); }
+      // The receipt scenario's page, with the npm package's own bundle.
+      const extra = { '/receipt/': join(HERE, 'receipt.html'),
+        '/receipt/stomp.umd.min.js': join(HERE, 'node_modules', '@stomp', 'stompjs', 'bundles', 'stomp.umd.min.js') }[path];
+      if (extra) {
+        resp.writeHead(200, { 'content-type': MIME[extname(extra)], 'cache-control': 'no-store' });
+        return createReadStream(extra).pipe(resp);
+      }
       if (!path.startsWith('/demo/')) { resp.writeHead(404); return resp.end('not found\n'); }
       let file = normalize(join(root, path.slice('/demo/'.length)));
       if (file !== root && !file.startsWith(root + sep)) { resp.writeHead(403); return resp.end(); }
@@ -407,37 +420,9 @@ function initScript(cfg) {
 })();`;
 }
 
-// ---------------------------------------------------------------- main
-async function main() {
-  const { chromium } = await import('playwright-core');
-  if (!existsSync(opts.chromium)) {
-    return fail(`Chromium not found at ${opts.chromium}; run scripts/ensure-chromium.sh (or pass --chromium)`);
-  }
-
-  // Page URL: given, or our own static server on a random port.
-  if (opts['page-url']) {
-    state.pageUrl = opts['page-url'];
-  } else {
-    let dir = opts['serve-dir'] ?? 'examples/demo';
-    if (!existsSync(resolve(dir)) && existsSync(resolve(REPO, dir))) dir = resolve(REPO, dir);
-    dir = resolve(dir);
-    if (!existsSync(dir)) return fail(`--serve-dir ${dir} does not exist`);
-    state.server = await serveDir(dir);
-    const base = `http://127.0.0.1:${state.server.address().port}/demo/`;
-    state.pageUrl = state.scenario === 'stompjs7' ? base + 'stompjs7.html' : base;
-  }
-  state.sockjsUrl = sockjsOverride || `http://${new URL(state.pageUrl).host}/stomp`;
-
-  // Publisher first: it declares the exchange, which RabbitMQ requires before the page's SUBSCRIBE.
-  const tag = randomBytes(6).toString('hex');
-  const prefix = `stompgate-${state.scenario}-${tag} #`;
-  const publish = opts.publisher === 'tutorial' ? startTutorialPublisher : startPublisher;
-  const first = await withTimeout(publish(prefix + '{n}'), 15000);
-  if (first !== 'published') {
-    return fail(first === 'timeout' ? 'publisher printed nothing within 15 s'
-      : `publisher exited before publishing (exit ${state.publisherExit}): ${state.publisherStderr.trim()}`);
-  }
-
+// Chromium with a fresh profile, `init` run in every frame before the page's scripts, and the
+// page's console, errors, requests and WebSockets recorded for the diagnostics.
+async function openBrowser(chromium, init) {
   removeStaleProfiles();
   state.profileDir = mkdtempSync(join(tmpdir(), 'stompgate-chromium-'));
   state.context = await chromium.launchPersistentContext(state.profileDir, {
@@ -449,9 +434,7 @@ async function main() {
     timeout: 30000,
   });
   const ctx = state.context;
-  await ctx.addInitScript({ content: initScript({ messageId: 'message', errorId: 'error', noWebSocket,
-    wsOverride: opts['ws-override'] ?? null, sockjsTransport: opts['sockjs-transport'] ?? null,
-    sockjsOverride: noWebSocket ? sockjsOverride : null }) });
+  if (init) await ctx.addInitScript({ content: init });
   const page = ctx.pages()[0] ?? await ctx.newPage();
 
   if (opts.verbose) {
@@ -481,6 +464,71 @@ async function main() {
     ws.on('socketerror', (e) => { info.error = String(e); });
     ws.on('close', () => { info.closed = true; });
   });
+  return page;
+}
+
+// @stomp/stompjs's receipt specs against --broker-url, from a page of the runner's origin.
+async function receiptScenario(chromium) {
+  state.transport = 'websocket';
+  state.server = await serveDir(resolve(REPO, 'examples', 'demo'));
+  const query = new URLSearchParams({ broker: opts['broker-url'], destination: opts.destination });
+  state.pageUrl = `http://127.0.0.1:${state.server.address().port}/receipt/?${query}`;
+  const page = await openBrowser(chromium, null);
+  const resp = await page.goto(state.pageUrl, { waitUntil: 'domcontentloaded', timeout: timeoutMs }).catch((e) => e);
+  if (resp instanceof Error) return fail(`cannot open ${state.pageUrl}: ${resp.message.split('\n')[0]}`);
+  if (resp && resp.status() >= 400) return fail(`GET ${state.pageUrl} -> HTTP ${resp.status()}`);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await page.evaluate(() => window.__receipts || null);
+    if (r && r.error) return fail(`ERROR frame: ${r.error}`, { receipts: r.receipts }, true);
+    if (r && r.closed) return fail(`connection closed (${r.closed}) after receipts ${JSON.stringify(r.receipts)}`, {}, true);
+    if (state.pageErrors.length) return fail(`uncaught page error(s): ${state.pageErrors.join(' | ')}`);
+    if (r && r.done) {
+      return finish({ ok: true, scenario: state.scenario, transport: state.transport, pageUrl: state.pageUrl,
+        receipts: r.receipts, message: r.message, consoleErrors: state.consoleErrors.slice(0, 20) });
+    }
+    if (Date.now() > deadline) {
+      return fail(`timeout after ${timeoutMs} ms: receipts so far ${JSON.stringify(r && r.receipts)}`, {}, true);
+    }
+    await new Promise((res) => setTimeout(res, 25));
+  }
+}
+
+// ---------------------------------------------------------------- main
+async function main() {
+  const { chromium } = await import('playwright-core');
+  if (!existsSync(opts.chromium)) {
+    return fail(`Chromium not found at ${opts.chromium}; run scripts/ensure-chromium.sh (or pass --chromium)`);
+  }
+  if (state.scenario === 'receipt') return receiptScenario(chromium);
+
+  // Page URL: given, or our own static server on a random port.
+  if (opts['page-url']) {
+    state.pageUrl = opts['page-url'];
+  } else {
+    let dir = opts['serve-dir'] ?? 'examples/demo';
+    if (!existsSync(resolve(dir)) && existsSync(resolve(REPO, dir))) dir = resolve(REPO, dir);
+    dir = resolve(dir);
+    if (!existsSync(dir)) return fail(`--serve-dir ${dir} does not exist`);
+    state.server = await serveDir(dir);
+    const base = `http://127.0.0.1:${state.server.address().port}/demo/`;
+    state.pageUrl = state.scenario === 'stompjs7' ? base + 'stompjs7.html' : base;
+  }
+  state.sockjsUrl = sockjsOverride || `http://${new URL(state.pageUrl).host}/stomp`;
+
+  // Publisher first: it declares the exchange, which RabbitMQ requires before the page's SUBSCRIBE.
+  const tag = randomBytes(6).toString('hex');
+  const prefix = `stompgate-${state.scenario}-${tag} #`;
+  const publish = opts.publisher === 'tutorial' ? startTutorialPublisher : startPublisher;
+  const first = await withTimeout(publish(prefix + '{n}'), 15000);
+  if (first !== 'published') {
+    return fail(first === 'timeout' ? 'publisher printed nothing within 15 s'
+      : `publisher exited before publishing (exit ${state.publisherExit}): ${state.publisherStderr.trim()}`);
+  }
+
+  const page = await openBrowser(chromium, initScript({ messageId: 'message', errorId: 'error', noWebSocket,
+    wsOverride: opts['ws-override'] ?? null, sockjsTransport: opts['sockjs-transport'] ?? null,
+    sockjsOverride: noWebSocket ? sockjsOverride : null }));
 
   const resp = await page.goto(state.pageUrl, { waitUntil: 'domcontentloaded', timeout: timeoutMs }).catch((e) => e);
   if (resp instanceof Error) return fail(`cannot open ${state.pageUrl}: ${resp.message.split('\n')[0]}`);

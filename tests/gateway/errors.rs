@@ -142,8 +142,11 @@ async fn user_without_permissions_gets_access_refused() {
     c.wait_closed().await;
 }
 
+/// @stomp/stompjs's own suite (`Should confirm send using receipt`) sends to
+/// /topic/chat.general, which nobody watches: RabbitMQ answers RECEIPT (and drops the
+/// message); so does the gateway, and counts it.
 #[tokio::test]
-async fn unroutable_send_with_receipt_gets_error_with_receipt_id() {
+async fn unroutable_send_with_receipt_gets_its_receipt_as_with_rabbitmq() {
     let gw = start_gateway(&[]).await;
     let mut c = Client::logged_in_ws(&gw).await;
     c.send(
@@ -153,11 +156,15 @@ async fn unroutable_send_with_receipt_gets_error_with_receipt_id() {
             .with_body("into the void"),
     )
     .await;
-    let err = c.recv().await;
-    assert_eq!(err.command, Command::Error);
-    assert_eq!(err.get("receipt-id"), Some("lost-1"));
-    assert_eq!(err.get("message"), Some("Message not routed"));
-    // Not fatal: the session goes on.
+    let receipt = c.recv().await;
+    assert_eq!(receipt.command, Command::Receipt, "{receipt:?}");
+    assert_eq!(receipt.get("receipt-id"), Some("lost-1"));
+    let metrics = gw.metrics_text();
+    assert!(
+        metrics.contains("stompgate_unroutable_messages_total 1\n"),
+        "{metrics}"
+    );
+    // The session goes on.
     c.send(
         Frame::new(Command::Begin)
             .header("transaction", "t")
@@ -165,6 +172,32 @@ async fn unroutable_send_with_receipt_gets_error_with_receipt_id() {
     )
     .await;
     assert_eq!(c.recv().await.get("receipt-id"), Some("still-here"));
+}
+
+/// The stricter answer, opt-in: ERROR with the receipt-id, then the connection closes, as
+/// STOMP requires after an ERROR.
+#[tokio::test]
+async fn error_on_unroutable_reports_the_send_then_closes() {
+    let gw = start_gateway(&["--error-on-unroutable"]).await;
+    let mut c = Client::logged_in_ws(&gw).await;
+    c.send(
+        Frame::new(Command::Send)
+            .header("destination", format!("/topic/{}", unique("nobody")))
+            .header("receipt", "lost-1")
+            .with_body("into the void"),
+    )
+    .await;
+    let err = c.recv().await;
+    assert_eq!(err.command, Command::Error, "{err:?}");
+    assert_eq!(err.get("receipt-id"), Some("lost-1"));
+    assert_eq!(err.get("message"), Some("Message not routed"));
+    assert_eq!(c.close_code().await, Some(1000));
+    let metrics = gw.metrics_text();
+    assert!(
+        metrics.contains("stompgate_unroutable_messages_total 1\n")
+            && metrics.contains("stompgate_session_closes_total{reason=\"publish_failed\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -36,7 +36,11 @@ fn sent(actions: &[Action]) -> Vec<&Frame> {
 
 /// A session that completed CONNECT (1.2 unless `accept` says otherwise).
 fn connected(accept: &str) -> Session {
-    let mut s = session();
+    connected_with(SessionConfig::default(), accept)
+}
+
+fn connected_with(config: SessionConfig, accept: &str) -> Session {
+    let mut s = Session::new(config, "session-test".into(), now());
     s.handle_frame(frame(
         Command::Connect,
         &[
@@ -385,35 +389,84 @@ fn transaction_limits_and_unknown_transactions() {
     );
 }
 
-#[test]
-fn send_receipt_waits_for_the_confirm_and_unroutable_becomes_error_with_receipt_id() {
-    let mut s = connected("1.2");
+/// A SEND with `receipt:r1` to /topic/chat.general, published; returns its confirm id.
+fn receipted_send(s: &mut Session) -> u64 {
     s.handle_frame(
         frame(
             Command::Send,
-            &[("destination", "/topic/t"), ("receipt", "r1")],
+            &[("destination", "/topic/chat.general"), ("receipt", "r1")],
         )
         .with_body("x"),
     );
-    let request = match drain(&mut s).pop() {
+    let request = match drain(s).pop() {
         Some(Action::Broker(BrokerRequest::Channel(ChannelOp::Publish(p)))) => p,
         other => panic!("{other:?}"),
     };
-    assert!(request.mandatory);
-    let confirm_id = request.confirm_id.unwrap();
+    assert!(request.mandatory, "unroutable messages are counted");
+    let confirm_id = request.confirm_id.expect("a confirm is awaited");
     s.handle_broker_reply(BrokerReply::Done);
-    assert!(drain(&mut s).is_empty(), "no receipt before the confirm");
-    s.handle_confirm(
-        confirm_id,
-        ConfirmOutcome::Unroutable {
-            reply_text: "NO_ROUTE".into(),
-        },
-    );
+    assert!(drain(s).is_empty(), "no receipt before the confirm");
+    confirm_id
+}
+
+fn unroutable() -> ConfirmOutcome {
+    ConfirmOutcome::Unroutable {
+        reply_text: "NO_ROUTE".into(),
+    }
+}
+
+#[test]
+fn an_unroutable_send_gets_its_receipt_as_with_rabbitmq() {
+    // @stomp/stompjs's own suite: "Should confirm send using receipt" to a topic nobody
+    // subscribes to. RabbitMQ confirms (and drops) the message.
+    let mut s = connected("1.2");
+    let confirm_id = receipted_send(&mut s);
+    s.handle_confirm(confirm_id, unroutable());
+    let actions = drain(&mut s);
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    let receipt = sent(&actions)[0];
+    assert_eq!(receipt.command, Command::Receipt);
+    assert_eq!(receipt.get("receipt-id"), Some("r1"));
+    assert!(!s.is_closed());
+}
+
+#[test]
+fn error_on_unroutable_answers_error_with_receipt_id_then_closes() {
+    let config = SessionConfig {
+        error_on_unroutable: true,
+        ..SessionConfig::default()
+    };
+    let mut s = connected_with(config, "1.2");
+    let confirm_id = receipted_send(&mut s);
+    s.handle_confirm(confirm_id, unroutable());
     let actions = drain(&mut s);
     let error = sent(&actions)[0];
+    assert_eq!(error.command, Command::Error);
     assert_eq!(error.get("receipt-id"), Some("r1"));
     assert_eq!(error.get("message"), Some("Message not routed"));
-    assert!(!s.is_closed());
+    assert!(
+        matches!(
+            actions.last(),
+            Some(Action::Close(CloseReason::PublishFailed))
+        ),
+        "STOMP: the connection closes after an ERROR: {actions:?}"
+    );
+    assert!(s.is_closed());
+}
+
+#[test]
+fn a_nacked_send_answers_error_with_receipt_id_then_closes() {
+    let mut s = connected("1.2");
+    let confirm_id = receipted_send(&mut s);
+    s.handle_confirm(confirm_id, ConfirmOutcome::Nack);
+    let actions = drain(&mut s);
+    let error = sent(&actions)[0];
+    assert_eq!(error.get("message"), Some("Message rejected"));
+    assert_eq!(error.get("receipt-id"), Some("r1"));
+    assert!(matches!(
+        actions.last(),
+        Some(Action::Close(CloseReason::PublishFailed))
+    ));
 }
 
 #[test]
