@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered};
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamMap;
@@ -157,6 +157,48 @@ struct Backlog {
     limit: usize,
 }
 
+/// Cancels the session's own consumers when the gateway drains, so that RabbitMQ stops
+/// pushing to a gateway about to close (it pushes auto-ack deliveries without limit); what
+/// it pushed before a cancel still reaches the client, since the consumer's stream ends
+/// only after it.
+struct ConsumerCancel {
+    shutdown: CancellationToken,
+    /// The session's channel, once logged in.
+    channel: Option<Arc<tokio::sync::Mutex<SessionChannel>>>,
+    /// Consumers already asked to stop.
+    cancelled: HashSet<String>,
+}
+
+impl ConsumerCancel {
+    /// True when every consumer has been asked to stop (or the gateway is not draining).
+    fn covers(&self, consumers: &StreamMap<String, DeliveryStream>) -> bool {
+        !self.shutdown.is_cancelled() || consumers.keys().all(|t| self.cancelled.contains(t))
+    }
+
+    /// Sends `basic.cancel` for every consumer not asked yet, from a task: the channel may
+    /// be busy with an operation, and the session goes on forwarding meanwhile.
+    fn cancel_all(&mut self, consumers: &StreamMap<String, DeliveryStream>) {
+        let tags: Vec<String> = consumers
+            .keys()
+            .filter(|t| self.cancelled.insert((*t).clone()))
+            .cloned()
+            .collect();
+        let Some(channel) = self.channel.clone() else {
+            return;
+        };
+        if tags.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut channel = channel.lock().await;
+            for tag in tags {
+                // On failure the channel or connection is gone, which ends the stream too.
+                let _ = channel.unsubscribe(&tag, None).await;
+            }
+        });
+    }
+}
+
 /// Runs one write (feed or flush) bounded by `timeout`, meanwhile moving deliveries into
 /// `backlog`: lapin buffers deliveries without limit and an auto-ack consumer has no
 /// prefetch limit, so a client that stops reading would otherwise make the gateway hold
@@ -170,6 +212,7 @@ async fn drive<F, E>(
     consumers: &mut StreamMap<String, DeliveryStream>,
     shared: &mut StreamMap<String, SharedStream>,
     backlog: &mut Backlog,
+    cancel: &mut ConsumerCancel,
 ) -> bool
 where
     F: std::future::Future<Output = Result<(), E>>,
@@ -180,6 +223,7 @@ where
         return result.is_ok();
     }
     let deadline = tokio::time::Instant::now() + timeout;
+    let shutdown = cancel.shutdown.clone();
     loop {
         tokio::select! {
             biased;
@@ -187,6 +231,10 @@ where
             _ = tokio::time::sleep_until(deadline) => {
                 *stuck = true;
                 return false;
+            }
+            // A drain does not wait for a slow client to stop RabbitMQ pushing more.
+            _ = shutdown.cancelled(), if !cancel.covers(consumers) => {
+                cancel.cancel_all(consumers);
             }
             Some(item) = consumers.next(), if !consumers.is_empty() => {
                 backlog.items.push_back(Pending::Own(Box::new(item)));
@@ -319,9 +367,14 @@ pub async fn run_with_bearer<I, O>(
     // The session's AMQP connection, watched outside the channel lock.
     let mut link: Option<BrokerLink> = None;
     let mut link_lost: Option<BoxFuture<'static, ()>> = None;
-    // Set on shutdown: no new input or deliveries; ends when in-flight work is done or
-    // at this deadline.
+    // Set on shutdown: no new input; consumers cancelled, what they delivered before is
+    // forwarded; ends when that and in-flight work are done, or at this deadline.
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut cancel = ConsumerCancel {
+        shutdown: ctx.shutdown.clone(),
+        channel: None,
+        cancelled: HashSet::new(),
+    };
     let mut op: Option<BoxFuture<'static, OpResult>> = None;
     let mut consumers: StreamMap<String, DeliveryStream> = StreamMap::new();
     let mut backlog = Backlog {
@@ -350,6 +403,23 @@ pub async fn run_with_bearer<I, O>(
     let mut shutdown_signal = std::pin::pin!(shutdown.cancelled());
 
     'outer: loop {
+        // 0. The gateway drains: stop RabbitMQ pushing to this session (also a consumer
+        // that a SUBSCRIBE in flight just added), deliver what it pushed before.
+        if drain_deadline.is_none()
+            && shutdown.is_cancelled()
+            && !session.is_closed()
+            && close_reason.is_none()
+        {
+            drain_deadline = Some(tokio::time::Instant::now() + ctx.flush_timeout);
+            session.begin_drain();
+            // Leave the shared queues (they stop too, see `Fanout::drain`): each stream ends
+            // after the frames already distributed to it.
+            memberships.clear();
+        }
+        if drain_deadline.is_some() {
+            cancel.cancel_all(&consumers);
+        }
+
         // 1. Perform everything the session asked for.
         while let Some(action) = session.poll_action() {
             match action {
@@ -369,6 +439,7 @@ pub async fn run_with_bearer<I, O>(
                         &mut consumers,
                         &mut shared,
                         &mut backlog,
+                        &mut cancel,
                     )
                     .await
                     {
@@ -395,6 +466,7 @@ pub async fn run_with_bearer<I, O>(
                         &mut consumers,
                         &mut shared,
                         &mut backlog,
+                        &mut cancel,
                     )
                     .await
                     {
@@ -410,6 +482,7 @@ pub async fn run_with_bearer<I, O>(
                         &mut consumers,
                         &mut shared,
                         &mut backlog,
+                        &mut cancel,
                     )
                     .await
                     {
@@ -465,6 +538,7 @@ pub async fn run_with_bearer<I, O>(
             &mut consumers,
             &mut shared,
             &mut backlog,
+            &mut cancel,
         )
         .await
         {
@@ -479,8 +553,16 @@ pub async fn run_with_bearer<I, O>(
         }
 
         // Draining: once nothing is in flight (publishes confirmed, so their RECEIPTs are
-        // out), tell the client to reconnect and close.
-        if drain_deadline.is_some() && !session.is_closed() && op.is_none() && confirms.is_empty() {
+        // out) and every consumer has ended with what it delivered before its cancel, tell
+        // the client to reconnect and close.
+        if drain_deadline.is_some()
+            && !session.is_closed()
+            && op.is_none()
+            && confirms.is_empty()
+            && consumers.is_empty()
+            && shared.is_empty()
+            && backlog.items.is_empty()
+        {
             session.handle_shutdown();
             continue;
         }
@@ -511,12 +593,7 @@ pub async fn run_with_bearer<I, O>(
             continue;
         }
         // Deliveries that arrived while a write was blocked go first, in order.
-        let next_pending = if drain_deadline.is_none() {
-            backlog.items.pop_front()
-        } else {
-            None
-        };
-        match next_pending {
+        match backlog.items.pop_front() {
             Some(Pending::Own(item)) => {
                 if on_consumer_item(&mut session, &mut consumers, link.as_ref(), *item) {
                     link_lost = None;
@@ -540,9 +617,8 @@ pub async fn run_with_bearer<I, O>(
         let live = !session.is_closed() && close_reason.is_none();
         tokio::select! {
             biased;
-            _ = &mut shutdown_signal, if live && drain_deadline.is_none() => {
-                drain_deadline = Some(tokio::time::Instant::now() + ctx.flush_timeout);
-            }
+            // Wakes the loop; its top starts the drain.
+            _ = &mut shutdown_signal, if live && drain_deadline.is_none() => {}
             _ = async { tokio::time::sleep_until(drain_deadline.expect("guarded")).await }, if live && drain_deadline.is_some() => {
                 tracing::warn!("in-flight work still outstanding at the drain deadline");
                 session.handle_shutdown();
@@ -561,6 +637,7 @@ pub async fn run_with_bearer<I, O>(
                         link_lost = Some(watch.lost().boxed());
                         link = Some(watch);
                         channel = Some(Arc::new(tokio::sync::Mutex::new(*ch)));
+                        cancel.channel = channel.clone();
                         BrokerReply::Connected { server_product }
                     }
                     OpResult::Connected(Err(failure)) => BrokerReply::ConnectFailed(failure),
@@ -569,10 +646,14 @@ pub async fn run_with_bearer<I, O>(
                         BrokerReply::Done
                     }
                     OpResult::Joined(tag, Ok(mut membership)) => {
-                        if let Some(receiver) = membership.take_receiver() {
-                            shared.insert(tag.clone(), shared_stream(receiver));
+                        // Joined while draining: leave at once (the last one out stops a
+                        // hub the drain did not see).
+                        if drain_deadline.is_none() {
+                            if let Some(receiver) = membership.take_receiver() {
+                                shared.insert(tag.clone(), shared_stream(receiver));
+                            }
+                            memberships.insert(tag, membership);
                         }
-                        memberships.insert(tag, membership);
                         BrokerReply::Done
                     }
                     OpResult::TempQueue(tag, Ok((queue, consumer))) => {
@@ -615,12 +696,12 @@ pub async fn run_with_bearer<I, O>(
                 flush_deadline = None;
                 op = Some(close_channel(channel.clone()));
             }
-            Some(item) = consumers.next(), if !consumers.is_empty() && drain_deadline.is_none() => {
+            Some(item) = consumers.next(), if !consumers.is_empty() => {
                 if on_consumer_item(&mut session, &mut consumers, link.as_ref(), item) {
                     link_lost = None;
                 }
             }
-            Some(item) = shared.next(), if !shared.is_empty() && drain_deadline.is_none() => {
+            Some(item) = shared.next(), if !shared.is_empty() => {
                 on_shared_item(&mut session, &mut shared, &mut memberships, item);
             }
             data = inbound.next(), if wants_input => {

@@ -89,6 +89,8 @@ struct FanoutInner {
     hubs: Mutex<HashMap<HubKey, HubSlot>>,
     authorized: Mutex<HashMap<(PoolKey, HubKey), Instant>>,
     metrics: GatewayMetrics,
+    /// Cancelled when the gateway drains; every hub's `stop` is a child of it.
+    draining: CancellationToken,
 }
 
 /// A session's place in a hub. Dropping it leaves the hub (the last one out deletes the
@@ -149,8 +151,17 @@ impl Fanout {
                 hubs: Mutex::new(HashMap::new()),
                 authorized: Mutex::new(HashMap::new()),
                 metrics,
+                draining: CancellationToken::new(),
             }),
         }
+    }
+
+    /// The gateway drains: every shared queue stops at once (also one a join is creating
+    /// now), so RabbitMQ stops pushing to this gateway (closing the hub's channel cancels its
+    /// consumer and deletes the exclusive queue); listeners get what was distributed before,
+    /// then the end of their streams.
+    pub fn drain(&self) {
+        self.inner.draining.cancel();
     }
 
     /// Whether this subscription can share a queue (see the module docs).
@@ -319,7 +330,7 @@ impl Fanout {
             key,
             session_id: format!("session-{}", crate::gateway::connection::random_token()),
             listeners: Mutex::new(Listeners::default()),
-            stop: CancellationToken::new(),
+            stop: self.inner.draining.child_token(),
             sequence: AtomicU64::new(0),
             metrics: self.inner.metrics.clone(),
         });

@@ -171,9 +171,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts draining: listeners stop accepting, sessions are told to reconnect and closed.
+    /// Starts draining: listeners stop accepting, RabbitMQ stops pushing to this gateway
+    /// (shared queues stop, sessions cancel their consumers), sessions deliver what was
+    /// pushed before, then are told to reconnect and closed.
     pub fn shutdown(&self) {
         self.state.draining.store(true, Ordering::Release);
+        if let Some(fanout) = &self.state.ctx.fanout {
+            fanout.drain();
+        }
         self.shutdown.cancel();
     }
 

@@ -360,6 +360,8 @@ pub struct Session {
     /// Work waiting to be processed (COMMIT replays, a SEND waiting for its reply queue).
     work: VecDeque<Work>,
     actions: VecDeque<Action>,
+    /// The gateway is draining: the session's consumers are being cancelled.
+    draining: bool,
 }
 
 impl Session {
@@ -391,6 +393,7 @@ impl Session {
             token_deadline: None,
             work: VecDeque::new(),
             actions: VecDeque::new(),
+            draining: false,
         }
     }
 
@@ -530,6 +533,14 @@ impl Session {
         }
         self.send_error(summary, &format!("{detail}\n"), None);
         self.close(CloseReason::ProtocolError);
+    }
+
+    /// The gateway starts draining and is cancelling this session's consumers: deliveries
+    /// that RabbitMQ pushed before the cancel still reach the client (auto-ack ones would be
+    /// lost otherwise); client-ack ones do not, since no ACK will be read any more: they are
+    /// requeued when the channel closes. Their consumers' ends are no news to the client.
+    pub fn begin_drain(&mut self) {
+        self.draining = true;
     }
 
     /// The gateway is draining: tell the client to reconnect elsewhere, then close.
@@ -695,9 +706,13 @@ impl Session {
 
     /// The broker cancelled a consumer (its queue was deleted).
     pub fn handle_consumer_cancelled(&mut self, consumer_tag: &str) {
-        // DISCONNECT closes the channel itself; its consumers ending is no news. Nothing may
-        // follow Close (found by the session fuzz target).
+        // DISCONNECT closes the channel itself, and a drain cancels the consumers: their
+        // ending is no news. Nothing may follow Close (found by the session fuzz target).
         if self.disconnecting() || self.phase == Phase::Closed {
+            return;
+        }
+        if self.draining {
+            self.subscriptions.remove(consumer_tag);
             return;
         }
         if self.subscriptions.remove(consumer_tag).is_none() {
@@ -751,6 +766,10 @@ impl Session {
             return;
         };
         let ack = subscription.ack;
+        if self.draining && ack != AckMode::Auto {
+            // Requeued when the channel closes: the next connection gets it.
+            return;
+        }
         let headers = properties::message_frame_headers(
             &self.session_id,
             &properties::Delivery {

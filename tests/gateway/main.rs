@@ -7,6 +7,7 @@ mod support;
 mod auth;
 mod bad_input;
 mod destinations;
+mod drain;
 mod errors;
 mod fanout;
 mod secrets;

@@ -108,6 +108,11 @@ impl Client {
 
     pub async fn tcp_addr(addr: std::net::SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).await.expect("tcp connects");
+        Client::tcp_stream(stream)
+    }
+
+    /// Plain STOMP over a connection the test opened itself (e.g. with small socket buffers).
+    pub fn tcp_stream(stream: TcpStream) -> Client {
         Client::new(Transport::Tcp(Box::new(
             tokio_tungstenite::MaybeTlsStream::Plain(stream),
         )))

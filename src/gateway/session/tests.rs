@@ -769,6 +769,49 @@ fn consumers_ending_during_disconnect_are_silent() {
 }
 
 #[test]
+fn a_draining_session_delivers_auto_ack_messages_and_its_consumers_end_quietly() {
+    let mut s = connected("1.2");
+    for (id, ack) in [("auto", "auto"), ("manual", "client")] {
+        s.handle_frame(frame(
+            Command::Subscribe,
+            &[("id", id), ("destination", "/queue/q"), ("ack", ack)],
+        ));
+        drain(&mut s);
+        s.handle_broker_reply(BrokerReply::Done);
+        drain(&mut s);
+    }
+    s.begin_drain();
+    let delivery = |tag: &str, n: u64| Delivery {
+        consumer_tag: tag.into(),
+        delivery_tag: n,
+        exchange: String::new(),
+        routing_key: "q".into(),
+        redelivered: false,
+        properties: BasicProperties::default(),
+        body: Bytes::from_static(b"x"),
+    };
+    // Pushed before the cancel: an auto-ack delivery is gone from the queue, so the client
+    // gets it; a client-ack one is requeued when the channel closes (no ACK is read now).
+    s.handle_delivery(delivery("T_auto", 1));
+    s.handle_delivery(delivery("T_manual", 2));
+    let actions = drain(&mut s);
+    let frames = sent(&actions);
+    assert_eq!(frames.len(), 1, "{actions:?}");
+    assert_eq!(frames[0].get("subscription"), Some("auto"));
+    // The cancelled consumers end: no "Server cancelled subscription".
+    s.handle_consumer_cancelled("T_auto");
+    s.handle_consumer_cancelled("T_manual");
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(s.subscription_count(), 0);
+    s.handle_shutdown();
+    let actions = drain(&mut s);
+    assert_eq!(
+        sent(&actions)[0].get("message"),
+        Some("Server shutting down")
+    );
+}
+
+#[test]
 fn the_passcode_is_redacted_in_debug_output() {
     let mut s = session();
     s.handle_frame(frame(
