@@ -305,8 +305,8 @@ fn assert_none_lost(f: &Figures) {
     );
 }
 
-/// Deterministic: the slow client's share waits in gateway A behind a blocked write when
-/// the drain starts (before the fix, A dropped it: auto-acked, never delivered).
+/// The drain while a write to a slow client is blocked: what RabbitMQ pushed to it waits in
+/// gateway A, and is all delivered before the ERROR.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_delivers_what_rabbitmq_pushed_to_a_slow_client() {
     let f = run(Scenario {
@@ -323,11 +323,12 @@ async fn a_drain_delivers_what_rabbitmq_pushed_to_a_slow_client() {
     assert!(f.delivered_by_a > 0, "{f:?}");
 }
 
-fn runs() -> usize {
+/// `STOMPGATE_DRAIN_RUNS`, else `default`.
+fn runs(default: usize) -> usize {
     std::env::var("STOMPGATE_DRAIN_RUNS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(1)
+        .unwrap_or(default)
 }
 
 fn steady(answer_close: bool) -> Scenario {
@@ -341,20 +342,25 @@ fn steady(answer_close: bool) -> Scenario {
     }
 }
 
-/// The measurement: 3,000 msg/s, A drains after one second.
+/// The measurement: 3,000 msg/s, A drains after one second. Before the fix a drain
+/// lost 0-14 messages (4 of 5 runs lost some), so three runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_loses_no_auto_ack_delivery_under_a_steady_stream() {
-    for _ in 0..runs() {
-        assert_none_lost(&run(steady(true)).await);
+    let mut figures = Vec::new();
+    for _ in 0..runs(3) {
+        figures.push(run(steady(true)).await);
     }
+    figures.iter().for_each(assert_none_lost);
 }
 
 /// The same with clients that never answer the close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_loses_no_auto_ack_delivery_when_clients_are_slow_to_close() {
-    for _ in 0..runs() {
-        assert_none_lost(&run(steady(false)).await);
+    let mut figures = Vec::new();
+    for _ in 0..runs(1) {
+        figures.push(run(steady(false)).await);
     }
+    figures.iter().for_each(assert_none_lost);
 }
 
 /// Shared (fan-out) queues stop at the start of the drain: their subscribers get the
