@@ -142,13 +142,8 @@ async fn user_without_permissions_gets_access_refused() {
     c.wait_closed().await;
 }
 
-/// @stomp/stompjs's own suite (`Should confirm send using receipt`) sends to
-/// /topic/chat.general, which nobody watches: RabbitMQ answers RECEIPT (and drops the
-/// message); so does the gateway, and counts it.
-#[tokio::test]
-async fn unroutable_send_with_receipt_gets_its_receipt_as_with_rabbitmq() {
-    let gw = start_gateway(&[]).await;
-    let mut c = Client::logged_in_ws(&gw).await;
+/// A SEND with `receipt:lost-1` to a topic no queue is bound to.
+async fn send_to_nobody(c: &mut Client) {
     c.send(
         Frame::new(Command::Send)
             .header("destination", format!("/topic/{}", unique("nobody")))
@@ -156,6 +151,16 @@ async fn unroutable_send_with_receipt_gets_its_receipt_as_with_rabbitmq() {
             .with_body("into the void"),
     )
     .await;
+}
+
+/// @stomp/stompjs's own suite (`Should confirm send using receipt`) sends to
+/// /topic/chat.general, which nobody watches: RabbitMQ answers RECEIPT (and drops the
+/// message); so does the gateway, and counts it.
+#[tokio::test]
+async fn unroutable_send_with_receipt_gets_its_receipt_as_with_rabbitmq() {
+    let gw = start_gateway(&[]).await;
+    let mut c = Client::logged_in_ws(&gw).await;
+    send_to_nobody(&mut c).await;
     let receipt = c.recv().await;
     assert_eq!(receipt.command, Command::Receipt, "{receipt:?}");
     assert_eq!(receipt.get("receipt-id"), Some("lost-1"));
@@ -180,13 +185,7 @@ async fn unroutable_send_with_receipt_gets_its_receipt_as_with_rabbitmq() {
 async fn error_on_unroutable_reports_the_send_then_closes() {
     let gw = start_gateway(&["--error-on-unroutable"]).await;
     let mut c = Client::logged_in_ws(&gw).await;
-    c.send(
-        Frame::new(Command::Send)
-            .header("destination", format!("/topic/{}", unique("nobody")))
-            .header("receipt", "lost-1")
-            .with_body("into the void"),
-    )
-    .await;
+    send_to_nobody(&mut c).await;
     let err = c.recv().await;
     assert_eq!(err.command, Command::Error, "{err:?}");
     assert_eq!(err.get("receipt-id"), Some("lost-1"));
