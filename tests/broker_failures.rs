@@ -10,7 +10,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -118,6 +118,8 @@ struct Log {
     /// Message ids the gateway confirmed with a RECEIPT (persistent, durable queue).
     confirmed: BTreeSet<u64>,
     received: HashSet<u64>,
+    /// How often each id was delivered.
+    deliveries: HashMap<u64, u32>,
     /// Ids that came with `redelivered:true`.
     redelivered: HashSet<u64>,
     /// The subscriber's delivered-but-unacknowledged ids when its session ended.
@@ -216,6 +218,7 @@ async fn subscriber(url: String, destination: String, l: SharedLog, stop: Arc<At
                     {
                         let mut g = log(&l);
                         g.received.insert(id);
+                        *g.deliveries.entry(id).or_default() += 1;
                         if f.get("redelivered") == Some("true") {
                             g.redelivered.insert(id);
                         }
@@ -395,14 +398,27 @@ async fn broker_restart_under_load(name: &str, amqp_port: u16, dist_port: u16, c
         assert_eq!(seen.close, Some(1013), "{seen:?}");
     }
     assert!(!g.unacked_at_loss.is_empty(), "some messages were unacked");
+    let not_again: Vec<u64> = g
+        .unacked_at_loss
+        .iter()
+        .filter(|id| g.deliveries.get(*id).copied().unwrap_or(0) < 2)
+        .copied()
+        .collect();
+    assert!(
+        not_again.is_empty(),
+        "unacked at the outage but not delivered again: {not_again:?}"
+    );
     let not_flagged: Vec<u64> = g
         .unacked_at_loss
         .iter()
         .filter(|id| !g.redelivered.contains(id))
         .copied()
         .collect();
+    // After `kill -9` RabbitMQ flags a redelivery only as far as its queue index had reached
+    // the disk (once 1 of 20 came back unflagged): the flag is checked after a clean stop
+    // only.
     assert!(
-        not_flagged.is_empty(),
+        crash || not_flagged.is_empty(),
         "unacked at the outage but not redelivered:true: {not_flagged:?}"
     );
     let metrics = gw.metrics_text();
@@ -414,7 +430,7 @@ async fn broker_restart_under_load(name: &str, amqp_port: u16, dist_port: u16, c
 
     eprintln!(
         "FIGURES {name} (crash={crash}): confirmed={} received={} lost={lost} redelivered={} \
-         unacked_at_outage={} | node down in {stopped:?}; subscriber ERROR after {error_after:?}, \
+         unacked_at_outage={} (not flagged again: {}) | node down in {stopped:?}; subscriber ERROR after {error_after:?}, \
          fan-out ERROR after {fan_error_after:?}; \
          /readyz 503 after {readyz_503_after:?}; CONNECT during outage refused in {refused_in:?}; \
          node listening {node_listening:?} after start; /readyz 200 {ready_after_listen:?} after \
@@ -424,6 +440,7 @@ async fn broker_restart_under_load(name: &str, amqp_port: u16, dist_port: u16, c
         g.received.len(),
         g.redelivered.len(),
         g.unacked_at_loss.len(),
+        not_flagged.len(),
         g.errors
     );
     drop(g);
