@@ -1,6 +1,8 @@
 //! `stompgate demo`: the founding scenario on one machine. The gateway on :15674 serves the
 //! classic Web-STOMP page at /demo/, and a publisher sends a status message to exchange
-//! `rabbitmq` with routing key `zjj` every few seconds, as the tutorial's backend does.
+//! `rabbitmq` with routing key `zjj` every few seconds, as the tutorial's backend does. The
+//! exchange is declared as the tutorial declares it, so the tutorial's own publisher works
+//! before, during and after the demo.
 
 use crate::gateway::config::GatewayArgs;
 use crate::gateway::server;
@@ -118,25 +120,66 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Declares the tutorial's topic exchange (durable), with a clear error when RabbitMQ is down.
+/// Makes sure the tutorial's exchange exists, with a clear error when RabbitMQ is down.
 async fn declare_exchange(amqp_url: &str) -> anyhow::Result<()> {
     let conn = Connection::connect(amqp_url, ConnectionProperties::default())
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ ({e}); is it running? scripts/ensure-rabbitmq.sh starts it"))?;
+    let result = ensure_tutorial_exchange(&conn).await;
+    let _ = conn.close(200, "declared".into()).await;
+    if let (_, Some(mismatch)) = result? {
+        eprintln!(
+            "stompgate demo: exchange '{DEMO_EXCHANGE}' already exists with other properties than \
+             the tutorial's (topic, not durable); the demo uses it as it is, but the tutorial's \
+             send.py will fail against it ({mismatch}) until it is deleted"
+        );
+    }
+    Ok(())
+}
+
+/// Declares the exchange exactly as the tutorial's `send.py` does
+/// (`exchange_declare(exchange='rabbitmq', exchange_type='topic')`: a topic exchange, not
+/// durable, not auto-delete), so that the tutorial's own publisher can declare it again
+/// before or after the demo. One declared otherwise (by an operator, another application or
+/// an older demo) is reused as it is: the page only needs it to exist. Returns a channel to
+/// publish on, and RabbitMQ's answer when the exchange differs from the tutorial's.
+async fn ensure_tutorial_exchange(
+    conn: &Connection,
+) -> Result<(lapin::Channel, Option<String>), lapin::Error> {
     let channel = conn.create_channel().await?;
-    channel
+    let declared = channel
         .exchange_declare(
             DEMO_EXCHANGE.into(),
             ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
+            ExchangeDeclareOptions::default(),
             FieldTable::default(),
         )
-        .await?;
-    let _ = conn.close(200, "declared".into()).await;
-    Ok(())
+        .await;
+    match declared {
+        Ok(()) => Ok((channel, None)),
+        // 406 PRECONDITION_FAILED: it exists with other properties (the failure closed
+        // that channel). Reuse it, after a passive check that it is there.
+        Err(e) if is_precondition_failed(&e) => {
+            let channel = conn.create_channel().await?;
+            channel
+                .exchange_declare(
+                    DEMO_EXCHANGE.into(),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok((channel, Some(e.to_string())))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
 }
 
 /// The tutorial's backend: publish a status line to `rabbitmq`/`zjj`, reconnecting when
@@ -147,18 +190,9 @@ async fn publish_forever(amqp_url: String, interval: Duration) {
         match Connection::connect(&amqp_url, ConnectionProperties::default()).await {
             Ok(conn) => {
                 let result = async {
-                    let channel = conn.create_channel().await?;
-                    channel
-                        .exchange_declare(
-                            DEMO_EXCHANGE.into(),
-                            ExchangeKind::Topic,
-                            ExchangeDeclareOptions {
-                                durable: true,
-                                ..Default::default()
-                            },
-                            FieldTable::default(),
-                        )
-                        .await?;
+                    // Again on every (re)connect: a restarted broker lost the transient
+                    // exchange.
+                    let (channel, _) = ensure_tutorial_exchange(&conn).await?;
                     loop {
                         n += 1;
                         let body = format!(

@@ -151,6 +151,8 @@ pub struct GatewayMetrics {
     pub fanout_queues: Gauge,
     pub fanout_listeners: Gauge,
     pub slow_consumers: Counter,
+    /// Receipted SENDs that RabbitMQ returned as unroutable (no queue bound to the key).
+    pub unroutable_messages: Counter,
     /// `frames_out{command="MESSAGE"}` and `frames_in{command="SEND"}`, resolved once: the
     /// per-frame label lookup (a String allocation and a hash) showed in fan-out profiles.
     hot_counters: Arc<std::sync::OnceLock<[Counter; 2]>>,
@@ -263,6 +265,11 @@ impl GatewayMetrics {
             "slow_consumers",
             "Sessions closed because they could not keep up with their deliveries",
             self.slow_consumers.clone(),
+        );
+        r.register(
+            "unroutable_messages",
+            "SENDs with a receipt that RabbitMQ routed to no queue (dropped, as RabbitMQ does)",
+            self.unroutable_messages.clone(),
         );
     }
 

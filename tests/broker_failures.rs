@@ -10,89 +10,13 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stompgate::stomp::{Command, Frame};
+use support::private_node::PrivateNode;
 use support::{Client, Closed, amqp_url, http_status, start_gateway, unique, wait_until};
-
-// ---------------------------------------------------------------------------------------
-// A private RabbitMQ node
-
-/// A RabbitMQ node of our own; stopped and its data removed when dropped.
-struct PrivateNode {
-    name: String,
-    dir: PathBuf,
-    amqp_port: u16,
-    dist_port: u16,
-}
-
-fn node_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rabbit-private-node.sh")
-}
-
-async fn run_script(args: &[&str]) {
-    let out = tokio::process::Command::new(node_script())
-        .args(args)
-        .output()
-        .await
-        .expect("scripts/rabbit-private-node.sh runs (needs Debian's rabbitmq-server)");
-    assert!(
-        out.status.success(),
-        "rabbit-private-node.sh {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl PrivateNode {
-    async fn start(name: &str, amqp_port: u16, dist_port: u16) -> PrivateNode {
-        let dir = std::env::temp_dir().join(format!("stompgate-{name}"));
-        // A node left over by an aborted run: stop it and start from empty.
-        run_script(&["stop", &dir.to_string_lossy()]).await;
-        let _ = std::fs::remove_dir_all(&dir);
-        let node = PrivateNode {
-            name: name.to_string(),
-            dir,
-            amqp_port,
-            dist_port,
-        };
-        node.up().await;
-        node
-    }
-
-    async fn up(&self) {
-        run_script(&[
-            "start",
-            &self.name,
-            &self.dir.to_string_lossy(),
-            &self.amqp_port.to_string(),
-            &self.dist_port.to_string(),
-        ])
-        .await;
-    }
-
-    /// Clean shutdown (SIGTERM to beam.smp), or a crash (`kill -9`).
-    async fn down(&self, crash: bool) {
-        let how = if crash { "kill" } else { "stop" };
-        run_script(&[how, &self.dir.to_string_lossy()]).await;
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
-    }
-}
-
-impl Drop for PrivateNode {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(node_script())
-            .args(["kill", &self.dir.to_string_lossy()])
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -150,6 +74,8 @@ struct Log {
     /// Message ids the gateway confirmed with a RECEIPT (persistent, durable queue).
     confirmed: BTreeSet<u64>,
     received: HashSet<u64>,
+    /// How often each id was delivered.
+    deliveries: HashMap<u64, u32>,
     /// Ids that came with `redelivered:true`.
     redelivered: HashSet<u64>,
     /// The subscriber's delivered-but-unacknowledged ids when its session ended.
@@ -248,6 +174,7 @@ async fn subscriber(url: String, destination: String, l: SharedLog, stop: Arc<At
                     {
                         let mut g = log(&l);
                         g.received.insert(id);
+                        *g.deliveries.entry(id).or_default() += 1;
                         if f.get("redelivered") == Some("true") {
                             g.redelivered.insert(id);
                         }
@@ -390,12 +317,17 @@ async fn broker_restart_under_load(name: &str, amqp_port: u16, dist_port: u16, c
         l.clone(),
         stop2.clone(),
     ));
+    // Every confirmed message, and a second delivery of each one unacked at the outage
+    // (received once already, so the first condition alone may hold before it comes).
     let all_in = wait_until(
-        "every confirmed message",
+        "every confirmed message, the unacked ones again",
         Duration::from_secs(60),
         || async {
             let g = log(&l);
             g.confirmed.iter().all(|id| g.received.contains(id))
+                && g.unacked_at_loss
+                    .iter()
+                    .all(|id| g.deliveries.get(id).copied().unwrap_or(0) >= 2)
         },
     )
     .await;
@@ -427,6 +359,16 @@ async fn broker_restart_under_load(name: &str, amqp_port: u16, dist_port: u16, c
         assert_eq!(seen.close, Some(1013), "{seen:?}");
     }
     assert!(!g.unacked_at_loss.is_empty(), "some messages were unacked");
+    let not_again: Vec<u64> = g
+        .unacked_at_loss
+        .iter()
+        .filter(|id| g.deliveries.get(*id).copied().unwrap_or(0) < 2)
+        .copied()
+        .collect();
+    assert!(
+        not_again.is_empty(),
+        "unacked at the outage but not delivered again: {not_again:?}"
+    );
     let not_flagged: Vec<u64> = g
         .unacked_at_loss
         .iter()

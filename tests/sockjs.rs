@@ -981,6 +981,108 @@ async fn eventsource_framing() {
     r.expect_end().await;
 }
 
+/// Issue 18: a page from another origin than the gateway's (the tutorial's case) must be able
+/// to use every transport; the browser refused `eventsource` without these headers.
+#[tokio::test]
+async fn every_transport_answers_a_page_from_another_origin() {
+    let (addr, _) = start(config()).await;
+    let page = "http://app.example:8080";
+    let origin = [("Origin", page)];
+    let url = session_url();
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("GET", "/stomp/info".to_owned(), ""),
+        ("POST", format!("{url}/xhr"), ""),
+        ("POST", format!("{url}/xhr_send"), r#"["x"]"#),
+        ("POST", format!("{url}/jsonp_send"), r#"["y"]"#),
+        ("GET", format!("{url}/jsonp?c=cb"), ""),
+    ];
+    for (method, path, body) in &cases {
+        let r = request(addr, method, path, &origin, body).await;
+        assert!(r.status < 300, "{method} {path}: {}", r.status);
+        verify_cors(&r, Some(page));
+        assert_eq!(r.header("vary"), Some("Origin"), "{method} {path}");
+    }
+    // The streaming receivers, read as far as their first frame.
+    for (method, transport) in [
+        ("POST", "xhr_streaming"),
+        ("GET", "eventsource"),
+        ("GET", "htmlfile?c=cb"),
+    ] {
+        let path = format!("{}/{transport}", session_url());
+        let r = Conn::open(addr, method, &path, &origin, b"").await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some(page),
+            "{path}"
+        );
+        assert_eq!(
+            r.header("access-control-allow-credentials"),
+            Some("true"),
+            "{path}"
+        );
+    }
+    // Without an Origin (same-origin GET, curl): `*`, as sockjs-node answers.
+    let r = Conn::open(
+        addr,
+        "GET",
+        &format!("{}/eventsource", session_url()),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+}
+
+/// `--allowed-origins` still decides: an allowed page gets the CORS headers on every
+/// transport, another one a 403 before any session exists.
+#[tokio::test]
+async fn allowed_origins_apply_to_every_transport() {
+    let (addr, mut events) = start(SockJsConfig {
+        allowed_origins: vec!["http://good.example".into()],
+        ..config()
+    })
+    .await;
+    for (method, transport) in [
+        ("GET", "eventsource"),
+        ("GET", "htmlfile?c=cb"),
+        ("GET", "jsonp?c=cb"),
+        ("POST", "xhr_streaming"),
+        ("POST", "xhr"),
+    ] {
+        let path = format!("{}/{transport}", session_url());
+        let evil = Conn::open(
+            addr,
+            method,
+            &path,
+            &[("Origin", "http://evil.example")],
+            b"",
+        )
+        .await;
+        assert_eq!(evil.status, 403, "{path}");
+        let good = Conn::open(
+            addr,
+            method,
+            &path,
+            &[("Origin", "http://good.example")],
+            b"",
+        )
+        .await;
+        assert_eq!(good.status, 200, "{path}");
+        assert_eq!(
+            good.header("access-control-allow-origin"),
+            Some("http://good.example"),
+            "{path}"
+        );
+        // The allowed page's session started (the previous one ends as its receiver goes).
+        let mut event = next_event(&mut events).await;
+        if event == Event::Ended {
+            event = next_event(&mut events).await;
+        }
+        assert_eq!(event, Event::Started, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn htmlfile_framing() {
     let (addr, _) = start(config()).await;
@@ -1321,35 +1423,43 @@ async fn escaping_of_sockjs_unicode_ranges() {
 
 #[tokio::test]
 async fn idle_sessions_are_reaped_after_disconnect_delay() {
+    // Long enough that a busy machine answers every step well inside it.
+    let delay = Duration::from_secs(2);
     let (addr, mut events) = start(SockJsConfig {
-        disconnect_delay: Duration::from_millis(200),
+        disconnect_delay: delay,
         ..config()
     })
     .await;
+    // Before the poll that opens the session: its delay starts after this.
+    let t0 = tokio::time::Instant::now();
     let url = open_session(addr).await;
     assert_eq!(next_event(&mut events).await, Event::Started);
     // Nobody polls: the handler's inbound ends after the delay.
-    let t0 = tokio::time::Instant::now();
     assert_eq!(next_event(&mut events).await, Event::Ended);
-    assert!(t0.elapsed() >= Duration::from_millis(150));
+    assert!(t0.elapsed() >= delay, "{:?}", t0.elapsed());
     // A client coming back soon learns why...
     let r = post(addr, &format!("{url}/xhr"), "").await;
     assert_eq!(r.body, "c[1002,\"Connection interrupted\"]\n");
     // ...later the session is forgotten.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        post(addr, &format!("{url}/xhr_send"), r#"["x"]"#)
-            .await
-            .status,
-        404
-    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while post(addr, &format!("{url}/xhr_send"), r#"["x"]"#)
+        .await
+        .status
+        != 404
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "closed session never forgotten"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(post(addr, &format!("{url}/xhr"), "").await.body, "o\n");
     assert_eq!(next_event(&mut events).await, Event::Started);
 
-    // A session whose poll keeps coming within the delay stays alive.
+    // A session whose polls keep coming within the delay outlives it.
     let url = open_session(addr).await;
     for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        tokio::time::sleep(delay / 4).await;
         post(addr, &format!("{url}/xhr_send"), r#"["k"]"#).await;
         assert_eq!(
             post(addr, &format!("{url}/xhr"), "").await.body,
@@ -1378,7 +1488,8 @@ async fn aborted_receiver_interrupts_session() {
 async fn max_sessions_gives_503() {
     let (addr, mut events) = start(SockJsConfig {
         max_sessions: 2,
-        disconnect_delay: Duration::from_millis(300),
+        // Long enough that session `a` is still there when it is used below.
+        disconnect_delay: Duration::from_secs(2),
         ..config()
     })
     .await;
@@ -1407,8 +1518,8 @@ async fn max_sessions_gives_503() {
         next_event(&mut events).await;
     }
     let mut ok = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let r = post(addr, &format!("{}/xhr", session_url()), "").await;
         if r.status == 200 {
             assert_eq!(r.body, "o\n");
@@ -1433,7 +1544,8 @@ async fn outbound_queue_is_bounded_when_client_stops_polling() {
     let addr = serve(
         SockJsConfig {
             max_queued_bytes: 10_000,
-            disconnect_delay: Duration::from_millis(300),
+            // Long enough for the three polls below to come within it on a busy machine.
+            disconnect_delay: Duration::from_secs(2),
             ..config()
         },
         flood,

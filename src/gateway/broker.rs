@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 pub enum BrokerError {
     #[error("invalid AMQP URL: {0}")]
     InvalidUrl(String),
+    #[error("no AMQP handshake from RabbitMQ within 5 s")]
+    NoHandshake,
 }
 
 /// How the gateway reaches RabbitMQ.
@@ -275,7 +277,6 @@ struct Inner {
     /// One async lock per credential key: a burst of sessions with the same credentials opens
     /// one connection, while other keys (and a slow broker for one of them) do not wait.
     pool: Mutex<HashMap<PoolKey, PoolSlot>>,
-    server_product: Mutex<Option<String>>,
     metrics: GatewayMetrics,
     health: Health,
 }
@@ -331,7 +332,6 @@ impl Broker {
                 config,
                 salt,
                 pool: Mutex::new(HashMap::new()),
-                server_product: Mutex::new(None),
                 metrics,
                 health: Health::default(),
             }),
@@ -340,21 +340,6 @@ impl Broker {
 
     pub fn config(&self) -> &BrokerConfig {
         &self.inner.config
-    }
-
-    /// `RabbitMQ/<version>` once learned from the broker.
-    pub fn server_product(&self) -> Option<String> {
-        self.inner
-            .server_product
-            .lock()
-            .ok()
-            .and_then(|p| p.clone())
-    }
-
-    pub fn set_server_product(&self, product: String) {
-        if let Ok(mut p) = self.inner.server_product.lock() {
-            *p = Some(product);
-        }
     }
 
     /// Opens a channel for a session on a pooled connection for these credentials.
@@ -1239,6 +1224,12 @@ pub fn describe_error(error: &lapin::Error) -> String {
 /// Reads RabbitMQ's `product/version` from the `connection.start` server properties
 /// (lapin does not expose them), for the CONNECTED `server` header. Best effort.
 pub async fn probe_server_product(config: &BrokerConfig) -> Option<String> {
+    read_server_product(config).await.ok().flatten()
+}
+
+/// Like [`probe_server_product`], telling a broker that answered without a product or
+/// version (`Ok(None)`) from one that did not answer within 5 s (`Err`).
+pub async fn read_server_product(config: &BrokerConfig) -> Result<Option<String>, BrokerError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let authority = &config.uri.authority;
     let addr = format!("{}:{}", authority.host, authority.port);
@@ -1252,16 +1243,17 @@ pub async fn probe_server_product(config: &BrokerConfig) -> Option<String> {
         stream.read_exact(&mut header).await.ok()?;
         let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
         if header[0] != 1 || size > 64 * 1024 {
-            return None;
+            return Some(None);
         }
         let mut payload = vec![0u8; size];
         stream.read_exact(&mut payload).await.ok()?;
-        parse_start_product(&payload)
+        Some(parse_start_product(&payload))
     };
     tokio::time::timeout(Duration::from_secs(5), attempt)
         .await
         .ok()
         .flatten()
+        .ok_or(BrokerError::NoHandshake)
 }
 
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}

@@ -178,6 +178,10 @@ pub struct GatewayArgs {
     /// Seconds to wait for sessions to finish after SIGTERM.
     #[arg(long, env = "STOMPGATE_DRAIN_TIMEOUT_SECS", default_value_t = 25)]
     pub drain_timeout_secs: u64,
+    /// Answer a SEND with `receipt` that no queue receives with ERROR `Message not routed`
+    /// (and close the connection) instead of RabbitMQ's RECEIPT.
+    #[arg(long, env = "STOMPGATE_ERROR_ON_UNROUTABLE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub error_on_unroutable: bool,
     /// Omit the CONNECTED `server` header.
     #[arg(long, env = "STOMPGATE_HIDE_SERVER_INFO", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub hide_server_info: bool,

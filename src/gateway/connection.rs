@@ -3,9 +3,10 @@
 
 use crate::gateway::broker::{self, Broker, BrokerLink, SessionChannel};
 use crate::gateway::fanout::{Fanout, Membership, SharedEvent, SharedEvents};
+use crate::gateway::server_info::ServerInfo;
 use crate::gateway::session::{
-    Action, BrokerFailure, BrokerReply, BrokerRequest, ChannelOp, CloseReason, Delivery, Session,
-    SessionConfig,
+    Action, BrokerFailure, BrokerReply, BrokerRequest, ChannelOp, CloseReason, ConfirmOutcome,
+    Delivery, Session, SessionConfig,
 };
 use crate::stomp::codec::{self, Decoded, Decoder, Limits};
 use crate::stomp::{Command, Frame, Version};
@@ -14,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered};
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamMap;
@@ -70,6 +71,7 @@ impl CloseCode {
             CloseReason::Shutdown => (CloseCode::GoingAway, "gateway shutting down"),
             CloseReason::SlowConsumer => (CloseCode::SlowConsumer, "slow consumer"),
             CloseReason::AccessRefused => (CloseCode::Normal, "access refused"),
+            CloseReason::PublishFailed => (CloseCode::Normal, "message not accepted"),
         }
     }
 
@@ -85,6 +87,7 @@ impl CloseCode {
             CloseReason::Shutdown => "shutdown",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::AccessRefused => "access_refused",
+            CloseReason::PublishFailed => "publish_failed",
         }
     }
 }
@@ -128,6 +131,8 @@ pub struct ConnectionSettings {
     /// Deliveries a session may have waiting behind a blocked write before it is closed
     /// as a slow consumer (`--max-queued-messages`, as for shared queues).
     pub max_queued_messages: usize,
+    /// RabbitMQ's product for CONNECTED's `server` header.
+    pub server_info: Arc<ServerInfo>,
 }
 
 /// A delivery (or the end marker) from one of the session's own consumers.
@@ -152,6 +157,48 @@ struct Backlog {
     limit: usize,
 }
 
+/// Cancels the session's own consumers when the gateway drains, so that RabbitMQ stops
+/// pushing to a gateway about to close (it pushes auto-ack deliveries without limit); what
+/// it pushed before a cancel still reaches the client, since the consumer's stream ends
+/// only after it.
+struct ConsumerCancel {
+    shutdown: CancellationToken,
+    /// The session's channel, once logged in.
+    channel: Option<Arc<tokio::sync::Mutex<SessionChannel>>>,
+    /// Consumers already asked to stop.
+    cancelled: HashSet<String>,
+}
+
+impl ConsumerCancel {
+    /// True when every consumer has been asked to stop (or the gateway is not draining).
+    fn covers(&self, consumers: &StreamMap<String, DeliveryStream>) -> bool {
+        !self.shutdown.is_cancelled() || consumers.keys().all(|t| self.cancelled.contains(t))
+    }
+
+    /// Sends `basic.cancel` for every consumer not asked yet, from a task: the channel may
+    /// be busy with an operation, and the session goes on forwarding meanwhile.
+    fn cancel_all(&mut self, consumers: &StreamMap<String, DeliveryStream>) {
+        let tags: Vec<String> = consumers
+            .keys()
+            .filter(|t| self.cancelled.insert((*t).clone()))
+            .cloned()
+            .collect();
+        let Some(channel) = self.channel.clone() else {
+            return;
+        };
+        if tags.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut channel = channel.lock().await;
+            for tag in tags {
+                // On failure the channel or connection is gone, which ends the stream too.
+                let _ = channel.unsubscribe(&tag, None).await;
+            }
+        });
+    }
+}
+
 /// Runs one write (feed or flush) bounded by `timeout`, meanwhile moving deliveries into
 /// `backlog`: lapin buffers deliveries without limit and an auto-ack consumer has no
 /// prefetch limit, so a client that stops reading would otherwise make the gateway hold
@@ -165,6 +212,7 @@ async fn drive<F, E>(
     consumers: &mut StreamMap<String, DeliveryStream>,
     shared: &mut StreamMap<String, SharedStream>,
     backlog: &mut Backlog,
+    cancel: &mut ConsumerCancel,
 ) -> bool
 where
     F: std::future::Future<Output = Result<(), E>>,
@@ -175,6 +223,7 @@ where
         return result.is_ok();
     }
     let deadline = tokio::time::Instant::now() + timeout;
+    let shutdown = cancel.shutdown.clone();
     loop {
         tokio::select! {
             biased;
@@ -182,6 +231,10 @@ where
             _ = tokio::time::sleep_until(deadline) => {
                 *stuck = true;
                 return false;
+            }
+            // A drain does not wait for a slow client to stop RabbitMQ pushing more.
+            _ = shutdown.cancelled(), if !cancel.covers(consumers) => {
+                cancel.cancel_all(consumers);
             }
             Some(item) = consumers.next(), if !consumers.is_empty() => {
                 backlog.items.push_back(Pending::Own(Box::new(item)));
@@ -266,7 +319,10 @@ type SharedStream = BoxStream<'static, Option<Result<SharedEvent, BroadcastStrea
 
 /// Result of one broker operation, carried back into the loop.
 enum OpResult {
-    Connected(Result<Box<SessionChannel>, crate::gateway::session::ConnectFailure>),
+    /// The session's channel, and RabbitMQ's product for the `server` header.
+    Connected(
+        Result<(Box<SessionChannel>, Option<String>), crate::gateway::session::ConnectFailure>,
+    ),
     Subscribed(String, Result<lapin::Consumer, BrokerFailure>),
     Joined(String, Result<Membership, BrokerFailure>),
     TempQueue(String, Result<(String, lapin::Consumer), BrokerFailure>),
@@ -311,9 +367,14 @@ pub async fn run_with_bearer<I, O>(
     // The session's AMQP connection, watched outside the channel lock.
     let mut link: Option<BrokerLink> = None;
     let mut link_lost: Option<BoxFuture<'static, ()>> = None;
-    // Set on shutdown: no new input or deliveries; ends when in-flight work is done or
-    // at this deadline.
+    // Set on shutdown: no new input; consumers cancelled, what they delivered before is
+    // forwarded; ends when that and in-flight work are done, or at this deadline.
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut cancel = ConsumerCancel {
+        shutdown: ctx.shutdown.clone(),
+        channel: None,
+        cancelled: HashSet::new(),
+    };
     let mut op: Option<BoxFuture<'static, OpResult>> = None;
     let mut consumers: StreamMap<String, DeliveryStream> = StreamMap::new();
     let mut backlog = Backlog {
@@ -342,6 +403,23 @@ pub async fn run_with_bearer<I, O>(
     let mut shutdown_signal = std::pin::pin!(shutdown.cancelled());
 
     'outer: loop {
+        // 0. The gateway drains: stop RabbitMQ pushing to this session (also a consumer
+        // that a SUBSCRIBE in flight just added), deliver what it pushed before.
+        if drain_deadline.is_none()
+            && shutdown.is_cancelled()
+            && !session.is_closed()
+            && close_reason.is_none()
+        {
+            drain_deadline = Some(tokio::time::Instant::now() + ctx.flush_timeout);
+            session.begin_drain();
+            // Leave the shared queues (they stop too, see `Fanout::drain`): each stream ends
+            // after the frames already distributed to it.
+            memberships.clear();
+        }
+        if drain_deadline.is_some() {
+            cancel.cancel_all(&consumers);
+        }
+
         // 1. Perform everything the session asked for.
         while let Some(action) = session.poll_action() {
             match action {
@@ -361,6 +439,7 @@ pub async fn run_with_bearer<I, O>(
                         &mut consumers,
                         &mut shared,
                         &mut backlog,
+                        &mut cancel,
                     )
                     .await
                     {
@@ -387,6 +466,7 @@ pub async fn run_with_bearer<I, O>(
                         &mut consumers,
                         &mut shared,
                         &mut backlog,
+                        &mut cancel,
                     )
                     .await
                     {
@@ -402,6 +482,7 @@ pub async fn run_with_bearer<I, O>(
                         &mut consumers,
                         &mut shared,
                         &mut backlog,
+                        &mut cancel,
                     )
                     .await
                     {
@@ -457,6 +538,7 @@ pub async fn run_with_bearer<I, O>(
             &mut consumers,
             &mut shared,
             &mut backlog,
+            &mut cancel,
         )
         .await
         {
@@ -471,8 +553,16 @@ pub async fn run_with_bearer<I, O>(
         }
 
         // Draining: once nothing is in flight (publishes confirmed, so their RECEIPTs are
-        // out), tell the client to reconnect and close.
-        if drain_deadline.is_some() && !session.is_closed() && op.is_none() && confirms.is_empty() {
+        // out) and every consumer has ended with what it delivered before its cancel, tell
+        // the client to reconnect and close.
+        if drain_deadline.is_some()
+            && !session.is_closed()
+            && op.is_none()
+            && confirms.is_empty()
+            && consumers.is_empty()
+            && shared.is_empty()
+            && backlog.items.is_empty()
+        {
             session.handle_shutdown();
             continue;
         }
@@ -503,12 +593,7 @@ pub async fn run_with_bearer<I, O>(
             continue;
         }
         // Deliveries that arrived while a write was blocked go first, in order.
-        let next_pending = if drain_deadline.is_none() {
-            backlog.items.pop_front()
-        } else {
-            None
-        };
-        match next_pending {
+        match backlog.items.pop_front() {
             Some(Pending::Own(item)) => {
                 if on_consumer_item(&mut session, &mut consumers, link.as_ref(), *item) {
                     link_lost = None;
@@ -532,9 +617,8 @@ pub async fn run_with_bearer<I, O>(
         let live = !session.is_closed() && close_reason.is_none();
         tokio::select! {
             biased;
-            _ = &mut shutdown_signal, if live && drain_deadline.is_none() => {
-                drain_deadline = Some(tokio::time::Instant::now() + ctx.flush_timeout);
-            }
+            // Wakes the loop; its top starts the drain.
+            _ = &mut shutdown_signal, if live && drain_deadline.is_none() => {}
             _ = async { tokio::time::sleep_until(drain_deadline.expect("guarded")).await }, if live && drain_deadline.is_some() => {
                 tracing::warn!("in-flight work still outstanding at the drain deadline");
                 session.handle_shutdown();
@@ -548,12 +632,13 @@ pub async fn run_with_bearer<I, O>(
             result = async { op.as_mut().expect("guarded").await }, if op.is_some() => {
                 op = None;
                 let reply = match result {
-                    OpResult::Connected(Ok(ch)) => {
+                    OpResult::Connected(Ok((ch, server_product))) => {
                         let watch = ch.link();
                         link_lost = Some(watch.lost().boxed());
                         link = Some(watch);
                         channel = Some(Arc::new(tokio::sync::Mutex::new(*ch)));
-                        BrokerReply::Connected { server_product: ctx.broker.server_product() }
+                        cancel.channel = channel.clone();
+                        BrokerReply::Connected { server_product }
                     }
                     OpResult::Connected(Err(failure)) => BrokerReply::ConnectFailed(failure),
                     OpResult::Subscribed(tag, Ok(consumer)) => {
@@ -561,10 +646,14 @@ pub async fn run_with_bearer<I, O>(
                         BrokerReply::Done
                     }
                     OpResult::Joined(tag, Ok(mut membership)) => {
-                        if let Some(events) = membership.take_events() {
-                            shared.insert(tag.clone(), shared_stream(events));
+                        // Joined while draining: leave at once (the last one out stops a
+                        // hub the drain did not see).
+                        if drain_deadline.is_none() {
+                            if let Some(events) = membership.take_events() {
+                                shared.insert(tag.clone(), shared_stream(events));
+                            }
+                            memberships.insert(tag, membership);
                         }
-                        memberships.insert(tag, membership);
                         BrokerReply::Done
                     }
                     OpResult::TempQueue(tag, Ok((queue, consumer))) => {
@@ -588,7 +677,11 @@ pub async fn run_with_bearer<I, O>(
                 match result {
                     Ok(confirmation) => {
                         if let Some(id) = confirm_id {
-                            session.handle_confirm(id, broker::confirm_outcome(confirmation));
+                            let outcome = broker::confirm_outcome(confirmation);
+                            if matches!(outcome, ConfirmOutcome::Unroutable { .. }) {
+                                metrics.unroutable_messages.inc();
+                            }
+                            session.handle_confirm(id, outcome);
                         }
                     }
                     Err(e) => session.handle_broker_failure(broker::to_failure(e)),
@@ -603,12 +696,12 @@ pub async fn run_with_bearer<I, O>(
                 flush_deadline = None;
                 op = Some(close_channel(channel.clone()));
             }
-            Some(item) = consumers.next(), if !consumers.is_empty() && drain_deadline.is_none() => {
+            Some(item) = consumers.next(), if !consumers.is_empty() => {
                 if on_consumer_item(&mut session, &mut consumers, link.as_ref(), item) {
                     link_lost = None;
                 }
             }
-            Some(item) = shared.next(), if !shared.is_empty() && drain_deadline.is_none() => {
+            Some(item) = shared.next(), if !shared.is_empty() => {
                 on_shared_item(&mut session, &mut shared, &mut memberships, item);
             }
             data = inbound.next(), if wants_input => {
@@ -734,15 +827,30 @@ fn start_request(
             vhost,
         } => {
             let broker = ctx.broker.clone();
+            let server_info = ctx.server_info.clone();
+            // Half the login timeout: a CONNECTED that waited longer would come too late.
+            let product_wait = ctx
+                .session
+                .server_header
+                .as_ref()
+                .map(|_| ctx.session.login_timeout / 2);
             Some(
                 async move {
                     // `passcode` is zeroed when this future completes.
-                    OpResult::Connected(
-                        broker
-                            .open_channel(&login, passcode.as_str(), &vhost)
-                            .await
-                            .map(Box::new),
-                    )
+                    let opened = broker.open_channel(&login, passcode.as_str(), &vhost).await;
+                    drop(passcode);
+                    let result = match opened {
+                        Ok(channel) => {
+                            // The same `server` header from the first CONNECTED on.
+                            let product = match product_wait {
+                                Some(wait) => server_info.product(wait).await,
+                                None => None,
+                            };
+                            Ok((Box::new(channel), product))
+                        }
+                        Err(failure) => Err(failure),
+                    };
+                    OpResult::Connected(result)
                 }
                 .boxed(),
             )

@@ -102,6 +102,8 @@ struct FanoutInner {
     /// browsers) waits for the first probe instead of each opening a channel to probe.
     probing: Mutex<HashMap<AuthorizationKey, Arc<tokio::sync::Mutex<()>>>>,
     metrics: GatewayMetrics,
+    /// Cancelled when the gateway drains; every hub's `stop` is a child of it.
+    draining: CancellationToken,
 }
 
 /// What the hub puts in its ring.
@@ -111,6 +113,10 @@ enum HubEvent {
     /// `Bytes` at free slots).
     Delivery(Arc<[Bytes]>),
     Failed(BrokerFailure),
+    /// The hub stopped (drain, last listener gone, failure): each stream ends here, after
+    /// what was distributed before. The ring itself lives as long as its listeners hold the
+    /// hub, so its closing cannot say so.
+    Ended,
 }
 
 /// A session's place in a hub. The hub is left (the last one out deletes the shared queue)
@@ -148,6 +154,7 @@ impl Membership {
 pub struct SharedEvents {
     slot: usize,
     ring: BroadcastStream<HubEvent>,
+    ended: bool,
     _member: Arc<Member>,
 }
 
@@ -155,17 +162,25 @@ impl Stream for SharedEvents {
     type Item = Result<SharedEvent, BroadcastStreamRecvError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
         let slot = self.slot;
-        self.ring.poll_next_unpin(cx).map(|item| {
-            item.map(|event| {
-                event.map(|event| match event {
-                    // The slot exists in every event sent since this stream subscribed.
-                    HubEvent::Delivery(frames) => {
-                        SharedEvent::Frame(frames.get(slot).cloned().unwrap_or_default())
-                    }
-                    HubEvent::Failed(failure) => SharedEvent::Failed(failure),
-                })
-            })
+        let item = match self.ring.poll_next_unpin(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(item) => item,
+        };
+        Poll::Ready(match item {
+            None | Some(Ok(HubEvent::Ended)) => {
+                self.ended = true;
+                None
+            }
+            // The slot exists in every event sent since this stream subscribed.
+            Some(Ok(HubEvent::Delivery(frames))) => Some(Ok(SharedEvent::Frame(
+                frames.get(slot).cloned().unwrap_or_default(),
+            ))),
+            Some(Ok(HubEvent::Failed(failure))) => Some(Ok(SharedEvent::Failed(failure))),
+            Some(Err(lagged)) => Some(Err(lagged)),
         })
     }
 }
@@ -210,8 +225,17 @@ impl Fanout {
                 authorized: Mutex::new(HashMap::new()),
                 probing: Mutex::new(HashMap::new()),
                 metrics,
+                draining: CancellationToken::new(),
             }),
         }
+    }
+
+    /// The gateway drains: every shared queue stops at once (also one a join is creating
+    /// now), so RabbitMQ stops pushing to this gateway (closing the hub's channel cancels its
+    /// consumer and deletes the exclusive queue); listeners get what was distributed before,
+    /// then the end of their streams.
+    pub fn drain(&self) {
+        self.inner.draining.cancel();
     }
 
     /// Whether this subscription can share a queue (see the module docs).
@@ -305,6 +329,7 @@ impl Fanout {
             events: Some(SharedEvents {
                 slot,
                 ring,
+                ended: false,
                 _member: member,
             }),
         })
@@ -416,7 +441,7 @@ impl Fanout {
             session_id: format!("session-{}", crate::gateway::connection::random_token()),
             listeners: Mutex::new(Listeners::default()),
             ring: broadcast::channel(self.inner.config.listener_capacity.max(1)).0,
-            stop: CancellationToken::new(),
+            stop: self.inner.draining.child_token(),
             sequence: AtomicU64::new(0),
             metrics: self.inner.metrics.clone(),
         });
@@ -490,6 +515,7 @@ impl Hub {
             tracing::warn!(exchange = %self.key.exchange, key = %self.key.routing_key, reason = %failure.text.trim_end(), "shared subscription queue failed");
             let _ = self.ring.send(HubEvent::Failed(failure));
         }
+        let _ = self.ring.send(HubEvent::Ended);
         // Dropping the consumer and channel deletes the exclusive auto-delete queue.
         drop(consumer);
         drop(channel);

@@ -9,6 +9,7 @@ pub mod fanout;
 pub mod properties;
 pub mod reload;
 pub mod server;
+pub mod server_info;
 pub mod session;
 pub mod tls;
 pub mod transport;

@@ -6,6 +6,7 @@ use crate::gateway::config::{AuthMode, GatewayArgs};
 use crate::gateway::connection::{ConnectionContext, ConnectionSettings, Outbound, encode_frame};
 use crate::gateway::destination::PlanConfig;
 use crate::gateway::fanout::{Fanout, FanoutConfig};
+use crate::gateway::server_info::ServerInfo;
 use crate::gateway::session::{SessionConfig, error_frame};
 use crate::gateway::tls::{AmqpTls, ServerTls, TlsListener};
 use crate::gateway::transport::sockjs::{self, SockJsConfig, SockJsSend};
@@ -170,9 +171,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts draining: listeners stop accepting, sessions are told to reconnect and closed.
+    /// Starts draining: listeners stop accepting, RabbitMQ stops pushing to this gateway
+    /// (shared queues stop, sessions cancel their consumers), sessions deliver what was
+    /// pushed before, then are told to reconnect and closed.
     pub fn shutdown(&self) {
         self.state.draining.store(true, Ordering::Release);
+        if let Some(fanout) = &self.state.ctx.fanout {
+            fanout.drain();
+        }
         self.shutdown.cancel();
     }
 
@@ -230,6 +236,7 @@ pub fn session_config(args: &GatewayArgs, broker: &BrokerConfig) -> SessionConfi
         max_subscriptions: args.max_subscriptions,
         plan: PlanConfig::default(),
         jwt: None,
+        error_on_unroutable: args.error_on_unroutable,
     }
 }
 
@@ -312,6 +319,12 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
         .max_connections
         .set(i64::try_from(args.max_connections).unwrap_or(i64::MAX));
     let broker = Broker::new(broker_config.clone(), metrics.clone());
+    // Learn RabbitMQ's product/version for CONNECTED's `server` header now, so that the
+    // first CONNECT rarely has to wait for it.
+    let server_info = ServerInfo::new(broker_config.clone());
+    if !args.hide_server_info {
+        server_info.learn_in_background();
+    }
     let shutdown = CancellationToken::new();
     let ctx: ConnectionContext = Arc::new(ConnectionSettings {
         session: Arc::new(SessionConfig {
@@ -332,6 +345,7 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
         )),
         write_timeout: Duration::from_secs(args.write_timeout_secs.max(1)),
         max_queued_messages: args.max_queued_messages,
+        server_info: server_info.clone(),
         fanout: args.fanout.then(|| {
             Fanout::new(
                 FanoutConfig {
@@ -351,17 +365,11 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
         draining: Arc::new(AtomicBool::new(false)),
     };
 
-    // Learn RabbitMQ's product/version for the CONNECTED `server` header, and reap idle
-    // pooled connections; both stop with the gateway.
+    // Reap idle pooled connections until the gateway stops.
     {
         let broker = broker.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            if let Some(product) =
-                crate::gateway::broker::probe_server_product(broker.config()).await
-            {
-                broker.set_server_product(product);
-            }
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
                 tokio::select! {

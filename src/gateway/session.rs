@@ -50,6 +50,10 @@ pub struct SessionConfig {
     /// JWT auth mode: CONNECT must carry a token this accepts; sessions then use
     /// `forced_credentials` and the token's destinations.
     pub jwt: Option<Arc<JwtVerifier>>,
+    /// A receipted SEND that no queue received gets ERROR `Message not routed` and the
+    /// session closes; otherwise it gets its RECEIPT, as with RabbitMQ (the message is
+    /// dropped either way).
+    pub error_on_unroutable: bool,
 }
 
 impl Default for SessionConfig {
@@ -67,6 +71,7 @@ impl Default for SessionConfig {
             max_subscriptions: 1024,
             plan: PlanConfig::default(),
             jwt: None,
+            error_on_unroutable: false,
         }
     }
 }
@@ -96,6 +101,9 @@ pub enum CloseReason {
     /// JWT mode: a destination outside the token's grant, or the token expired (already
     /// reported with an ERROR frame).
     AccessRefused,
+    /// RabbitMQ refused a receipted SEND (nack), or did not route it with
+    /// `error_on_unroutable` (already reported with an ERROR frame).
+    PublishFailed,
 }
 
 /// A request the driver executes against the broker, then answers with a [`BrokerReply`].
@@ -352,6 +360,8 @@ pub struct Session {
     /// Work waiting to be processed (COMMIT replays, a SEND waiting for its reply queue).
     work: VecDeque<Work>,
     actions: VecDeque<Action>,
+    /// The gateway is draining: the session's consumers are being cancelled.
+    draining: bool,
 }
 
 impl Session {
@@ -383,6 +393,7 @@ impl Session {
             token_deadline: None,
             work: VecDeque::new(),
             actions: VecDeque::new(),
+            draining: false,
         }
     }
 
@@ -524,6 +535,14 @@ impl Session {
         self.close(CloseReason::ProtocolError);
     }
 
+    /// The gateway starts draining and is cancelling this session's consumers: deliveries
+    /// that RabbitMQ pushed before the cancel still reach the client (auto-ack ones would be
+    /// lost otherwise); client-ack ones do not, since no ACK will be read any more: they are
+    /// requeued when the channel closes. Their consumers' ends are no news to the client.
+    pub fn begin_drain(&mut self) {
+        self.draining = true;
+    }
+
     /// The gateway is draining: tell the client to reconnect elsewhere, then close.
     pub fn handle_shutdown(&mut self) {
         if self.phase == Phase::Closed {
@@ -651,16 +670,29 @@ impl Session {
         }
         match outcome {
             ConfirmOutcome::Ack => self.receipt(Some(receipt)),
-            ConfirmOutcome::Unroutable { reply_text } => self.send_error(
-                "Message not routed",
-                &format!("The message was not routed to any queue ({reply_text}).\n"),
-                Some(&receipt),
-            ),
-            ConfirmOutcome::Nack => self.send_error(
-                "Message rejected",
-                "The broker rejected the message (basic.nack).\n",
-                Some(&receipt),
-            ),
+            // RabbitMQ confirms an unroutable message and drops it: the SEND is done.
+            ConfirmOutcome::Unroutable { .. } if !self.config.error_on_unroutable => {
+                self.receipt(Some(receipt))
+            }
+            // An ERROR ends the connection (STOMP): the client cannot miss it.
+            ConfirmOutcome::Unroutable { reply_text } => {
+                self.send_error(
+                    "Message not routed",
+                    &format!("The message was not routed to any queue ({reply_text}).\n"),
+                    Some(&receipt),
+                );
+                self.close(CloseReason::PublishFailed);
+            }
+            // RabbitMQ itself never answers such a SEND; silence would leave the client
+            // waiting for its RECEIPT forever.
+            ConfirmOutcome::Nack => {
+                self.send_error(
+                    "Message rejected",
+                    "The broker rejected the message (basic.nack).\n",
+                    Some(&receipt),
+                );
+                self.close(CloseReason::PublishFailed);
+            }
         }
     }
 
@@ -674,9 +706,13 @@ impl Session {
 
     /// The broker cancelled a consumer (its queue was deleted).
     pub fn handle_consumer_cancelled(&mut self, consumer_tag: &str) {
-        // DISCONNECT closes the channel itself; its consumers ending is no news. Nothing may
-        // follow Close (found by the session fuzz target).
+        // DISCONNECT closes the channel itself, and a drain cancels the consumers: their
+        // ending is no news. Nothing may follow Close (found by the session fuzz target).
         if self.disconnecting() || self.phase == Phase::Closed {
+            return;
+        }
+        if self.draining {
+            self.subscriptions.remove(consumer_tag);
             return;
         }
         if self.subscriptions.remove(consumer_tag).is_none() {
@@ -730,6 +766,10 @@ impl Session {
             return;
         };
         let ack = subscription.ack;
+        if self.draining && ack != AckMode::Auto {
+            // Requeued when the channel closes: the next connection gets it.
+            return;
+        }
         let headers = properties::message_frame_headers(
             &self.session_id,
             &properties::Delivery {

@@ -23,6 +23,9 @@ const REPO = resolve(HERE, '..', '..');
 const T0 = Date.now();
 
 const USAGE = `usage: node run.mjs seed|stompjs7 [options]
+       node run.mjs receipt --broker-url ws://HOST:PORT/ws [--destination D]
+  receipt                   @stomp/stompjs's receipt specs (a receipted SEND nobody is subscribed to, then a
+                            receipted SUBSCRIBE) on tests/browser/receipt.html, served from another origin
   --page-url URL            page to open (e.g. http://127.0.0.1:15674/demo/); default: serve --serve-dir
   --serve-dir DIR           serve DIR at http://127.0.0.1:<random>/demo/ (default examples/demo)
   --no-websocket            delete window.WebSocket before page scripts run (page takes the SockJS branch)
@@ -33,6 +36,9 @@ const USAGE = `usage: node run.mjs seed|stompjs7 [options]
   --amqp-url URL            publisher's broker (default amqp://guest:guest@127.0.0.1:5672/%2f)
   --exchange X --routing-key K   (default rabbitmq / zjj)
   --publish-interval-ms N   (default 200)
+  --publisher pika|tutorial pika: tests/python/publisher.py, one process publishing every interval (default);
+                            tutorial: tests/python/tutorial_send.py, the tutorial's send.py as written (it
+                            declares exchange 'rabbitmq' non-durable, routing key 'zjj'), run once per message
   --timeout-ms N            wait for the page to show the body (default 20000)
   --overall-timeout-ms N    hard limit for the whole run (default timeout-ms + 30000)
   --python PATH             interpreter for publisher.py (default $STOMPGATE_PYTHON or python3)
@@ -195,6 +201,9 @@ try {
       exchange: { type: 'string', default: 'rabbitmq' },
       'routing-key': { type: 'string', default: 'zjj' },
       'publish-interval-ms': { type: 'string', default: '200' },
+      publisher: { type: 'string', default: 'pika' },
+      'broker-url': { type: 'string' },
+      destination: { type: 'string', default: '/topic/chat.general' },
       'timeout-ms': { type: 'string', default: '20000' },
       'overall-timeout-ms': { type: 'string' },
       python: { type: 'string', default: process.env.STOMPGATE_PYTHON || 'python3' },
@@ -205,10 +214,15 @@ try {
     },
   });
   if (values.help) { process.stdout.write(USAGE + '\n'); process.exit(0); }
-  if (positionals.length !== 1 || !['seed', 'stompjs7'].includes(positionals[0])) {
-    throw new Error(`expected one subcommand, seed or stompjs7; got ${JSON.stringify(positionals)}`);
+  if (positionals.length !== 1 || !['seed', 'stompjs7', 'receipt'].includes(positionals[0])) {
+    throw new Error(`expected one subcommand, seed, stompjs7 or receipt; got ${JSON.stringify(positionals)}`);
   }
+  if (positionals[0] === 'receipt' && !values['broker-url']) throw new Error('receipt needs --broker-url');
   if (values['page-url'] && values['serve-dir']) throw new Error('give --page-url or --serve-dir, not both');
+  if (!['pika', 'tutorial'].includes(values.publisher)) throw new Error('--publisher must be pika or tutorial');
+  if (values.publisher === 'tutorial' && (values.exchange !== 'rabbitmq' || values['routing-key'] !== 'zjj')) {
+    throw new Error('--publisher tutorial publishes to exchange rabbitmq, routing key zjj only');
+  }
   for (const k of ['publish-interval-ms', 'timeout-ms', 'overall-timeout-ms']) {
     if (values[k] !== undefined && !(Number(values[k]) > 0)) throw new Error(`--${k} must be a positive number`);
   }
@@ -240,6 +254,13 @@ function serveDir(root) {
       const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
       if (path === '/favicon.ico') { resp.writeHead(204); return resp.end(); }
       if (path === '/' || path === '/demo') { resp.writeHead(302, { location: '/demo/' }); return resp.end(); }
+      // The receipt scenario's page, with the npm package's own bundle.
+      const extra = { '/receipt/': join(HERE, 'receipt.html'),
+        '/receipt/stomp.umd.min.js': join(HERE, 'node_modules', '@stomp', 'stompjs', 'bundles', 'stomp.umd.min.js') }[path];
+      if (extra) {
+        resp.writeHead(200, { 'content-type': MIME[extname(extra)], 'cache-control': 'no-store' });
+        return createReadStream(extra).pipe(resp);
+      }
       if (!path.startsWith('/demo/')) { resp.writeHead(404); return resp.end('not found\n'); }
       let file = normalize(join(root, path.slice('/demo/'.length)));
       if (file !== root && !file.startsWith(root + sep)) { resp.writeHead(403); return resp.end(); }
@@ -283,6 +304,45 @@ function startPublisher(bodyTemplate) {
   child.stderr.on('data', (d) => { state.publisherStderr = (state.publisherStderr + d).slice(-8000); });
   child.on('error', (e) => { state.publisherExit = `spawn error: ${e.message}`; firstResolve('exit'); });
   child.on('exit', (code, sig) => { state.publisherExit = sig ? `signal ${sig}` : code; firstResolve('exit'); });
+  return first;
+}
+
+// The tutorial's send.py, one process per message (as the tutorial's backend runs it), until
+// the run finishes. A run that fails (e.g. PRECONDITION_FAILED on its declare) ends the loop.
+function startTutorialPublisher(bodyTemplate) {
+  const script = join(REPO, 'tests', 'python', 'tutorial_send.py');
+  const interval = Number(opts['publish-interval-ms']);
+  let firstResolve;
+  const first = new Promise((r) => { firstResolve = r; });
+  (async () => {
+    for (let n = 1; !finished; n++) {
+      const body = bodyTemplate.replace('{n}', String(n));
+      const t = Date.now();
+      const child = spawn(opts.python, [script, body], {
+        stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, AMQP_URL: opts['amqp-url'], PYTHONUNBUFFERED: '1' },
+      });
+      state.publisher = child;
+      let stderr = '';
+      child.stderr.setEncoding('utf8');
+      child.stderr.on('data', (d) => { stderr = (stderr + d).slice(-8000); });
+      const exit = await new Promise((res) => {
+        child.on('error', (e) => res(`spawn error: ${e.message}`));
+        child.on('exit', (code, sig) => res(sig ? `signal ${sig}` : code));
+      });
+      if (state.publisher === child) state.publisher = null;
+      if (exit !== 0) {
+        if (finished) return;
+        state.publisherStderr = stderr;
+        state.publisherExit = `tutorial_send.py #${n}: ${exit}`;
+        firstResolve('exit');
+        return;
+      }
+      state.published.set(body, t);
+      state.publishedCount = n;
+      firstResolve('published');
+      await new Promise((r) => setTimeout(r, interval));
+    }
+  })();
   return first;
 }
 
@@ -360,36 +420,9 @@ function initScript(cfg) {
 })();`;
 }
 
-// ---------------------------------------------------------------- main
-async function main() {
-  const { chromium } = await import('playwright-core');
-  if (!existsSync(opts.chromium)) {
-    return fail(`Chromium not found at ${opts.chromium}; run scripts/ensure-chromium.sh (or pass --chromium)`);
-  }
-
-  // Page URL: given, or our own static server on a random port.
-  if (opts['page-url']) {
-    state.pageUrl = opts['page-url'];
-  } else {
-    let dir = opts['serve-dir'] ?? 'examples/demo';
-    if (!existsSync(resolve(dir)) && existsSync(resolve(REPO, dir))) dir = resolve(REPO, dir);
-    dir = resolve(dir);
-    if (!existsSync(dir)) return fail(`--serve-dir ${dir} does not exist`);
-    state.server = await serveDir(dir);
-    const base = `http://127.0.0.1:${state.server.address().port}/demo/`;
-    state.pageUrl = state.scenario === 'stompjs7' ? base + 'stompjs7.html' : base;
-  }
-  state.sockjsUrl = sockjsOverride || `http://${new URL(state.pageUrl).host}/stomp`;
-
-  // Publisher first: it declares the exchange, which RabbitMQ requires before the page's SUBSCRIBE.
-  const tag = randomBytes(6).toString('hex');
-  const prefix = `stompgate-${state.scenario}-${tag} #`;
-  const first = await withTimeout(startPublisher(prefix + '{n}'), 15000);
-  if (first !== 'published') {
-    return fail(first === 'timeout' ? 'publisher printed nothing within 15 s'
-      : `publisher exited before publishing (exit ${state.publisherExit}): ${state.publisherStderr.trim()}`);
-  }
-
+// Chromium with a fresh profile, `init` run in every frame before the page's scripts, and the
+// page's console, errors, requests and WebSockets recorded for the diagnostics.
+async function openBrowser(chromium, init) {
   removeStaleProfiles();
   state.profileDir = mkdtempSync(join(tmpdir(), 'stompgate-chromium-'));
   state.context = await chromium.launchPersistentContext(state.profileDir, {
@@ -401,9 +434,7 @@ async function main() {
     timeout: 30000,
   });
   const ctx = state.context;
-  await ctx.addInitScript({ content: initScript({ messageId: 'message', errorId: 'error', noWebSocket,
-    wsOverride: opts['ws-override'] ?? null, sockjsTransport: opts['sockjs-transport'] ?? null,
-    sockjsOverride: noWebSocket ? sockjsOverride : null }) });
+  if (init) await ctx.addInitScript({ content: init });
   const page = ctx.pages()[0] ?? await ctx.newPage();
 
   if (opts.verbose) {
@@ -433,6 +464,71 @@ async function main() {
     ws.on('socketerror', (e) => { info.error = String(e); });
     ws.on('close', () => { info.closed = true; });
   });
+  return page;
+}
+
+// @stomp/stompjs's receipt specs against --broker-url, from a page of the runner's origin.
+async function receiptScenario(chromium) {
+  state.transport = 'websocket';
+  state.server = await serveDir(resolve(REPO, 'examples', 'demo'));
+  const query = new URLSearchParams({ broker: opts['broker-url'], destination: opts.destination });
+  state.pageUrl = `http://127.0.0.1:${state.server.address().port}/receipt/?${query}`;
+  const page = await openBrowser(chromium, null);
+  const resp = await page.goto(state.pageUrl, { waitUntil: 'domcontentloaded', timeout: timeoutMs }).catch((e) => e);
+  if (resp instanceof Error) return fail(`cannot open ${state.pageUrl}: ${resp.message.split('\n')[0]}`);
+  if (resp && resp.status() >= 400) return fail(`GET ${state.pageUrl} -> HTTP ${resp.status()}`);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await page.evaluate(() => window.__receipts || null);
+    if (r && r.error) return fail(`ERROR frame: ${r.error}`, { receipts: r.receipts }, true);
+    if (r && r.closed) return fail(`connection closed (${r.closed}) after receipts ${JSON.stringify(r.receipts)}`, {}, true);
+    if (state.pageErrors.length) return fail(`uncaught page error(s): ${state.pageErrors.join(' | ')}`);
+    if (r && r.done) {
+      return finish({ ok: true, scenario: state.scenario, transport: state.transport, pageUrl: state.pageUrl,
+        receipts: r.receipts, message: r.message, consoleErrors: state.consoleErrors.slice(0, 20) });
+    }
+    if (Date.now() > deadline) {
+      return fail(`timeout after ${timeoutMs} ms: receipts so far ${JSON.stringify(r && r.receipts)}`, {}, true);
+    }
+    await new Promise((res) => setTimeout(res, 25));
+  }
+}
+
+// ---------------------------------------------------------------- main
+async function main() {
+  const { chromium } = await import('playwright-core');
+  if (!existsSync(opts.chromium)) {
+    return fail(`Chromium not found at ${opts.chromium}; run scripts/ensure-chromium.sh (or pass --chromium)`);
+  }
+  if (state.scenario === 'receipt') return receiptScenario(chromium);
+
+  // Page URL: given, or our own static server on a random port.
+  if (opts['page-url']) {
+    state.pageUrl = opts['page-url'];
+  } else {
+    let dir = opts['serve-dir'] ?? 'examples/demo';
+    if (!existsSync(resolve(dir)) && existsSync(resolve(REPO, dir))) dir = resolve(REPO, dir);
+    dir = resolve(dir);
+    if (!existsSync(dir)) return fail(`--serve-dir ${dir} does not exist`);
+    state.server = await serveDir(dir);
+    const base = `http://127.0.0.1:${state.server.address().port}/demo/`;
+    state.pageUrl = state.scenario === 'stompjs7' ? base + 'stompjs7.html' : base;
+  }
+  state.sockjsUrl = sockjsOverride || `http://${new URL(state.pageUrl).host}/stomp`;
+
+  // Publisher first: it declares the exchange, which RabbitMQ requires before the page's SUBSCRIBE.
+  const tag = randomBytes(6).toString('hex');
+  const prefix = `stompgate-${state.scenario}-${tag} #`;
+  const publish = opts.publisher === 'tutorial' ? startTutorialPublisher : startPublisher;
+  const first = await withTimeout(publish(prefix + '{n}'), 15000);
+  if (first !== 'published') {
+    return fail(first === 'timeout' ? 'publisher printed nothing within 15 s'
+      : `publisher exited before publishing (exit ${state.publisherExit}): ${state.publisherStderr.trim()}`);
+  }
+
+  const page = await openBrowser(chromium, initScript({ messageId: 'message', errorId: 'error', noWebSocket,
+    wsOverride: opts['ws-override'] ?? null, sockjsTransport: opts['sockjs-transport'] ?? null,
+    sockjsOverride: noWebSocket ? sockjsOverride : null }));
 
   const resp = await page.goto(state.pageUrl, { waitUntil: 'domcontentloaded', timeout: timeoutMs }).catch((e) => e);
   if (resp instanceof Error) return fail(`cannot open ${state.pageUrl}: ${resp.message.split('\n')[0]}`);

@@ -142,10 +142,8 @@ async fn user_without_permissions_gets_access_refused() {
     c.wait_closed().await;
 }
 
-#[tokio::test]
-async fn unroutable_send_with_receipt_gets_error_with_receipt_id() {
-    let gw = start_gateway(&[]).await;
-    let mut c = Client::logged_in_ws(&gw).await;
+/// A SEND with `receipt:lost-1` to a topic no queue is bound to.
+async fn send_to_nobody(c: &mut Client) {
     c.send(
         Frame::new(Command::Send)
             .header("destination", format!("/topic/{}", unique("nobody")))
@@ -153,11 +151,25 @@ async fn unroutable_send_with_receipt_gets_error_with_receipt_id() {
             .with_body("into the void"),
     )
     .await;
-    let err = c.recv().await;
-    assert_eq!(err.command, Command::Error);
-    assert_eq!(err.get("receipt-id"), Some("lost-1"));
-    assert_eq!(err.get("message"), Some("Message not routed"));
-    // Not fatal: the session goes on.
+}
+
+/// @stomp/stompjs's own suite (`Should confirm send using receipt`) sends to
+/// /topic/chat.general, which nobody watches: RabbitMQ answers RECEIPT (and drops the
+/// message); so does the gateway, and counts it.
+#[tokio::test]
+async fn unroutable_send_with_receipt_gets_its_receipt_as_with_rabbitmq() {
+    let gw = start_gateway(&[]).await;
+    let mut c = Client::logged_in_ws(&gw).await;
+    send_to_nobody(&mut c).await;
+    let receipt = c.recv().await;
+    assert_eq!(receipt.command, Command::Receipt, "{receipt:?}");
+    assert_eq!(receipt.get("receipt-id"), Some("lost-1"));
+    let metrics = gw.metrics_text();
+    assert!(
+        metrics.contains("stompgate_unroutable_messages_total 1\n"),
+        "{metrics}"
+    );
+    // The session goes on.
     c.send(
         Frame::new(Command::Begin)
             .header("transaction", "t")
@@ -165,6 +177,26 @@ async fn unroutable_send_with_receipt_gets_error_with_receipt_id() {
     )
     .await;
     assert_eq!(c.recv().await.get("receipt-id"), Some("still-here"));
+}
+
+/// The stricter answer, opt-in: ERROR with the receipt-id, then the connection closes, as
+/// STOMP requires after an ERROR.
+#[tokio::test]
+async fn error_on_unroutable_reports_the_send_then_closes() {
+    let gw = start_gateway(&["--error-on-unroutable"]).await;
+    let mut c = Client::logged_in_ws(&gw).await;
+    send_to_nobody(&mut c).await;
+    let err = c.recv().await;
+    assert_eq!(err.command, Command::Error, "{err:?}");
+    assert_eq!(err.get("receipt-id"), Some("lost-1"));
+    assert_eq!(err.get("message"), Some("Message not routed"));
+    assert_eq!(c.close_code().await, Some(1000));
+    let metrics = gw.metrics_text();
+    assert!(
+        metrics.contains("stompgate_unroutable_messages_total 1\n")
+            && metrics.contains("stompgate_session_closes_total{reason=\"publish_failed\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod broker;
 mod destinations;
+mod drain;
 mod errors;
 mod fanout;
 mod secrets;

@@ -2,6 +2,8 @@
 
 use crate::support::{Amqp, Client, body, start_gateway, unique};
 use lapin::BasicProperties;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stompgate::stomp::{Command, Frame};
 
@@ -29,6 +31,110 @@ async fn connected_frame_negotiates_version_and_carries_server_and_session() {
         Some("1.0"),
         "no accept-version means 1.0"
     );
+}
+
+/// A TCP proxy to the test broker that holds (accepts, never forwards) every connection
+/// made before [`HoldingProxy::pass`]: the gateway's start-up connections (its product
+/// probe and the readiness probe) hang, as on a broker slow to answer them, while the
+/// logins made afterwards go through.
+struct HoldingProxy {
+    port: u16,
+    held: Arc<Mutex<Vec<tokio::net::TcpStream>>>,
+    passing: Arc<AtomicBool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl HoldingProxy {
+    async fn start() -> HoldingProxy {
+        let uri: lapin::uri::AMQPUri = crate::support::amqp_url().parse().expect("test URL");
+        let target = format!("{}:{}", uri.authority.host, uri.authority.port);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let passing = Arc::new(AtomicBool::new(false));
+        let (h, p) = (held.clone(), passing.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !p.load(Ordering::Acquire) {
+                    h.lock().expect("lock").push(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        HoldingProxy {
+            port,
+            held,
+            passing,
+            accept,
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.held.lock().expect("lock").len()
+    }
+
+    fn pass(&self) {
+        self.passing.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for HoldingProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+#[tokio::test]
+async fn connected_names_rabbitmq_for_the_first_client_too() {
+    // Issue 18: the product was learned by a probe after start, and a client that logged in
+    // before it answered got `server:stompgate/<v>` while later ones got
+    // `RabbitMQ/<v> stompgate/<v>`. Here that probe never answers; the login does.
+    let proxy = HoldingProxy::start().await;
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    // A long login timeout: the first CONNECTED may wait for the product for half of it.
+    let gw = start_gateway(&["--amqp-url", &url, "--login-timeout-secs", "120"]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while proxy.held() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway's start-up connections never came"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.pass();
+    let mut headers = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::ws(&gw).await;
+        c.send(
+            Frame::new(Command::Connect)
+                .header("accept-version", "1.2")
+                .header("host", "/")
+                .header("login", "guest")
+                .header("passcode", "guest"),
+        )
+        .await;
+        let reply = c
+            .recv_within(Duration::from_secs(60))
+            .await
+            .expect("CONNECTED");
+        assert_eq!(reply.command, Command::Connected, "{reply:?}");
+        headers.push(reply.get("server").expect("server header").to_string());
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        headers[0].starts_with("RabbitMQ/")
+            && headers[0].ends_with(&format!(" stompgate/{version}")),
+        "{headers:?}"
+    );
+    assert_eq!(headers[0], headers[1]);
 }
 
 #[tokio::test]
@@ -128,9 +234,17 @@ async fn client_individual_acks_only_the_named_message() {
     .await;
     assert_eq!(c.recv().await.command, Command::Receipt);
     drop(c);
-    // m0 was never acked: it goes back to the queue when the session ends.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(amqp.queue_depth(&queue).await, Some(1));
+    // m0 was never acked: it goes back to the queue when the session ends (the acked m1
+    // does not).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while amqp.queue_depth(&queue).await != Some(1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "m0 not requeued: depth {:?}",
+            amqp.queue_depth(&queue).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let _ = m0;
     amqp.delete_queue(&queue).await;
 }
@@ -240,15 +354,15 @@ async fn heartbeats_are_sent_and_missing_client_heartbeats_close_the_session() {
             ("accept-version", "1.2"),
             ("login", "guest"),
             ("passcode", "guest"),
-            ("heart-beat", "500,300"),
+            ("heart-beat", "1500,300"),
         ])
         .await;
-    assert_eq!(reply.get("heart-beat"), Some("300,500"));
-    // Server sends every 300 ms; we stay silent so it should give up after ~500 ms + grace.
-    let _ = c.recv_within(Duration::from_millis(1200)).await;
-    assert!(c.heartbeats >= 2, "got {} heart-beats", c.heartbeats);
+    assert_eq!(reply.get("heart-beat"), Some("300,1500"));
+    // The server sends every 300 ms; we stay silent, so it gives up after 1500 ms + grace
+    // (3.25 s): several heart-beats come first, however busy the machine.
     let code = c.close_code().await;
     assert_eq!(code, Some(4000));
+    assert!(c.heartbeats >= 2, "got {} heart-beats", c.heartbeats);
 }
 
 #[tokio::test]

@@ -4,8 +4,10 @@
     publisher.py --amqp-url URL --exchange rabbitmq --routing-key zjj --body TEXT
                  [--interval 0.2] [--count N] [--exit-with-parent]
 
-Declares the topic exchange (durable) when needed, then publishes BODY every INTERVAL
-seconds until killed (SIGTERM/SIGINT: clean exit 0) or COUNT messages were sent.
+Uses the exchange as it is when it exists (the tutorial's send.py and `stompgate demo` declare
+it non-durable, the operator tests durable), else declares it (EXCHANGE_TYPE, durable); then
+publishes BODY every INTERVAL seconds until killed (SIGTERM/SIGINT: clean exit 0) or COUNT
+messages were sent.
 `{n}` in BODY is replaced by the message counter (1, 2, ...).
 Prints one JSON line per publish, flushed:
     {"event":"published","n":1,"t":1700000000123.456,"body":"..."}   (t = epoch ms just before basic_publish)
@@ -61,12 +63,19 @@ def main():
             params.socket_timeout = 5
             conn = pika.BlockingConnection(params)
             ch = conn.channel()
-            ch.exchange_declare(exchange=args.exchange, exchange_type=args.exchange_type, durable=True)
+            try:
+                ch.exchange_declare(exchange=args.exchange, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as e:
+                if e.reply_code != 404:
+                    raise
+                # The failed passive declare closed that channel.
+                ch = conn.channel()
+                ch.exchange_declare(exchange=args.exchange, exchange_type=args.exchange_type, durable=True)
         except Stop:
             raise
         except Exception as e:
             sys.stderr.write(f"publisher.py: cannot connect/declare exchange '{args.exchange}' "
-                             f"({args.exchange_type}, durable) at {args.amqp_url}: {e!r}\n")
+                             f"({args.exchange_type}) at {args.amqp_url}: {e!r}\n")
             return 2
         props = pika.BasicProperties(content_type=args.content_type)
         n = 0

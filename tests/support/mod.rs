@@ -2,6 +2,8 @@
 //! WebSocket and TCP (using the project's own codec), and an AMQP publisher.
 #![allow(dead_code)]
 
+pub mod private_node;
+
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueDeleteOptions};
@@ -106,6 +108,11 @@ impl Client {
 
     pub async fn tcp_addr(addr: std::net::SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).await.expect("tcp connects");
+        Client::tcp_stream(stream)
+    }
+
+    /// Plain STOMP over a connection the test opened itself (e.g. with small socket buffers).
+    pub fn tcp_stream(stream: TcpStream) -> Client {
         Client::new(Transport::Tcp(Box::new(
             tokio_tungstenite::MaybeTlsStream::Plain(stream),
         )))
@@ -240,12 +247,17 @@ impl Client {
     pub async fn try_send(&mut self, frame: Frame) -> bool {
         let mut buf = BytesMut::new();
         encode(&frame, self.version, &mut buf);
+        self.try_send_raw(&buf).await
+    }
+
+    /// Like [`Client::send_raw`], but reports a failed write (server gone) instead of panicking.
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> bool {
         match &mut self.transport {
             Transport::Ws(ws) => ws
-                .send(Message::Binary(Bytes::copy_from_slice(&buf)))
+                .send(Message::Binary(Bytes::copy_from_slice(bytes)))
                 .await
                 .is_ok(),
-            Transport::Tcp(s) => s.write_all(&buf).await.is_ok(),
+            Transport::Tcp(s) => s.write_all(bytes).await.is_ok(),
         }
     }
 
@@ -427,6 +439,35 @@ impl Client {
         assert_eq!(reply.command, Command::Receipt, "{reply:?}");
         assert_eq!(reply.get("receipt-id"), Some("bye"));
     }
+}
+
+/// Runs the browser runner (`tests/browser/run.mjs`: Chromium, the page, a publisher) and
+/// returns its JSON result line; panics with its output when the scenario fails.
+pub async fn browser(scenario: &str, amqp_url: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "tests/browser/run.mjs".to_string(),
+        scenario.to_string(),
+        "--amqp-url".to_string(),
+        amqp_url.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let output = tokio::process::Command::new("node")
+        .args(&args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .await
+        .expect("node runs (scripts/ensure-test-deps.sh installs the browser test deps)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{scenario} {extra:?} failed:\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    let result: serde_json::Value = serde_json::from_str(last).expect("runner prints JSON");
+    assert_eq!(result["ok"], true, "{result}");
+    eprintln!("{scenario} {extra:?}: {result}");
+    result
 }
 
 /// Body of a frame as text.

@@ -36,7 +36,11 @@ fn sent(actions: &[Action]) -> Vec<&Frame> {
 
 /// A session that completed CONNECT (1.2 unless `accept` says otherwise).
 fn connected(accept: &str) -> Session {
-    let mut s = session();
+    connected_with(SessionConfig::default(), accept)
+}
+
+fn connected_with(config: SessionConfig, accept: &str) -> Session {
+    let mut s = Session::new(config, "session-test".into(), now());
     s.handle_frame(frame(
         Command::Connect,
         &[
@@ -385,35 +389,84 @@ fn transaction_limits_and_unknown_transactions() {
     );
 }
 
-#[test]
-fn send_receipt_waits_for_the_confirm_and_unroutable_becomes_error_with_receipt_id() {
-    let mut s = connected("1.2");
+/// A SEND with `receipt:r1` to /topic/chat.general, published; returns its confirm id.
+fn receipted_send(s: &mut Session) -> u64 {
     s.handle_frame(
         frame(
             Command::Send,
-            &[("destination", "/topic/t"), ("receipt", "r1")],
+            &[("destination", "/topic/chat.general"), ("receipt", "r1")],
         )
         .with_body("x"),
     );
-    let request = match drain(&mut s).pop() {
+    let request = match drain(s).pop() {
         Some(Action::Broker(BrokerRequest::Channel(ChannelOp::Publish(p)))) => p,
         other => panic!("{other:?}"),
     };
-    assert!(request.mandatory);
-    let confirm_id = request.confirm_id.unwrap();
+    assert!(request.mandatory, "unroutable messages are counted");
+    let confirm_id = request.confirm_id.expect("a confirm is awaited");
     s.handle_broker_reply(BrokerReply::Done);
-    assert!(drain(&mut s).is_empty(), "no receipt before the confirm");
-    s.handle_confirm(
-        confirm_id,
-        ConfirmOutcome::Unroutable {
-            reply_text: "NO_ROUTE".into(),
-        },
-    );
+    assert!(drain(s).is_empty(), "no receipt before the confirm");
+    confirm_id
+}
+
+fn unroutable() -> ConfirmOutcome {
+    ConfirmOutcome::Unroutable {
+        reply_text: "NO_ROUTE".into(),
+    }
+}
+
+#[test]
+fn an_unroutable_send_gets_its_receipt_as_with_rabbitmq() {
+    // @stomp/stompjs's own suite: "Should confirm send using receipt" to a topic nobody
+    // subscribes to. RabbitMQ confirms (and drops) the message.
+    let mut s = connected("1.2");
+    let confirm_id = receipted_send(&mut s);
+    s.handle_confirm(confirm_id, unroutable());
+    let actions = drain(&mut s);
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    let receipt = sent(&actions)[0];
+    assert_eq!(receipt.command, Command::Receipt);
+    assert_eq!(receipt.get("receipt-id"), Some("r1"));
+    assert!(!s.is_closed());
+}
+
+#[test]
+fn error_on_unroutable_answers_error_with_receipt_id_then_closes() {
+    let config = SessionConfig {
+        error_on_unroutable: true,
+        ..SessionConfig::default()
+    };
+    let mut s = connected_with(config, "1.2");
+    let confirm_id = receipted_send(&mut s);
+    s.handle_confirm(confirm_id, unroutable());
     let actions = drain(&mut s);
     let error = sent(&actions)[0];
+    assert_eq!(error.command, Command::Error);
     assert_eq!(error.get("receipt-id"), Some("r1"));
     assert_eq!(error.get("message"), Some("Message not routed"));
-    assert!(!s.is_closed());
+    assert!(
+        matches!(
+            actions.last(),
+            Some(Action::Close(CloseReason::PublishFailed))
+        ),
+        "STOMP: the connection closes after an ERROR: {actions:?}"
+    );
+    assert!(s.is_closed());
+}
+
+#[test]
+fn a_nacked_send_answers_error_with_receipt_id_then_closes() {
+    let mut s = connected("1.2");
+    let confirm_id = receipted_send(&mut s);
+    s.handle_confirm(confirm_id, ConfirmOutcome::Nack);
+    let actions = drain(&mut s);
+    let error = sent(&actions)[0];
+    assert_eq!(error.get("message"), Some("Message rejected"));
+    assert_eq!(error.get("receipt-id"), Some("r1"));
+    assert!(matches!(
+        actions.last(),
+        Some(Action::Close(CloseReason::PublishFailed))
+    ));
 }
 
 #[test]
@@ -713,6 +766,49 @@ fn consumers_ending_during_disconnect_are_silent() {
     s.handle_broker_reply(BrokerReply::Done);
     let actions = drain(&mut s);
     assert_eq!(sent(&actions).len(), 1, "only the RECEIPT");
+}
+
+#[test]
+fn a_draining_session_delivers_auto_ack_messages_and_its_consumers_end_quietly() {
+    let mut s = connected("1.2");
+    for (id, ack) in [("auto", "auto"), ("manual", "client")] {
+        s.handle_frame(frame(
+            Command::Subscribe,
+            &[("id", id), ("destination", "/queue/q"), ("ack", ack)],
+        ));
+        drain(&mut s);
+        s.handle_broker_reply(BrokerReply::Done);
+        drain(&mut s);
+    }
+    s.begin_drain();
+    let delivery = |tag: &str, n: u64| Delivery {
+        consumer_tag: tag.into(),
+        delivery_tag: n,
+        exchange: String::new(),
+        routing_key: "q".into(),
+        redelivered: false,
+        properties: BasicProperties::default(),
+        body: Bytes::from_static(b"x"),
+    };
+    // Pushed before the cancel: an auto-ack delivery is gone from the queue, so the client
+    // gets it; a client-ack one is requeued when the channel closes (no ACK is read now).
+    s.handle_delivery(delivery("T_auto", 1));
+    s.handle_delivery(delivery("T_manual", 2));
+    let actions = drain(&mut s);
+    let frames = sent(&actions);
+    assert_eq!(frames.len(), 1, "{actions:?}");
+    assert_eq!(frames[0].get("subscription"), Some("auto"));
+    // The cancelled consumers end: no "Server cancelled subscription".
+    s.handle_consumer_cancelled("T_auto");
+    s.handle_consumer_cancelled("T_manual");
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(s.subscription_count(), 0);
+    s.handle_shutdown();
+    let actions = drain(&mut s);
+    assert_eq!(
+        sent(&actions)[0].get("message"),
+        Some("Server shutting down")
+    );
 }
 
 #[test]

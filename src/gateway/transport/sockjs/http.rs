@@ -376,13 +376,11 @@ async fn dispatch<H: SessionHandler>(server: Arc<Server<H>>, req: Request) -> Re
         Route::RawWebSocket => return ws::upgrade(server, req, true).await,
         Route::Session { session, transport } => {
             let session = session.to_owned();
-            let xhr = Decor {
+            // Every transport answers cross-origin requests, as sockjs-node's eventsource and
+            // Spring's SockJS service do: the page usually comes from another origin than
+            // the gateway's (an EventSource is refused by the browser without it).
+            let decor = Decor {
                 cors: true,
-                no_cache: true,
-                cookie: true,
-                ..Decor::default()
-            };
-            let plain = Decor {
                 no_cache: true,
                 cookie: true,
                 ..Decor::default()
@@ -398,14 +396,15 @@ async fn dispatch<H: SessionHandler>(server: Arc<Server<H>>, req: Request) -> Re
                         ..Decor::default()
                     },
                 ),
-                Transport::Xhr => (receiver(&server, &session, HttpFraming::XhrPolling), xhr),
-                Transport::XhrStreaming => {
-                    (receiver(&server, &session, HttpFraming::XhrStreaming), xhr)
-                }
-                Transport::XhrSend => (send(&server, &session, req, false).await, xhr),
-                Transport::JsonpSend => (send(&server, &session, req, true).await, plain),
+                Transport::Xhr => (receiver(&server, &session, HttpFraming::XhrPolling), decor),
+                Transport::XhrStreaming => (
+                    receiver(&server, &session, HttpFraming::XhrStreaming),
+                    decor,
+                ),
+                Transport::XhrSend => (send(&server, &session, req, false).await, decor),
+                Transport::JsonpSend => (send(&server, &session, req, true).await, decor),
                 Transport::EventSource => {
-                    (receiver(&server, &session, HttpFraming::EventSource), plain)
+                    (receiver(&server, &session, HttpFraming::EventSource), decor)
                 }
                 Transport::HtmlFile | Transport::Jsonp => {
                     let resp = match callback(&req) {
@@ -424,7 +423,7 @@ async fn dispatch<H: SessionHandler>(server: Arc<Server<H>>, req: Request) -> Re
                             receiver(&server, &session, HttpFraming::HtmlFile { callback })
                         }
                     };
-                    (resp, plain)
+                    (resp, decor)
                 }
             }
         }
