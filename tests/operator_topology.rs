@@ -495,6 +495,58 @@ async fn pool_reuses_connections_and_signals_a_reconnect() {
     assert!(c.cleanup(&empty).await.expect("usable").names.is_empty());
 }
 
+/// A burst of reconciles (an operator restart with a thousand objects) asks the pool for the
+/// same broker at once: they must share one connection (each costs buffers and a thread),
+/// and the connection asks for a small frame_max (lapin's buffers are 32 frames each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_gets_shares_one_small_connection() {
+    let (pool, _reconnected) = BrokerPool::new();
+    let t = target();
+    let gets = (0..32).map(|_| {
+        let pool = pool.clone();
+        let t = t.clone();
+        tokio::spawn(async move { pool.get(&t).await.expect("connect") })
+    });
+    let brokers = futures::future::join_all(gets).await;
+    let first = brokers[0].as_ref().expect("task").clone();
+    for b in &brokers {
+        let b = b.as_ref().expect("task");
+        assert!(
+            std::sync::Arc::ptr_eq(&first, b),
+            "one connection per broker"
+        );
+    }
+    assert_eq!(
+        first.frame_max(),
+        stompgate::operator::topology::OPERATOR_FRAME_MAX
+    );
+    first.close().await;
+}
+
+/// While the broker is unreachable, tasks that waited for a failing connect share its answer
+/// instead of each waiting out a connect of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_gets_to_a_dead_broker_shares_the_failure() {
+    let (pool, _reconnected) = BrokerPool::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dead = BrokerTarget::new(&format!("amqp://127.0.0.1:{port}/%2f"), None, None);
+    let gets = (0..8).map(|_| {
+        let pool = pool.clone();
+        let dead = dead.clone();
+        tokio::spawn(async move { pool.get(&dead).await.map(|_| ()) })
+    });
+    for r in futures::future::join_all(gets).await {
+        match r.expect("task") {
+            Err(TopologyError::Unreachable { .. }) => {}
+            other => panic!("wanted Unreachable, got {other:?}"),
+        }
+    }
+}
+
 /// Many objects' broker operations at once on one connection, some failing on purpose (a
 /// conflicting exchange, a binding to a missing queue), on a connection whose channel ids run
 /// out every 16 channels (`?channel_max=16`, negotiated by RabbitMQ): every error lands on its
