@@ -1,8 +1,6 @@
 //! Operator runtime: leader election on a Lease (against the mock API) and the admin endpoints.
 
-#[path = "support/operator/mod.rs"]
-#[allow(clippy::duplicate_mod)]
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

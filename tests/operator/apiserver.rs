@@ -4,11 +4,8 @@
 //! manager and operation, the Deployment controller's status, terminating namespaces, field
 //! managers), and the real RabbitMQ.
 
-#[path = "e2e/proxy.rs"]
-mod proxy;
-#[path = "support/operator/mod.rs"]
-#[allow(clippy::duplicate_mod)]
-mod support;
+use crate::proxy;
+use crate::support;
 
 use std::time::Duration;
 

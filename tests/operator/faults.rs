@@ -10,11 +10,8 @@
 //!   up the owned exchange and binding are removed; with the broker gone the finalizer gives up
 //!   at the configured bound and the deletion completes.
 
-#[path = "e2e/proxy.rs"]
-mod proxy;
-#[path = "support/operator/mod.rs"]
-#[allow(clippy::duplicate_mod)]
-mod support;
+use crate::proxy;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -3,9 +3,7 @@
 //! Each test asserts the exact API calls, so "a steady-state reconcile makes no write" is
 //! checked, not assumed.
 
-#[path = "support/operator/mod.rs"]
-#[allow(clippy::duplicate_mod)]
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

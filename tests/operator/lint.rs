@@ -1,9 +1,7 @@
 //! Validation (`stompgate lint` and the controller's validate step): the CRD schema, its CEL
 //! rules and the podTemplate guards, with messages that name the field and the fix.
 
-#[path = "support/operator/mod.rs"]
-#[allow(clippy::duplicate_mod)]
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 

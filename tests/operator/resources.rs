@@ -1,8 +1,6 @@
 //! Builders: YAML fixtures in, Kubernetes objects out.
 
-#[path = "support/operator/mod.rs"]
-#[allow(clippy::duplicate_mod)]
-mod support;
+use crate::support;
 
 use k8s_openapi::api::core::v1::Container;
 use stompgate::operator::resources::{

@@ -6,12 +6,8 @@
 //! the password (raw, percent-encoded and base64) must appear nowhere in the operator's log, the
 //! Events, any non-Secret object (status included) or the /metrics output.
 
-#[path = "e2e/proxy.rs"]
-#[allow(dead_code)]
-mod proxy;
-#[path = "support/operator/mod.rs"]
-#[allow(clippy::duplicate_mod)]
-mod support;
+use crate::proxy;
+use crate::support;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
