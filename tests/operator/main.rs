@@ -5,7 +5,7 @@
 
 #[path = "../e2e/proxy.rs"]
 mod proxy;
-#[path = "../support/operator/mod.rs"]
+#[path = "../support/mod.rs"]
 mod support;
 
 mod apiserver;

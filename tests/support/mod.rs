@@ -1,8 +1,13 @@
-//! Shared helpers for integration tests: an in-process gateway, STOMP clients over
-//! WebSocket and TCP (using the project's own codec), and an AMQP publisher.
+//! Shared helpers for every integration test suite (each binary includes this one module):
+//! the test broker's URL and unique names, polling, an in-process gateway, STOMP clients over
+//! WebSocket and TCP (using the project's own codec), an AMQP publisher, RabbitMQ checks
+//! (`rabbit`), private broker nodes (`private_node`), and the operator's harness and fixtures
+//! (`operator`).
 #![allow(dead_code)]
 
+pub mod operator;
 pub mod private_node;
+pub mod rabbit;
 
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
@@ -672,6 +677,26 @@ pub async fn http_get(url: &str) -> Option<(u16, String)> {
         .await
         .ok()
         .flatten()
+}
+
+/// The repository root (where Cargo.toml, scripts/ and examples/ are).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Polls `f` every 50 ms until it returns Some, or panics after `secs`.
+pub async fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Polls `check` every 50 ms until it holds; returns how long that took, panics at `limit`.
