@@ -10,11 +10,11 @@ pub mod private_node;
 pub mod rabbit;
 
 use bytes::{Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use std::time::Duration;
+use stompgate::bench::client::{ClientError, Event, StompWs};
 use stompgate::gateway::config::parse_gateway_args;
 use stompgate::gateway::server::{self, Gateway};
 use stompgate::stomp::{Command, Decoded, Decoder, Frame, Limits, Version, encode};
@@ -66,9 +66,16 @@ pub async fn start_gateway_with(extra: &[&str], router: axum::Router<server::App
 }
 
 enum Transport {
-    Ws(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>),
-    /// Plain, or TLS (`stomp+ssl`).
+    /// The library's STOMP-over-WebSocket client (it decodes what it reads).
+    Ws(Box<StompWs<tokio_tungstenite::MaybeTlsStream<TcpStream>>>),
+    /// Plain, or TLS (`stomp+ssl`); decoded by [`Client`]'s own decoder.
     Tcp(Box<tokio_tungstenite::MaybeTlsStream<TcpStream>>),
+}
+
+fn ws_transport(
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+) -> Transport {
+    Transport::Ws(Box::new(StompWs::from_websocket(ws)))
 }
 
 /// What a client observed when the server ended the connection.
@@ -104,7 +111,7 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("websocket connects");
-        Client::new(Transport::Ws(Box::new(ws)))
+        Client::new(ws_transport(ws))
     }
 
     pub async fn tcp(gateway: &Gateway) -> Client {
@@ -144,7 +151,7 @@ impl Client {
         let (ws, _) =
             tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
                 .await?;
-        Ok(Client::new(Transport::Ws(Box::new(ws))))
+        Ok(Client::new(ws_transport(ws)))
     }
 
     /// STOMP over TLS on the TCP listener, checking the server name `localhost`.
@@ -178,7 +185,7 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("websocket connects");
-        Client::new(Transport::Ws(Box::new(ws)))
+        Client::new(ws_transport(ws))
     }
 
     fn new(transport: Transport) -> Client {
@@ -220,6 +227,9 @@ impl Client {
         {
             self.version = v;
             self.decoder.set_version(v);
+            if let Transport::Ws(ws) = &mut self.transport {
+                ws.set_version(v);
+            }
         }
         reply
     }
@@ -241,7 +251,7 @@ impl Client {
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         match &mut self.transport {
             Transport::Ws(ws) => ws
-                .send(Message::Binary(Bytes::copy_from_slice(bytes)))
+                .send_message(Message::Binary(Bytes::copy_from_slice(bytes)))
                 .await
                 .expect("ws send"),
             Transport::Tcp(s) => s.write_all(bytes).await.expect("tcp send"),
@@ -259,7 +269,7 @@ impl Client {
     pub async fn try_send_raw(&mut self, bytes: &[u8]) -> bool {
         match &mut self.transport {
             Transport::Ws(ws) => ws
-                .send(Message::Binary(Bytes::copy_from_slice(bytes)))
+                .send_message(Message::Binary(Bytes::copy_from_slice(bytes)))
                 .await
                 .is_ok(),
             Transport::Tcp(s) => s.write_all(bytes).await.is_ok(),
@@ -273,13 +283,15 @@ impl Client {
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", "v12.stomp".parse().ok()?);
         let (ws, _) = tokio_tungstenite::connect_async(request).await.ok()?;
-        Some(Client::new(Transport::Ws(Box::new(ws))))
+        Some(Client::new(ws_transport(ws)))
     }
 
     /// Sends raw bytes as one WebSocket text message.
     pub async fn send_text(&mut self, text: &str) {
         if let Transport::Ws(ws) = &mut self.transport {
-            ws.send(Message::Text(text.into())).await.expect("ws send");
+            ws.send_message(Message::Text(text.into()))
+                .await
+                .expect("ws send");
         } else {
             self.send_raw(text.as_bytes()).await;
         }
@@ -324,6 +336,25 @@ impl Client {
 
     async fn recv_wire(&mut self, d: Duration) -> Option<Frame> {
         let deadline = tokio::time::Instant::now() + d;
+        if let Transport::Ws(ws) = &mut self.transport {
+            loop {
+                // The client decodes each message as it reads it: after a close nothing
+                // complete is left.
+                if self.closed.is_some() {
+                    return None;
+                }
+                match tokio::time::timeout_at(deadline, ws.next_event()).await {
+                    Err(_) => return None,
+                    Ok(Ok(Event::Frame(f))) => return Some(f),
+                    Ok(Ok(Event::Heartbeat)) => self.heartbeats += 1,
+                    Ok(Ok(Event::Closed(frame))) => self.closed = Some(Closed::WebSocket(frame)),
+                    Ok(Err(ClientError::Decode(e))) => {
+                        panic!("client could not decode server output: {e}")
+                    }
+                    Ok(Err(_)) => self.closed = Some(Closed::WebSocket(None)),
+                }
+            }
+        }
         loop {
             match self.decoder.decode() {
                 Ok(Some(Decoded::Frame(f))) => return Some(f),
@@ -337,7 +368,7 @@ impl Client {
             if self.closed.is_some() {
                 return None;
             }
-            let chunk = tokio::time::timeout_at(deadline, self.read_chunk()).await;
+            let chunk = tokio::time::timeout_at(deadline, self.read_tcp()).await;
             match chunk {
                 Err(_) => return None,
                 Ok(Some(bytes)) => self.decoder.feed(&bytes),
@@ -346,35 +377,19 @@ impl Client {
         }
     }
 
-    async fn read_chunk(&mut self) -> Option<Vec<u8>> {
-        match &mut self.transport {
-            Transport::Ws(ws) => match ws.next().await {
-                Some(Ok(Message::Text(t))) => Some(t.as_bytes().to_vec()),
-                Some(Ok(Message::Binary(b))) => Some(b.to_vec()),
-                Some(Ok(Message::Close(frame))) => {
-                    self.closed = Some(Closed::WebSocket(frame));
-                    None
-                }
-                Some(Ok(_)) => Some(Vec::new()),
-                Some(Err(_)) | None => {
-                    if self.closed.is_none() {
-                        self.closed = Some(Closed::WebSocket(None));
-                    }
-                    None
-                }
-            },
-            Transport::Tcp(s) => {
-                let mut buf = vec![0u8; 65536];
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => {
-                        self.closed = Some(Closed::Eof);
-                        None
-                    }
-                    Ok(n) => {
-                        buf.truncate(n);
-                        Some(buf)
-                    }
-                }
+    async fn read_tcp(&mut self) -> Option<Vec<u8>> {
+        let Transport::Tcp(s) = &mut self.transport else {
+            return None;
+        };
+        let mut buf = vec![0u8; 65536];
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                self.closed = Some(Closed::Eof);
+                None
+            }
+            Ok(n) => {
+                buf.truncate(n);
+                Some(buf)
             }
         }
     }
