@@ -9,9 +9,10 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Every Markdown file of the project: build output, dependencies and hidden folders aside.
-fn markdown_files() -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+/// The project's files whose names end with one of `suffixes`: build output, dependencies and
+/// hidden folders aside.
+fn files_ending_with(suffixes: &[&str]) -> Vec<PathBuf> {
+    fn walk(dir: &Path, suffixes: &[&str], out: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
@@ -20,16 +21,42 @@ fn markdown_files() -> Vec<PathBuf> {
             let name = e.file_name().to_string_lossy().into_owned();
             if path.is_dir() {
                 if !(name.starts_with('.') || name == "target" || name == "node_modules") {
-                    walk(&path, out);
+                    walk(&path, suffixes, out);
                 }
-            } else if name.ends_with(".md") {
+            } else if suffixes.iter().any(|s| name.ends_with(s)) {
                 out.push(path);
             }
         }
     }
     let mut out = Vec::new();
-    walk(&root(), &mut out);
+    walk(&root(), suffixes, &mut out);
     out.sort();
+    out
+}
+
+/// Every Markdown file of the project.
+fn markdown_files() -> Vec<PathBuf> {
+    files_ending_with(&[".md"])
+}
+
+/// The `docs/...` pages a text names (`docs/gateway.md`, `docs/argocd-health.lua`), as paths
+/// from the repository root; a path inside another (`../../docs/x.md`) is not one.
+fn docs_pages_named(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices("docs/") {
+        let before = text[..i].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || "/._-".contains(c)) {
+            continue;
+        }
+        let path: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || "/._-".contains(*c))
+            .collect();
+        let path = path.trim_end_matches('.');
+        if [".md", ".lua", ".svg"].iter().any(|e| path.ends_with(e)) {
+            out.push(path.to_string());
+        }
+    }
     out
 }
 
@@ -257,8 +284,40 @@ fn every_repository_path_named_in_the_markdown_files_exists() {
     assert!(missing.is_empty(), "{}", missing.join("\n"));
 }
 
+/// Code, scripts and manifests point readers at `docs/` pages (`see docs/api-emulator.md`);
+/// such a page must exist (five files once named one that had been folded into the README).
+#[test]
+fn every_docs_page_named_in_code_and_scripts_exists() {
+    let this_file = root().join("tests/docs.rs");
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for file in files_ending_with(&[".rs", ".sh", ".py", ".toml", ".yaml", ".yml", ".mjs"]) {
+        if file == this_file {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        for page in docs_pages_named(&text) {
+            checked += 1;
+            if !root().join(&page).exists() {
+                missing.push(format!(
+                    "{}: names {page}, which does not exist",
+                    relative(&file)
+                ));
+            }
+        }
+    }
+    assert!(checked > 5, "only {checked} docs pages named");
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
+
 #[test]
 fn the_link_checker_finds_what_is_broken() {
+    assert_eq!(
+        docs_pages_named("see docs/a.md. and `docs/b.lua`, ../../docs/c.md, mydocs/d.md, docs/e/"),
+        ["docs/a.md", "docs/b.lua"]
+    );
     let (prose, spans) =
         split_code_spans("see [a](docs/x.md#part) and `[b](not/a/link.md)` or ``tests/y.rs``");
     assert_eq!(spans, ["[b](not/a/link.md)", "tests/y.rs"]);
