@@ -15,7 +15,7 @@ use lapin::types::{FieldTable, LongString, ShortString};
 use lapin::uri::{AMQPUri, AMQPUserInfo, SASLMechanism};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Consumer, ErrorKind};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -300,6 +300,9 @@ pub struct SessionChannel {
     /// The other connections for the same credentials (for shared-queue channels).
     slot: PoolSlot,
     confirms_enabled: bool,
+    /// (exchange, routing key) pairs this channel has published to with the broker's
+    /// confirm; see [`SessionChannel::publish`].
+    confirmed_routes: HashSet<(String, String)>,
     broker: Broker,
 }
 
@@ -401,6 +404,7 @@ impl Broker {
             pooled,
             slot,
             confirms_enabled: false,
+            confirmed_routes: HashSet::new(),
             broker: self.clone(),
         })
     }
@@ -700,6 +704,10 @@ pub const DEFAULT_AMQP_HEARTBEAT_SECS: u16 = 20;
 pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 128;
 /// How long a failure to open channels keeps /readyz failing with no retry.
 pub const CHANNEL_TROUBLE_HOLD: Duration = Duration::from_secs(10);
+/// Routes a session remembers as confirmed (see [`SessionChannel::publish`]).
+const MAX_CONFIRMED_ROUTES: usize = 256;
+/// A publish's confirm, pending or already in.
+pub type Confirm = futures::future::BoxFuture<'static, lapin::Result<Confirmation>>;
 /// AMQP frame_max the gateway asks for (bodies larger than this travel as several frames).
 pub const DEFAULT_AMQP_FRAME_MAX: u32 = 16 * 1024;
 /// Connect timeout while the monitor reports RabbitMQ down.
@@ -952,6 +960,7 @@ impl SessionChannel {
             pooled,
             slot: self.slot.clone(),
             confirms_enabled: false,
+            confirmed_routes: HashSet::new(),
             broker: self.broker.clone(),
         };
         sibling.channel().await?;
@@ -1072,10 +1081,16 @@ impl SessionChannel {
 
     /// Publishes; returns the confirm future (confirm mode is enabled on first publish so
     /// that broker nacks and channel errors are observed even without receipts).
-    pub async fn publish(
-        &mut self,
-        request: &PublishRequest,
-    ) -> Result<lapin::PublisherConfirm, BrokerFailure> {
+    ///
+    /// The first publish to each exchange and routing key (other than the default exchange,
+    /// which takes any) is confirmed before this returns. RabbitMQ refuses a publish to a
+    /// missing exchange, or one the user may not write to, by closing the channel
+    /// asynchronously; lapin answers that close with close-ok ahead of a publish of the same
+    /// channel still queued (publishes wait in a lower-priority queue), and RabbitMQ takes
+    /// that late publish on a channel it has forgotten as a connection error
+    /// (`CHANNEL_ERROR - expected 'channel.open'`) that would end every session on the
+    /// pooled connection. Once a route has been confirmed, later publishes on it need no wait.
+    pub async fn publish(&mut self, request: &PublishRequest) -> Result<Confirm, BrokerFailure> {
         let confirms_enabled = self.confirms_enabled;
         let ch = self.channel().await?;
         if !confirms_enabled {
@@ -1100,7 +1115,24 @@ impl SessionChannel {
             .await
             .map_err(to_failure)?;
         self.confirms_enabled = true;
-        Ok(confirm)
+        let route = (
+            request.route.exchange.clone(),
+            request.route.routing_key.clone(),
+        );
+        if route.0.is_empty() || self.confirmed_routes.contains(&route) {
+            return Ok(futures::FutureExt::boxed(confirm));
+        }
+        let confirmation = confirm.await;
+        if confirmation.is_ok() {
+            // Bounded: a client that publishes to ever new keys pays a round trip each time.
+            if self.confirmed_routes.len() >= MAX_CONFIRMED_ROUTES {
+                self.confirmed_routes.clear();
+            }
+            self.confirmed_routes.insert(route);
+        }
+        Ok(futures::FutureExt::boxed(futures::future::ready(
+            confirmation,
+        )))
     }
 
     pub async fn ack(&mut self, delivery_tag: u64, multiple: bool) -> Result<(), BrokerFailure> {

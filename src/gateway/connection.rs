@@ -326,7 +326,7 @@ enum OpResult {
     Subscribed(String, Result<lapin::Consumer, BrokerFailure>),
     Joined(String, Result<Membership, BrokerFailure>),
     TempQueue(String, Result<(String, lapin::Consumer), BrokerFailure>),
-    Published(Option<u64>, Result<lapin::PublisherConfirm, BrokerFailure>),
+    Published(Option<u64>, Result<broker::Confirm, BrokerFailure>),
     Done(Result<(), BrokerFailure>),
 }
 

@@ -268,6 +268,56 @@ fn assert_names_only_own(text: &str, own: &BTreeSet<String>) {
     }
 }
 
+/// A client that pipelines SENDs to a missing exchange. RabbitMQ closes the channel after
+/// the first publish; lapin answers with close-ok at once, ahead of publishes of the same
+/// channel still queued behind it, and RabbitMQ takes a publish on a channel it has
+/// forgotten as a connection error (`CHANNEL_ERROR - expected 'channel.open'`) that ends every
+/// other session on the pooled connection. The gateway must wait for the first publish to a
+/// new destination to be confirmed before it queues another on the same channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_to_a_missing_exchange_never_end_the_shared_connection() {
+    let amqp = Amqp::connect().await;
+    let exchange = unique("pipelined-ok");
+    amqp.declare_exchange(&exchange, ExchangeKind::Topic).await;
+    let gw = start_gateway(&[]).await;
+    // Eight such clients at once on one pooled connection keep lapin's write queue busy,
+    // which is when a publish waits in it long enough to be overtaken.
+    let clients = (0..8usize).map(|worker| {
+        let gw = &gw;
+        let exchange = exchange.as_str();
+        async move {
+            for round in 0..6 {
+                let wire = if (worker + round) % 2 == 0 {
+                    Wire::Tcp
+                } else {
+                    Wire::Ws
+                };
+                let name = unique("pipelined-missing");
+                let own: BTreeSet<String> = [name.clone()].into();
+                let mut c = login(gw, wire, "guest").await;
+                let body_of_64k = "x".repeat(64 * 1024);
+                for i in 0..100 {
+                    c.send(
+                        Frame::new(Command::Send)
+                            .header("destination", format!("/exchange/{name}/k{}", i % 3))
+                            .with_body(body_of_64k.clone()),
+                    )
+                    .await;
+                }
+                errors_until_closed(&mut c, &own).await;
+                let tag = format!("after-{worker}-{round}");
+                healthy_round_trip(gw, Wire::Tcp, "guest", exchange, &tag).await;
+            }
+        }
+    });
+    join_all(clients).await;
+    assert_eq!(
+        metric(&gw, "broker_connection_errors"),
+        0.0,
+        "a pipelined SEND to a missing exchange tore down the pooled connection"
+    );
+}
+
 /// One misbehaving session: a broker error of one of several kinds.
 async fn misbehave(gw: &Gateway, wire: Wire, user: &str, kind: u8, name: &str) {
     let own: BTreeSet<String> = [name.to_string()].into();
