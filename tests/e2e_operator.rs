@@ -472,7 +472,7 @@ async fn operator_end_to_end_with_kubectl_rabbitmq_and_a_browser() {
         .collect();
     assert_eq!(
         header,
-        ["NAME", "READY", "REPLICAS", "ENDPOINT", "AGE"],
+        ["NAME", "READY", "REPLICAS", "ENDPOINT", "EXTERNAL", "AGE"],
         "{out}"
     );
     let row: Vec<&str> = lines
@@ -481,8 +481,14 @@ async fn operator_end_to_end_with_kubectl_rabbitmq_and_a_browser() {
         .split_whitespace()
         .collect();
     assert_eq!(
-        &row[..4],
-        ["chat", "False", "0", "ws://chat.default.svc:15674/ws"],
+        &row[..5],
+        [
+            "chat",
+            "False",
+            "0",
+            "ws://chat.default.svc:15674/ws",
+            "<none>"
+        ],
         "{out}"
     );
 

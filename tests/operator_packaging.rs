@@ -286,6 +286,7 @@ fn gateway_manifests() -> Vec<(String, Value)> {
     let inputs = BuildInputs {
         default_image: "stompgate/stompgate:test".into(),
         secret_hash: "h".into(),
+        broker_port: None,
     };
     let mut out = Vec::new();
     for f in [

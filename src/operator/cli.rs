@@ -181,6 +181,7 @@ pub fn render_docs(docs: &[Doc], namespace: &str, gateway_image: &str) -> Result
     let inputs = BuildInputs {
         default_image: gateway_image.to_string(),
         secret_hash: String::new(),
+        ..BuildInputs::default()
     };
     for d in docs.iter().filter(|d| is_gateway(&d.value)) {
         found = true;
