@@ -720,3 +720,47 @@ fn the_broker_port_is_read_from_a_uri() {
     assert_eq!(uri_port("amqp://[::1]/"), Some(5672));
     assert_eq!(uri_port("nonsense"), None);
 }
+
+#[test]
+fn render_shows_every_exposure_object_of_the_public_example() {
+    use stompgate::operator::cli::{Doc, render_docs};
+    let value: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/stompgateway-public.yaml"
+        ))
+        .expect("example"),
+    )
+    .expect("yaml");
+    let out = render_docs(
+        &[Doc {
+            path: "x".into(),
+            index: 1,
+            value,
+        }],
+        "default",
+        "img:2",
+    )
+    .expect("render");
+    let kinds: Vec<String> = out
+        .split("---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| {
+            let v: serde_json::Value = serde_yaml::from_str(d).expect("doc");
+            v["kind"].as_str().expect("kind").to_string()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap",
+            "Service",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Certificate",
+            "Ingress",
+            "HTTPRoute",
+            "NetworkPolicy"
+        ]
+    );
+}
