@@ -764,3 +764,26 @@ fn render_shows_every_exposure_object_of_the_public_example() {
         ]
     );
 }
+
+/// `render | kubectl apply -f -`: kubectl reads YAML 1.1, where a plain `off` is a boolean.
+#[test]
+fn render_quotes_strings_a_yaml_1_1_reader_would_take_for_booleans() {
+    use stompgate::operator::cli::quote_yaml11_booleans;
+    let doc =
+        "a:\n  b: off\n  c: offline\n  d: 'on'\n  e:\n  - yes\n  - no way\n  f: \"n\"\nx: 1\n";
+    assert_eq!(
+        quote_yaml11_booleans(doc),
+        "a:\n  b: 'off'\n  c: offline\n  d: 'on'\n  e:\n  - 'yes'\n  - no way\n  f: \"n\"\nx: 1\n"
+    );
+    // Every word serde_yaml leaves plain comes back as the same string.
+    for w in ["y", "yes", "on", "off", "No", "OFF"] {
+        let v = serde_json::json!({"k": w, "l": [w]});
+        let quoted = quote_yaml11_booleans(&serde_yaml::to_string(&v).expect("yaml"));
+        let back: serde_json::Value = serde_yaml::from_str(&quoted).expect("parse");
+        assert_eq!(back, v, "{quoted}");
+        assert!(
+            quoted.contains(&format!("'{w}'")) || quoted.contains(&format!("\"{w}\"")),
+            "{quoted}"
+        );
+    }
+}
