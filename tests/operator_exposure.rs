@@ -143,6 +143,40 @@ async fn ingress_and_network_policy_follow_the_spec_and_go_with_their_fields() {
         json!({"webSocket": "wss://push.example.org/ws", "sockJs": "https://push.example.org/stomp"})
     );
 
+    op.step("an idle reconcile writes nothing");
+    let writes = |op: &Op| {
+        op.emu
+            .audit()
+            .iter()
+            .filter(|a| {
+                a.method == "PATCH"
+                    && (a.path.contains("/ingresses/")
+                        || a.path.contains("/networkpolicies/")
+                        || a.path.ends_with("/status"))
+            })
+            .count()
+    };
+    // Settled first: the Deployment controller has made the pod (a status change of its own).
+    wait_for("the pod is counted", 20, || {
+        let gw = op.gw(NS, "push")?;
+        (gw["status"]["replicas"] == 1 && support::cluster::observed_current(&gw)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = writes(&op);
+    let reads = op.secret_reads(NS);
+    // A label change starts a reconcile (and changes nothing the operator applies).
+    op.merge_patch(
+        &path("gw", "push"),
+        json!({"metadata": {"labels": {"team": "web"}}}),
+    );
+    wait_for("the reconcile ran", 20, || {
+        (op.secret_reads(NS) > reads).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(writes(&op), before, "an idle reconcile wrote");
+
     op.step("a new host is applied");
     op.merge_patch(
         &path("gw", "push"),
