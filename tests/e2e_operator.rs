@@ -808,9 +808,10 @@ async fn operator_end_to_end_with_kubectl_rabbitmq_and_a_browser() {
 /// TLS end to end: `kubectl create secret tls` and `kubectl apply` of a StompGateway with
 /// `spec.tls`; the kubelet's gateway process serves wss/https with exactly that certificate
 /// (its fingerprint checked on the wire); Chromium, trusting only that certificate's public
-/// key, shows the seed page's message over wss.
+/// key, shows the seed page's message over wss. Then `spec.auth` JWT: the HS256 key from a
+/// Secret rolls the pods, a token signed with it logs in over wss, one signed otherwise does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn listener_tls_from_the_stompgateway_to_a_browser_over_wss() {
+async fn listener_tls_and_jwt_from_the_stompgateway_to_a_browser_over_wss() {
     use base64::Engine;
     use rcgen::PublicKeyData;
     use sha2::Digest;
@@ -988,5 +989,89 @@ async fn listener_tls_from_the_stompgateway_to_a_browser_over_wss() {
             .is_some_and(|r| r.contains("ERR_CERT_AUTHORITY_INVALID")),
         "{result}"
     );
+
+    t.step("spec.auth JWT: the key from a Secret, the pods roll, a token logs in over wss");
+    let hs256 = format!("e2e-{}", uuid::Uuid::new_v4().simple());
+    let keys = write(
+        &dir,
+        "idp-keys.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: idp-keys\n  labels: {{stompgate.io/watch: \"true\"}}\nstringData:\n  secret: {hs256}\n"
+        ),
+    );
+    t.kubectl_ok(&["apply", "-f", &keys]).await;
+    let first_hash = kubelet
+        .pods()
+        .iter()
+        .find(|p| p.ready)
+        .map(|p| p.hash.clone())
+        .expect("a ready pod");
+    t.kubectl_ok(&[
+        "patch",
+        "stompgw",
+        "secure",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"auth":{"mode":"JWT","jwt":{"hs256SecretRef":{"name":"idp-keys"},"audience":"push"}}}}"#,
+    ])
+    .await;
+    let port = wait_for("a ready JWT pod", 60, || {
+        let pods = kubelet.pods();
+        pods.iter()
+            .find(|p| p.ready && p.hash != first_hash)
+            .map(|p| p.ws_port)
+    })
+    .await;
+    let token = |secret: &str| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"exp": now + 300, "aud": "push", "sub": "u1",
+                "stomp_destinations": {"subscribe": ["/exchange/rabbitmq/zjj"], "send": []}}),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("token")
+    };
+    assert!(
+        stomp_connect_over_wss(port, &token(&hs256))
+            .await
+            .starts_with("CONNECTED"),
+        "a token signed with the Secret's key is accepted"
+    );
+    let refused = stomp_connect_over_wss(port, &token("another key")).await;
+    assert!(refused.starts_with("ERROR"), "{refused}");
     t.kill_operator().await;
+}
+
+/// CONNECT over wss (any certificate) with `passcode` = `token`; the first frame back.
+async fn stomp_connect_over_wss(port: u16, token: &str) -> String {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let tls = kubelet::tls_connect(port)
+        .await
+        .expect("TLS to the gateway");
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://127.0.0.1:{port}/ws"), tls)
+        .await
+        .expect("WebSocket upgrade over TLS");
+    ws.send(Message::text(format!(
+        "CONNECT\naccept-version:1.2\nhost:/\nlogin:jwt\npasscode:{token}\n\n\0"
+    )))
+    .await
+    .expect("send CONNECT");
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an answer within 10 s")
+            .expect("stream open")
+            .expect("frame");
+        match msg {
+            Message::Text(t) if t.trim().is_empty() => continue,
+            Message::Text(t) => return t.to_string(),
+            Message::Binary(b) => return String::from_utf8_lossy(&b).into_owned(),
+            other => return format!("{other:?}"),
+        }
+    }
 }

@@ -16,7 +16,8 @@
 //!
 //! Not emulated: images (the container runs the `stompgate` binary under test), security
 //! contexts, resources, liveness probes, restarts (an exited process is reported not ready),
-//! other volume types (a pod using one never starts and the reason is logged).
+//! other volume types than configMap, secret and projected secrets (a pod using one never
+//! starts and the reason is logged).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -310,6 +311,38 @@ impl State {
         }
     }
 
+    /// Writes the Secret's keys (all, or `items` as key -> path) into `dir`.
+    fn write_secret(&self, ns: &str, sname: &str, items: &Value, dir: &Path) -> Result<(), String> {
+        let obj = self
+            .get(&format!("/api/v1/namespaces/{ns}/secrets/{sname}"))
+            .ok_or(format!(
+                "Secret {sname} not found (CreateContainerConfigError)"
+            ))?;
+        let data = obj["data"].as_object().cloned().unwrap_or_default();
+        let items: Vec<(String, String)> = match items.as_array() {
+            Some(items) => items
+                .iter()
+                .map(|i| {
+                    (
+                        i["key"].as_str().unwrap_or("").into(),
+                        i["path"].as_str().unwrap_or("").into(),
+                    )
+                })
+                .collect(),
+            None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+        };
+        for (key, path) in items {
+            let raw = data.get(&key).and_then(Value::as_str).ok_or(format!(
+                "Secret {sname} has no key {key} (the volume cannot be mounted)"
+            ))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(raw)
+                .map_err(|e| e.to_string())?;
+            write(&dir.join(path), &bytes)?;
+        }
+        Ok(())
+    }
+
     fn start_pod(&mut self, ns: &str, pod: &Value) -> Result<Pod, String> {
         let pod_name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
         let deploy = pod
@@ -370,34 +403,21 @@ impl State {
                 }
             } else if let Some(sec) = v.get("secret") {
                 let sname = sec["secretName"].as_str().unwrap_or("");
-                let obj = self
-                    .get(&format!("/api/v1/namespaces/{ns}/secrets/{sname}"))
-                    .ok_or(format!(
-                        "Secret {sname} not found (CreateContainerConfigError)"
-                    ))?;
-                let data = obj["data"].as_object().cloned().unwrap_or_default();
-                let items: Vec<(String, String)> = match sec["items"].as_array() {
-                    Some(items) => items
-                        .iter()
-                        .map(|i| {
-                            (
-                                i["key"].as_str().unwrap_or("").into(),
-                                i["path"].as_str().unwrap_or("").into(),
-                            )
-                        })
-                        .collect(),
-                    None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
-                };
-                for (key, path) in items {
-                    let raw = data.get(&key).and_then(Value::as_str).unwrap_or("");
-                    let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(raw)
-                        .map_err(|e| e.to_string())?;
-                    write(&vdir.join(path), &bytes)?;
+                self.write_secret(ns, sname, &sec["items"], &vdir)?;
+            } else if let Some(sources) = v.pointer("/projected/sources").and_then(Value::as_array)
+            {
+                for src in sources {
+                    let Some(sec) = src.get("secret") else {
+                        return Err(format!(
+                            "volume {vname}: only secret sources of projected volumes are emulated"
+                        ));
+                    };
+                    let sname = sec["name"].as_str().unwrap_or("");
+                    self.write_secret(ns, sname, &sec["items"], &vdir)?;
                 }
             } else {
                 return Err(format!(
-                    "volume {vname}: only configMap and secret volumes are emulated"
+                    "volume {vname}: only configMap, secret and projected secret volumes are emulated"
                 ));
             }
             volume_dirs.insert(vname, vdir);
