@@ -364,8 +364,25 @@ async fn bad_listener_secrets_are_conditions_and_never_reach_the_pods() {
     })
     .await;
 
-    op.step("a JWT Secret with no usable key");
+    op.step("a rotated certificate is the gateway's reload, not a rollout");
+    let generation = d["metadata"]["generation"].clone();
+    let template = d["spec"]["template"].clone();
+    let (crt2, key2) = cert_pem();
     let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    op.merge_patch(
+        &format!("/api/v1/namespaces/{NS}/secrets/push-tls"),
+        json!({"data": {"tls.crt": b(&crt2), "tls.key": b(&key2)}}),
+    );
+    let reads = op.secret_reads(NS);
+    wait_for("a reconcile after the rotation", 20, || {
+        (op.secret_reads(NS) > reads).then_some(())
+    })
+    .await;
+    let d = op.emu.get(&path("deploy", "push")).expect("deployment");
+    assert_eq!(d["metadata"]["generation"], generation);
+    assert_eq!(d["spec"]["template"], template);
+
+    op.step("a JWT Secret with no usable key");
     op.create(
         &format!("/api/v1/namespaces/{NS}/secrets"),
         json!({"apiVersion": "v1", "kind": "Secret",
