@@ -159,9 +159,9 @@ if [[ "$(cat "$MS/node_modules/.stompgate-deps.sha256" 2>/dev/null)" != "$want" 
   echo "$want" > "$MS/node_modules/.stompgate-deps.sha256"
 fi
 node "$MS/validate.mjs" < "$WORK/monitoring.json"
-# Least privilege and Pod Security `restricted` over every render (tests/operator_packaging.rs).
+# Least privilege and Pod Security `restricted` over every render (tests/operator/packaging.rs).
 mkdir -p "$WORK/rendered" && cp "$WORK"/helm-*.yaml "$WORK/rendered/"
-STOMPGATE_RENDERED_DIR="$WORK/rendered" cargo test -q --test operator_packaging
+STOMPGATE_RENDERED_DIR="$WORK/rendered" cargo test -q --test operator packaging::
 
 echo "== deploy/ (kubectl kustomize)"
 if command -v kubectl >/dev/null; then

@@ -13,6 +13,8 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::{JsonSchema, json_schema};
 use serde::{Deserialize, Serialize};
 
+pub mod reference;
+
 /// API group of every stompgate resource.
 pub const GROUP: &str = "stompgate.io";
 /// Served and stored version.

@@ -7,9 +7,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-fn repo_root() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use support::repo_root;
 
 fn python() -> String {
     std::env::var("STOMPGATE_PYTHON").unwrap_or_else(|_| "python3".to_string())

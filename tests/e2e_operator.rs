@@ -11,6 +11,8 @@
 mod kubelet;
 #[path = "e2e/proxy.rs"]
 mod proxy;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,15 +26,14 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::Value;
+use support::operator::cluster::{cond, cond_is, observed_current};
+use support::rabbit::exchange_exists;
+use support::{repo_root, wait_for};
 
 /// The broker of examples/stompgateway-local.yaml.
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const GW: &str = "/apis/stompgate.io/v1alpha1/namespaces/default/stompgateways";
 const MANAGED: &str = "app.kubernetes.io/managed-by%3Dstompgateway-operator";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn have_kubectl() -> bool {
     let ok = std::process::Command::new("kubectl")
@@ -106,7 +107,7 @@ impl E2e {
     fn kubectl_cmd(&self, args: &[&str]) -> tokio::process::Command {
         let mut c = tokio::process::Command::new("kubectl");
         c.args(args)
-            .current_dir(root())
+            .current_dir(repo_root())
             .env("KUBECONFIG", &self.kubeconfig)
             .env("KUBECACHEDIR", self.dir.join("kube-cache"))
             .kill_on_drop(true);
@@ -196,43 +197,6 @@ impl E2e {
     }
 }
 
-fn cond(gw: &Value, ty: &str) -> Option<(String, String, String)> {
-    gw.pointer("/status/conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == ty)
-        .map(|c| {
-            (
-                c["status"].as_str().unwrap_or("").to_string(),
-                c["reason"].as_str().unwrap_or("").to_string(),
-                c["message"].as_str().unwrap_or("").to_string(),
-            )
-        })
-}
-
-fn cond_is(gw: &Value, ty: &str, status: &str) -> bool {
-    cond(gw, ty).is_some_and(|c| c.0 == status)
-}
-
-fn observed_current(gw: &Value) -> bool {
-    gw.pointer("/status/observedGeneration") == gw.pointer("/metadata/generation")
-}
-
-/// Polls `f` every 100 ms until it returns Some, or panics after `secs`.
-async fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 struct Broker {
     conn: Connection,
 }
@@ -246,26 +210,9 @@ impl Broker {
         }
     }
 
-    async fn exchange_exists(&self, name: &str) -> bool {
-        let ch = self.conn.create_channel().await.expect("channel");
-        let r = ch
-            .exchange_declare(
-                name.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        let _ = ch.close(200, "ok".into()).await;
-        r.is_ok()
-    }
-
     async fn wait_exchange(&self, name: &str, exists: bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.exchange_exists(name).await != exists {
+        while exchange_exists(&self.conn, name).await != exists {
             assert!(
                 Instant::now() < deadline,
                 "exchange {name} should {}exist",
@@ -456,7 +403,7 @@ async fn operator_end_to_end_with_kubectl_rabbitmq_and_a_browser() {
     let ready = cond(&gw, "Ready").unwrap();
     assert_eq!(ready.0, "False");
     assert!(cond_is(&gw, "Reconciling", "True"), "{:#}", gw["status"]);
-    assert!(broker.exchange_exists("rabbitmq").await);
+    assert!(exchange_exists(&broker.conn, "rabbitmq").await);
     let ex = &gw["status"]["topology"]["exchanges"][0];
     assert_eq!(
         (ex["name"].as_str(), ex["owned"].as_bool()),
@@ -548,7 +495,7 @@ async fn operator_end_to_end_with_kubectl_rabbitmq_and_a_browser() {
             "--amqp-url",
             AMQP_URL,
         ])
-        .current_dir(root())
+        .current_dir(repo_root())
         .output()
         .await
         .expect("node runs (scripts/ensure-test-deps.sh installs the browser test deps)");
@@ -677,7 +624,7 @@ async fn operator_end_to_end_with_kubectl_rabbitmq_and_a_browser() {
         .collect();
     assert_eq!(owned.len(), 1, "{:#}", gw["status"]["topology"]);
     assert_eq!(owned[0]["name"], owned_exchange.as_str());
-    assert!(broker.exchange_exists(&owned_exchange).await);
+    assert!(exchange_exists(&broker.conn, &owned_exchange).await);
     assert!(
         broker.routes_zjj_to(&owned_exchange).await,
         "binding rabbitmq -> {owned_exchange} (zjj)"
@@ -756,7 +703,7 @@ async fn operator_end_to_end_with_kubectl_rabbitmq_and_a_browser() {
     .await;
     broker.wait_exchange(&owned_exchange, false).await;
     assert!(
-        broker.exchange_exists("rabbitmq").await,
+        exchange_exists(&broker.conn, "rabbitmq").await,
         "found, not created: kept"
     );
     {
@@ -944,7 +891,7 @@ async fn listener_tls_and_jwt_from_the_stompgateway_to_a_browser_over_wss() {
             "--amqp-url",
             AMQP_URL,
         ])
-        .current_dir(root())
+        .current_dir(repo_root())
         .output()
         .await
         .expect("node runs (scripts/ensure-test-deps.sh installs the browser test deps)");
@@ -971,7 +918,7 @@ async fn listener_tls_and_jwt_from_the_stompgateway_to_a_browser_over_wss() {
             "--amqp-url",
             AMQP_URL,
         ])
-        .current_dir(root())
+        .current_dir(repo_root())
         .output()
         .await
         .expect("node runs");

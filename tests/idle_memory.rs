@@ -12,6 +12,8 @@
 #[path = "support/mod.rs"]
 mod support;
 
+use support::repo_root;
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -24,10 +26,6 @@ const SESSIONS: usize = 300;
 /// KB of gateway RSS per idle session above which the test fails (a debug build, fixed
 /// costs included; release builds measure ~10 KB at 1000 sessions).
 const BOUND_KB: f64 = 64.0;
-
-fn repo_root() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// A `stompgate gateway` child process on an ephemeral port.
 struct GatewayProcess {

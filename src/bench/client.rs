@@ -1,6 +1,9 @@
-//! A lean STOMP-over-WebSocket client for load generation: one per connection, a small
-//! WebSocket read buffer, the project's own codec, optional source-address binding (to
-//! spread tens of thousands of connections over several loopback addresses).
+//! The project's STOMP-over-WebSocket client, on its own codec: lean enough for load
+//! generation (one per connection, a small WebSocket read buffer, optional source-address
+//! binding to spread tens of thousands of connections over several loopback addresses), and
+//! the WebSocket transport of the integration tests' client (`tests/support`), which adds
+//! TCP, TLS and panicking conveniences around [`StompWs::from_websocket`] and
+//! [`StompWs::next_event`].
 
 use crate::stomp::{Command, Decoded, Decoder, Frame, Limits, Version, encode};
 use bytes::BytesMut;
@@ -8,11 +11,12 @@ use futures::{SinkExt, StreamExt};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 /// Where and how the clients connect; shared by every connection of a run.
 #[derive(Clone, Debug)]
@@ -101,15 +105,25 @@ impl ClientError {
     }
 }
 
-/// One STOMP session over one WebSocket.
-pub struct StompWs {
-    ws: WebSocketStream<TcpStream>,
+/// What the server sent next.
+#[derive(Debug)]
+pub enum Event {
+    Frame(Frame),
+    /// A heart-beat (an EOL between frames).
+    Heartbeat,
+    /// The WebSocket ended: the server's close frame, or None when the stream just ended.
+    Closed(Option<CloseFrame>),
+}
+
+/// One STOMP session over one WebSocket (plain TCP by default; any stream, e.g. TLS).
+pub struct StompWs<S = TcpStream> {
+    ws: WebSocketStream<S>,
     decoder: Decoder,
     version: Version,
     out: BytesMut,
 }
 
-impl StompWs {
+impl StompWs<TcpStream> {
     /// TCP connect (from source address `index % source_ips`), WebSocket handshake,
     /// STOMP CONNECT with heart-beat 0,0; returns once CONNECTED arrived.
     pub async fn connect(target: &Target, index: usize) -> Result<StompWs, ClientError> {
@@ -135,17 +149,7 @@ impl StompWs {
             .await
             .map_err(|_| ClientError::Timeout("websocket handshake"))?
             .map_err(|e| ClientError::Handshake(e.to_string()))?;
-        let mut decoder = Decoder::new(Limits {
-            max_frame_bytes: 64 * 1024 * 1024,
-            ..Limits::default()
-        });
-        decoder.set_authenticated(true);
-        let mut client = StompWs {
-            ws,
-            decoder,
-            version: Version::V1_2,
-            out: BytesMut::with_capacity(256),
-        };
+        let mut client = StompWs::from_websocket(ws);
         let connect = Frame::new(Command::Connect)
             .header("accept-version", "1.2,1.1,1.0")
             .header("host", target.vhost.as_str())
@@ -160,13 +164,36 @@ impl StompWs {
                     .get("version")
                     .and_then(Version::parse)
                     .unwrap_or(Version::V1_0);
-                client.version = version;
-                client.decoder.set_version(version);
+                client.set_version(version);
                 Ok(client)
             }
             Command::Error => Err(error_of(&reply)),
             other => Err(ClientError::Unexpected(other.to_string())),
         }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> StompWs<S> {
+    /// A session over a WebSocket that is already open; nothing is sent (the caller sends
+    /// CONNECT, and calls [`StompWs::set_version`] with the version CONNECTED names).
+    pub fn from_websocket(ws: WebSocketStream<S>) -> StompWs<S> {
+        let mut decoder = Decoder::new(Limits {
+            max_frame_bytes: 64 * 1024 * 1024,
+            ..Limits::default()
+        });
+        decoder.set_authenticated(true);
+        StompWs {
+            ws,
+            decoder,
+            version: Version::V1_2,
+            out: BytesMut::with_capacity(256),
+        }
+    }
+
+    /// The STOMP version frames are encoded and decoded with from now on.
+    pub fn set_version(&mut self, version: Version) {
+        self.version = version;
+        self.decoder.set_version(version);
     }
 
     /// SUBSCRIBE (ack auto) with a receipt, and waits for the RECEIPT.
@@ -203,27 +230,44 @@ impl StompWs {
         let bytes = self.out.split().freeze();
         let text = tokio_tungstenite::tungstenite::Utf8Bytes::try_from(bytes)
             .map_err(|_| ClientError::WebSocket("frame is not UTF-8".into()))?;
+        self.send_message(Message::Text(text)).await
+    }
+
+    /// Sends any WebSocket message (raw or malformed bytes, for tests).
+    pub async fn send_message(&mut self, message: Message) -> Result<(), ClientError> {
         self.ws
-            .send(Message::Text(text))
+            .send(message)
             .await
             .map_err(|e| ClientError::WebSocket(e.to_string()))
     }
 
-    /// Next frame; None when the server closed the connection.
-    pub async fn next_frame(&mut self) -> Result<Option<Frame>, ClientError> {
+    /// Next frame, heart-beat or close. Cancel-safe: bytes already read stay decoded.
+    pub async fn next_event(&mut self) -> Result<Event, ClientError> {
         loop {
             match self.decoder.decode() {
-                Ok(Some(Decoded::Frame(f))) => return Ok(Some(f)),
-                Ok(Some(Decoded::Heartbeat)) => continue,
+                Ok(Some(Decoded::Frame(f))) => return Ok(Event::Frame(f)),
+                Ok(Some(Decoded::Heartbeat)) => return Ok(Event::Heartbeat),
                 Ok(None) => {}
                 Err(e) => return Err(ClientError::Decode(e.to_string())),
             }
             match self.ws.next().await {
                 Some(Ok(Message::Text(t))) => self.decoder.feed(t.as_bytes()),
                 Some(Ok(Message::Binary(b))) => self.decoder.feed(&b),
-                Some(Ok(Message::Close(_))) | None => return Ok(None),
+                Some(Ok(Message::Close(frame))) => return Ok(Event::Closed(frame)),
+                None => return Ok(Event::Closed(None)),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(ClientError::WebSocket(e.to_string())),
+            }
+        }
+    }
+
+    /// Next frame, heart-beats skipped; None when the server closed the connection.
+    pub async fn next_frame(&mut self) -> Result<Option<Frame>, ClientError> {
+        loop {
+            match self.next_event().await? {
+                Event::Frame(f) => return Ok(Some(f)),
+                Event::Heartbeat => continue,
+                Event::Closed(_) => return Ok(None),
             }
         }
     }
@@ -267,4 +311,106 @@ async fn tcp_connect(target: &Target, index: usize) -> std::io::Result<TcpStream
     };
     socket.bind(SocketAddr::new(ip, 0))?;
     socket.connect(target.addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    /// A client and the server end of one WebSocket, in memory.
+    async fn pair() -> (
+        StompWs<tokio::io::DuplexStream>,
+        WebSocketStream<tokio::io::DuplexStream>,
+    ) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let client = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
+        let server = WebSocketStream::from_raw_socket(b, Role::Server, None).await;
+        (StompWs::from_websocket(client), server)
+    }
+
+    #[tokio::test]
+    async fn frames_heartbeats_split_frames_and_the_close_frame_arrive_as_events() {
+        let (mut client, mut server) = pair().await;
+        server
+            .send(Message::Text("CONNECTED\nversion:1.2\n\n\0\n".into()))
+            .await
+            .expect("send");
+        // A frame split over two messages is one frame.
+        server
+            .send(Message::Binary(
+                b"MESSAGE\ndestination:/q/a\n\nhel".to_vec().into(),
+            ))
+            .await
+            .expect("send");
+        server
+            .send(Message::Binary(b"lo\0".to_vec().into()))
+            .await
+            .expect("send");
+        server
+            .send(Message::Close(Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: "bye".into(),
+            })))
+            .await
+            .expect("send");
+
+        let Event::Frame(f) = client.next_event().await.expect("event") else {
+            panic!("CONNECTED first");
+        };
+        assert_eq!(f.command, Command::Connected);
+        assert!(matches!(client.next_event().await, Ok(Event::Heartbeat)));
+        let Ok(Event::Frame(f)) = client.next_event().await else {
+            panic!("MESSAGE next");
+        };
+        assert_eq!((f.command, &f.body[..]), (Command::Message, &b"hello"[..]));
+        match client.next_event().await {
+            Ok(Event::Closed(Some(frame))) => {
+                assert_eq!(
+                    (u16::from(frame.code), frame.reason.as_str()),
+                    (1001, "bye")
+                );
+            }
+            other => panic!("expected the close frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn undecodable_server_output_is_a_decode_error_and_a_dropped_stream_a_close() {
+        let (mut client, mut server) = pair().await;
+        server
+            .send(Message::Text("MESSAGE\nno colon here\n\n\0".into()))
+            .await
+            .expect("send");
+        assert!(matches!(
+            client.next_event().await,
+            Err(ClientError::Decode(_))
+        ));
+
+        let (mut client, server) = pair().await;
+        drop(server);
+        match client.next_frame().await {
+            Ok(None) | Err(ClientError::WebSocket(_)) => {}
+            other => panic!("expected the end of the stream, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_go_out_as_text_messages() {
+        let (mut client, mut server) = pair().await;
+        client
+            .send(&Frame::new(Command::Send).header("destination", "/q/a"))
+            .await
+            .expect("send");
+        match server.next().await {
+            Some(Ok(Message::Text(t))) => {
+                assert!(
+                    t.as_str().starts_with("SEND\ndestination:/q/a\n\n\0"),
+                    "{t}"
+                );
+            }
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
 }

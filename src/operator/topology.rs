@@ -8,8 +8,9 @@
 //! the connection is replaced when its ids run out.
 
 use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use lapin::options::{
@@ -224,6 +225,11 @@ impl Broker {
             .clone()
     }
 
+    /// The frame_max negotiated with the broker.
+    pub fn frame_max(&self) -> u32 {
+        self.current().connection().configuration().frame_max()
+    }
+
     /// Whether the connection is still usable.
     pub fn is_connected(&self) -> bool {
         self.current().connection().status().connected()
@@ -311,22 +317,35 @@ impl Broker {
     }
 }
 
+/// AMQP frame_max the operator asks for: its frames are declares and deletes.
+pub const OPERATOR_FRAME_MAX: u32 = 8 * 1024;
+
 /// Connects with a timeout; ACCESS_REFUSED becomes [`TopologyError::AuthFailed`].
 async fn open_connection(target: &BrokerTarget) -> Result<SharedConnection, TopologyError> {
     let props = ConnectionProperties::default().with_connection_name("stompgate-operator".into());
     let broker = target.display.clone();
-    let connect = async {
-        match &target.ca_pem {
-            None => Connection::connect(&target.uri, props).await,
-            Some(pem) => {
-                let tls = lapin::tcp::OwnedTLSConfig {
-                    identity: None,
-                    cert_chain: Some(pem.clone()),
-                };
-                let rt = lapin::runtime::default_runtime()?;
-                Connection::connect_with_config(&target.uri, props, tls, rt).await
-            }
+    let mut uri = lapin::uri::AMQPUri::from_str(&target.uri).map_err(|message| {
+        TopologyError::Unreachable {
+            broker: broker.clone(),
+            message,
         }
+    })?;
+    // lapin sizes each connection's read and write buffers at 32 frames: at RabbitMQ's
+    // default frame_max (128 KiB) 8 MiB per connection, for declares of a few hundred bytes.
+    // `?frame_max=N` in the URL overrides.
+    if uri.query.frame_max.is_none() {
+        uri.query.frame_max = Some(OPERATOR_FRAME_MAX);
+    }
+    let connect = async {
+        let tls = match &target.ca_pem {
+            None => lapin::tcp::OwnedTLSConfig::default(),
+            Some(pem) => lapin::tcp::OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(pem.clone()),
+            },
+        };
+        let rt = lapin::runtime::default_runtime()?;
+        Connection::connect_uri_with_config(uri, props, tls, rt).await
     };
     match tokio::time::timeout(OP_TIMEOUT, connect).await {
         Err(_) => Err(TopologyError::Unreachable {
@@ -802,6 +821,8 @@ struct PoolEntry {
     broker: Option<Arc<Broker>>,
     // Set when a connect failed or a pooled connection was found dead.
     down: bool,
+    // The last failed connect and when it ended: tasks that waited for it share its answer.
+    failed: Option<(Instant, TopologyError)>,
 }
 
 /// Long-lived connections, one per broker and user. When a broker that was down (or whose
@@ -809,6 +830,9 @@ struct PoolEntry {
 /// happened meanwhile (e.g. a broker reset) is repaired at once.
 pub struct BrokerPool {
     entries: Mutex<HashMap<String, (BrokerTarget, PoolEntry)>>,
+    // One connect at a time per broker and user: a burst of reconciles (a restart, a thousand
+    // objects applied at once) shares one connection instead of opening one each.
+    connecting: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     reconnected: mpsc::UnboundedSender<()>,
 }
 
@@ -819,6 +843,7 @@ impl BrokerPool {
         (
             Arc::new(Self {
                 entries: Mutex::new(HashMap::new()),
+                connecting: Mutex::new(HashMap::new()),
                 reconnected: tx,
             }),
             rx,
@@ -827,27 +852,38 @@ impl BrokerPool {
 
     /// A live connection to `target`, connecting if needed.
     pub async fn get(&self, target: &BrokerTarget) -> Result<Arc<Broker>, TopologyError> {
+        let key = target.key();
+        if let Some(b) = self.live(&key).await {
+            return Ok(b);
+        }
+        let gate = self
+            .connecting
+            .lock()
+            .await
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let waited_since = Instant::now();
+        let _one_at_a_time = gate.lock().await;
+        // Another task may have connected, or failed to, while this one waited.
+        if let Some(b) = self.live(&key).await {
+            return Ok(b);
+        }
+        if let Some((_, entry)) = self.entries.lock().await.get(&key)
+            && let Some((at, e)) = &entry.failed
+            && *at >= waited_since
         {
-            let mut map = self.entries.lock().await;
-            if let Some((_, e)) = map.get_mut(&target.key()) {
-                match &e.broker {
-                    Some(b) if b.is_connected() => return Ok(b.clone()),
-                    Some(_) => {
-                        e.broker = None;
-                        e.down = true;
-                    }
-                    None => {}
-                }
-            }
+            return Err(e.clone());
         }
         let res = Broker::connect(target).await;
         let mut map = self.entries.lock().await;
-        let (_, entry) = map.entry(target.key()).or_insert_with(|| {
+        let (_, entry) = map.entry(key).or_insert_with(|| {
             (
                 target.clone(),
                 PoolEntry {
                     broker: None,
                     down: false,
+                    failed: None,
                 },
             )
         });
@@ -859,6 +895,7 @@ impl BrokerPool {
                 }
                 entry.broker = Some(b.clone());
                 entry.down = false;
+                entry.failed = None;
                 Ok(b)
             }
             Err(e) => {
@@ -866,8 +903,25 @@ impl BrokerPool {
                 if matches!(e, TopologyError::Unreachable { .. }) {
                     entry.down = true;
                 }
+                entry.failed = Some((Instant::now(), e.clone()));
                 Err(e)
             }
+        }
+    }
+
+    /// The pooled connection under `key` if it is still connected; a dead one is forgotten
+    /// (and the broker marked down).
+    async fn live(&self, key: &str) -> Option<Arc<Broker>> {
+        let mut map = self.entries.lock().await;
+        let (_, e) = map.get_mut(key)?;
+        match &e.broker {
+            Some(b) if b.is_connected() => Some(b.clone()),
+            Some(_) => {
+                e.broker = None;
+                e.down = true;
+                None
+            }
+            None => None,
         }
     }
 

@@ -1,15 +1,20 @@
-//! Shared helpers for integration tests: an in-process gateway, STOMP clients over
-//! WebSocket and TCP (using the project's own codec), and an AMQP publisher.
+//! Shared helpers for every integration test suite (each binary includes this one module):
+//! the test broker's URL and unique names, polling, an in-process gateway, STOMP clients over
+//! WebSocket and TCP (using the project's own codec), an AMQP publisher, RabbitMQ checks
+//! (`rabbit`), private broker nodes (`private_node`), and the operator's harness and fixtures
+//! (`operator`).
 #![allow(dead_code)]
 
+pub mod operator;
 pub mod private_node;
+pub mod rabbit;
 
 use bytes::{Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use std::time::Duration;
+use stompgate::bench::client::{ClientError, Event, StompWs};
 use stompgate::gateway::config::parse_gateway_args;
 use stompgate::gateway::server::{self, Gateway};
 use stompgate::stomp::{Command, Decoded, Decoder, Frame, Limits, Version, encode};
@@ -61,9 +66,16 @@ pub async fn start_gateway_with(extra: &[&str], router: axum::Router<server::App
 }
 
 enum Transport {
-    Ws(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>),
-    /// Plain, or TLS (`stomp+ssl`).
+    /// The library's STOMP-over-WebSocket client (it decodes what it reads).
+    Ws(Box<StompWs<tokio_tungstenite::MaybeTlsStream<TcpStream>>>),
+    /// Plain, or TLS (`stomp+ssl`); decoded by [`Client`]'s own decoder.
     Tcp(Box<tokio_tungstenite::MaybeTlsStream<TcpStream>>),
+}
+
+fn ws_transport(
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+) -> Transport {
+    Transport::Ws(Box::new(StompWs::from_websocket(ws)))
 }
 
 /// What a client observed when the server ended the connection.
@@ -99,7 +111,7 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("websocket connects");
-        Client::new(Transport::Ws(Box::new(ws)))
+        Client::new(ws_transport(ws))
     }
 
     pub async fn tcp(gateway: &Gateway) -> Client {
@@ -139,7 +151,7 @@ impl Client {
         let (ws, _) =
             tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
                 .await?;
-        Ok(Client::new(Transport::Ws(Box::new(ws))))
+        Ok(Client::new(ws_transport(ws)))
     }
 
     /// STOMP over TLS on the TCP listener, checking the server name `localhost`.
@@ -173,7 +185,7 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("websocket connects");
-        Client::new(Transport::Ws(Box::new(ws)))
+        Client::new(ws_transport(ws))
     }
 
     fn new(transport: Transport) -> Client {
@@ -215,6 +227,9 @@ impl Client {
         {
             self.version = v;
             self.decoder.set_version(v);
+            if let Transport::Ws(ws) = &mut self.transport {
+                ws.set_version(v);
+            }
         }
         reply
     }
@@ -236,7 +251,7 @@ impl Client {
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         match &mut self.transport {
             Transport::Ws(ws) => ws
-                .send(Message::Binary(Bytes::copy_from_slice(bytes)))
+                .send_message(Message::Binary(Bytes::copy_from_slice(bytes)))
                 .await
                 .expect("ws send"),
             Transport::Tcp(s) => s.write_all(bytes).await.expect("tcp send"),
@@ -254,7 +269,7 @@ impl Client {
     pub async fn try_send_raw(&mut self, bytes: &[u8]) -> bool {
         match &mut self.transport {
             Transport::Ws(ws) => ws
-                .send(Message::Binary(Bytes::copy_from_slice(bytes)))
+                .send_message(Message::Binary(Bytes::copy_from_slice(bytes)))
                 .await
                 .is_ok(),
             Transport::Tcp(s) => s.write_all(bytes).await.is_ok(),
@@ -268,13 +283,15 @@ impl Client {
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", "v12.stomp".parse().ok()?);
         let (ws, _) = tokio_tungstenite::connect_async(request).await.ok()?;
-        Some(Client::new(Transport::Ws(Box::new(ws))))
+        Some(Client::new(ws_transport(ws)))
     }
 
     /// Sends raw bytes as one WebSocket text message.
     pub async fn send_text(&mut self, text: &str) {
         if let Transport::Ws(ws) = &mut self.transport {
-            ws.send(Message::Text(text.into())).await.expect("ws send");
+            ws.send_message(Message::Text(text.into()))
+                .await
+                .expect("ws send");
         } else {
             self.send_raw(text.as_bytes()).await;
         }
@@ -319,6 +336,25 @@ impl Client {
 
     async fn recv_wire(&mut self, d: Duration) -> Option<Frame> {
         let deadline = tokio::time::Instant::now() + d;
+        if let Transport::Ws(ws) = &mut self.transport {
+            loop {
+                // The client decodes each message as it reads it: after a close nothing
+                // complete is left.
+                if self.closed.is_some() {
+                    return None;
+                }
+                match tokio::time::timeout_at(deadline, ws.next_event()).await {
+                    Err(_) => return None,
+                    Ok(Ok(Event::Frame(f))) => return Some(f),
+                    Ok(Ok(Event::Heartbeat)) => self.heartbeats += 1,
+                    Ok(Ok(Event::Closed(frame))) => self.closed = Some(Closed::WebSocket(frame)),
+                    Ok(Err(ClientError::Decode(e))) => {
+                        panic!("client could not decode server output: {e}")
+                    }
+                    Ok(Err(_)) => self.closed = Some(Closed::WebSocket(None)),
+                }
+            }
+        }
         loop {
             match self.decoder.decode() {
                 Ok(Some(Decoded::Frame(f))) => return Some(f),
@@ -332,7 +368,7 @@ impl Client {
             if self.closed.is_some() {
                 return None;
             }
-            let chunk = tokio::time::timeout_at(deadline, self.read_chunk()).await;
+            let chunk = tokio::time::timeout_at(deadline, self.read_tcp()).await;
             match chunk {
                 Err(_) => return None,
                 Ok(Some(bytes)) => self.decoder.feed(&bytes),
@@ -341,35 +377,19 @@ impl Client {
         }
     }
 
-    async fn read_chunk(&mut self) -> Option<Vec<u8>> {
-        match &mut self.transport {
-            Transport::Ws(ws) => match ws.next().await {
-                Some(Ok(Message::Text(t))) => Some(t.as_bytes().to_vec()),
-                Some(Ok(Message::Binary(b))) => Some(b.to_vec()),
-                Some(Ok(Message::Close(frame))) => {
-                    self.closed = Some(Closed::WebSocket(frame));
-                    None
-                }
-                Some(Ok(_)) => Some(Vec::new()),
-                Some(Err(_)) | None => {
-                    if self.closed.is_none() {
-                        self.closed = Some(Closed::WebSocket(None));
-                    }
-                    None
-                }
-            },
-            Transport::Tcp(s) => {
-                let mut buf = vec![0u8; 65536];
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => {
-                        self.closed = Some(Closed::Eof);
-                        None
-                    }
-                    Ok(n) => {
-                        buf.truncate(n);
-                        Some(buf)
-                    }
-                }
+    async fn read_tcp(&mut self) -> Option<Vec<u8>> {
+        let Transport::Tcp(s) = &mut self.transport else {
+            return None;
+        };
+        let mut buf = vec![0u8; 65536];
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                self.closed = Some(Closed::Eof);
+                None
+            }
+            Ok(n) => {
+                buf.truncate(n);
+                Some(buf)
             }
         }
     }
@@ -672,6 +692,26 @@ pub async fn http_get(url: &str) -> Option<(u16, String)> {
         .await
         .ok()
         .flatten()
+}
+
+/// The repository root (where Cargo.toml, scripts/ and examples/ are).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Polls `f` every 50 ms until it returns Some, or panics after `secs`.
+pub async fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Polls `check` every 50 ms until it holds; returns how long that took, panics at `limit`.

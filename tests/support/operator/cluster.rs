@@ -7,40 +7,18 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use kube_emulator::Emulator;
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use lapin::{BasicProperties, Connection};
 use serde_json::{Value, json};
 use stompgate::crd::StompGateway;
 use stompgate::operator::controller::{self, Context, Settings};
 use stompgate::operator::metrics::Metrics;
 use stompgate::operator::topology::BrokerPool;
 
+use super::super::wait_for;
+
 /// The CRD collection.
 pub const CRDS: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
-
-/// AMQP URL of the test broker (STOMPGATE_TEST_AMQP_URL overrides).
-pub fn amqp_url() -> String {
-    std::env::var("STOMPGATE_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-/// host:port of the test broker.
-pub fn broker_addr() -> std::net::SocketAddr {
-    let url = amqp_url();
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(&url);
-    let rest = rest.rsplit_once('@').map(|(_, r)| r).unwrap_or(rest);
-    let hostport = rest.split('/').next().unwrap_or("127.0.0.1:5672");
-    hostport.parse().expect("the test AMQP URL has an IP:port")
-}
-
-/// A broker object name unique to this run.
-pub fn uniq(p: &str) -> String {
-    format!("opfaults-{p}-{}", uuid::Uuid::new_v4().simple())
-}
 
 /// API path of a StompGateway.
 pub fn gw_path(ns: &str, name: &str) -> String {
@@ -351,65 +329,6 @@ pub fn observed_current(gw: &Value) -> bool {
     gw.pointer("/status/observedGeneration") == gw.pointer("/metadata/generation")
 }
 
-/// Polls `f` every 50 ms until it returns Some, or panics after `secs`.
-pub async fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A connection to the test RabbitMQ.
-pub async fn rabbit() -> Connection {
-    Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ on 127.0.0.1:5672 (scripts/ensure-test-deps.sh starts it)")
-}
-
-/// Passive declare: false when RabbitMQ answers NOT_FOUND.
-pub async fn exchange_exists(c: &Connection, name: &str) -> bool {
-    let ch = c.create_channel().await.expect("channel");
-    let r = ch
-        .exchange_declare(
-            name.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    match r {
-        Ok(()) => {
-            let _ = ch.close(200, "ok".into()).await;
-            true
-        }
-        Err(e) => {
-            assert!(
-                e.to_string().contains("NOT_FOUND"),
-                "passive declare of {name}: {e}"
-            );
-            false
-        }
-    }
-}
-
-/// Deletes an exchange (cleanup).
-pub async fn delete_exchange(c: &Connection, name: &str) {
-    let ch = c.create_channel().await.expect("channel");
-    let _ = ch
-        .exchange_delete(name.into(), ExchangeDeleteOptions::default())
-        .await;
-}
-
 /// Whether a message published to `exchange` with `rk` reaches queue `q` (purged first).
 pub async fn routes(c: &Connection, exchange: &str, rk: &str, q: &str) -> bool {
     let ch = c.create_channel().await.expect("channel");
@@ -431,24 +350,4 @@ pub async fn routes(c: &Connection, exchange: &str, rk: &str, q: &str) -> bool {
         .expect("basic.get");
     let _ = ch.close(200, "ok".into()).await;
     got.is_some()
-}
-
-/// Declares a (non-durable) queue.
-pub async fn declare_queue(c: &Connection, q: &str) {
-    let ch = c.create_channel().await.expect("channel");
-    ch.queue_declare(
-        q.into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("queue");
-}
-
-/// Deletes a queue (cleanup).
-pub async fn delete_queue(c: &Connection, q: &str) {
-    let ch = c.create_channel().await.expect("channel");
-    let _ = ch
-        .queue_delete(q.into(), QueueDeleteOptions::default())
-        .await;
 }

@@ -1,8 +1,6 @@
 //! Operator runtime: leader election on a Lease (against the mock API) and the admin endpoints.
 
-#[path = "support/operator/mod.rs"]
-#[allow(clippy::duplicate_mod)]
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +11,7 @@ use kube::Api;
 use serde_json::json;
 use stompgate::operator::leader::{LeaseSettings, release, try_acquire};
 use stompgate::operator::metrics::Metrics;
-use support::apiserver::FakeApi;
+use support::operator::apiserver::FakeApi;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/stompgate-operator";

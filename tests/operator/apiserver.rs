@@ -4,20 +4,20 @@
 //! manager and operation, the Deployment controller's status, terminating namespaces, field
 //! managers), and the real RabbitMQ.
 
-#[path = "e2e/proxy.rs"]
-mod proxy;
-#[path = "support/operator/mod.rs"]
-#[allow(clippy::duplicate_mod)]
-mod support;
+use crate::proxy;
+use crate::support;
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::cluster::{
-    Op, broker_addr, cond, cond_is, declare_queue, delete_exchange, delete_queue, deployment_path,
-    exchange_exists, gw_path, observed_current, rabbit, routes, uniq, wait_for,
+use support::operator::cluster::{
+    Op, cond, cond_is, deployment_path, gw_path, observed_current, routes,
 };
-use support::kstatus::{KStatus, compute};
+use support::operator::kstatus::{KStatus, compute};
+use support::rabbit::{
+    broker_addr, declare_queue, delete_exchange, delete_queue, exchange_exists, rabbit,
+};
+use support::{unique, wait_for};
 
 fn ledger_names(gw: &Value, list: &str, key: &str) -> Vec<String> {
     gw.pointer(&format!("/status/topology/{list}"))
@@ -39,9 +39,9 @@ async fn removing_an_exchange_and_a_binding_keeps_status_current() {
     op.namespace(ns);
     op.guest_secret(ns);
     let rmq = rabbit().await;
-    let q = uniq("q");
+    let q = unique("q");
     declare_queue(&rmq, &q).await;
-    let (keep, drop) = (uniq("keep"), uniq("drop"));
+    let (keep, drop) = (unique("keep"), unique("drop"));
     let binding = |source: &str| json!({"source": source, "destination": q, "destinationType": "queue", "routingKey": "k"});
     op.gateway(
         ns,
@@ -290,6 +290,15 @@ async fn a_terminating_namespace_is_left_alone() {
         op.gw(ns, "gw").filter(|g| cond_is(g, "Ready", "True"))
     })
     .await;
+    // The Ready event is sent just after the status write: let it land before the namespace
+    // goes, or its create is (rightly) refused with 403 and counted below.
+    wait_for("the Ready event", 30, || {
+        op.events(ns, "gw")
+            .iter()
+            .any(|(_, reason, _)| reason == "Ready")
+            .then_some(())
+    })
+    .await;
     let errors_before = reconcile_errors(&op);
 
     // The namespace controller deletes a namespace's content kind by kind: hold it between
@@ -352,7 +361,7 @@ async fn every_write_names_its_field_manager() {
     let ns = "managers";
     op.namespace(ns);
     op.guest_secret(ns);
-    let exchange = uniq("managed");
+    let exchange = unique("managed");
     op.gateway(
         ns,
         "gw",
@@ -493,7 +502,7 @@ async fn backoff_holds_from_the_first_failure() {
     op.step("broker down, then a spec change that leaves the children alone");
     proxy.stop();
     let mark = op.emu.audit().len();
-    let exchange = uniq("backoff");
+    let exchange = unique("backoff");
     op.merge_patch(
         &gw_path(ns, "gw"),
         json!({"spec": {"topology": {"exchanges": [{"name": exchange, "type": "topic"}]}}}),
@@ -531,7 +540,7 @@ async fn backoff_holds_from_the_first_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn expected_broker_answers_are_not_logged_as_errors() {
     let emu = std::sync::Arc::new(kube_emulator::Emulator::start().await.expect("emulator"));
-    support::cluster::install_crd(&emu).await;
+    support::operator::cluster::install_crd(&emu).await;
     let dir = std::env::temp_dir().join(format!("stompgate-logs-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("dir");
     let kubeconfig = dir.join("kubeconfig");
@@ -544,8 +553,8 @@ async fn expected_broker_answers_are_not_logged_as_errors() {
             .0,
         201
     );
-    let exchange = uniq("logs");
-    let missing_queue = uniq("no-such-queue");
+    let exchange = unique("logs");
+    let missing_queue = unique("no-such-queue");
     let gw = json!({"apiVersion": "stompgate.io/v1alpha1", "kind": "StompGateway",
         "metadata": {"name": "gw"},
         "spec": {"rabbitmq": {"host": "127.0.0.1", "port": broker_addr().port(),
@@ -676,7 +685,7 @@ async fn ownership_left_by_an_older_version_is_repaired() {
     let ns = "legacy-owner";
     op.namespace(ns);
     op.guest_secret(ns);
-    let (keep, legacy) = (uniq("keep"), uniq("legacy"));
+    let (keep, legacy) = (unique("keep"), unique("legacy"));
     let exchange = |name: &str| json!({"name": name, "type": "topic"});
     op.gateway(
         ns,
@@ -756,7 +765,7 @@ async fn a_stale_cached_copy_never_disowns_a_created_exchange() {
     let ns = "stale";
     op.namespace(ns);
     op.guest_secret(ns);
-    let exchange = uniq("stale");
+    let exchange = unique("stale");
     op.gateway(
         ns,
         "gw",

@@ -1,15 +1,13 @@
 //! Validation (`stompgate lint` and the controller's validate step): the CRD schema, its CEL
 //! rules and the podTemplate guards, with messages that name the field and the fix.
 
-#[path = "support/operator/mod.rs"]
-#[allow(clippy::duplicate_mod)]
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 
 use stompgate::operator::cli::{Doc, lint_docs, read_docs};
 use stompgate::operator::validate::validate_value;
-use support::fixture;
+use support::operator::fixture;
 
 fn docs(yaml: &str) -> Vec<Doc> {
     let dir = std::env::temp_dir().join(format!("stompgate-lint-{}", uuid::Uuid::new_v4()));
@@ -194,7 +192,7 @@ spec:
   webSocket: {path: ws}
 "#;
     let emu = kube_emulator::Emulator::start().await.expect("emulator");
-    support::cluster::install_crd(&emu).await;
+    support::operator::cluster::install_crd(&emu).await;
     // (field, message) pairs from lint and from the server, fields sorted.
     let both = |yaml: &str| {
         let d = docs(yaml);

@@ -9,16 +9,14 @@
 //! the examples, and, when `STOMPGATE_RENDERED_DIR` is set, every `*.yaml` in it:
 //! scripts/check-packaging.sh points it at the Helm renders of all its value sets.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 use stompgate::crd::StompGateway;
 use stompgate::operator::resources::{self, BuildInputs};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::support::repo_root;
 
 /// Every YAML document of a file, as (where, document).
 fn docs(path: &Path) -> Vec<(String, Value)> {
@@ -265,7 +263,7 @@ fn roles(docs: &[(String, Value)]) -> Vec<(String, Value)> {
 fn shipped_manifests() -> Vec<(String, Value)> {
     let mut out = Vec::new();
     for f in ["deploy/namespace.yaml", "deploy/operator.yaml"] {
-        out.extend(docs(&root().join(f)));
+        out.extend(docs(&repo_root().join(f)));
     }
     if let Ok(dir) = std::env::var("STOMPGATE_RENDERED_DIR") {
         let mut n = 0;
@@ -294,7 +292,7 @@ fn gateway_manifests() -> Vec<(String, Value)> {
         "examples/stompgateway-full.yaml",
         "examples/stompgateway-local.yaml",
     ] {
-        for (w, d) in docs(&root().join(f)) {
+        for (w, d) in docs(&repo_root().join(f)) {
             if d["kind"] != "StompGateway" {
                 continue;
             }

@@ -10,11 +10,8 @@
 //!   up the owned exchange and binding are removed; with the broker gone the finalizer gives up
 //!   at the configured bound and the deletion completes.
 
-#[path = "e2e/proxy.rs"]
-mod proxy;
-#[path = "support/operator/mod.rs"]
-#[allow(clippy::duplicate_mod)]
-mod support;
+use crate::proxy;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -23,10 +20,11 @@ use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use stompgate::operator::controller;
-use support::cluster::{
-    Op, broker_addr, cond, cond_is, declare_queue, delete_exchange, delete_queue, exchange_exists,
-    gw_path, observed_current, rabbit, routes, uniq, wait_for,
+use support::operator::cluster::{Op, cond, cond_is, gw_path, observed_current, routes};
+use support::rabbit::{
+    broker_addr, declare_queue, delete_exchange, delete_queue, exchange_exists, rabbit,
 };
+use support::{unique, wait_for};
 
 /// A proxy to RabbitMQ whose port is closed: a broker that is down.
 async fn broker_down() -> proxy::Proxy {
@@ -49,7 +47,7 @@ async fn broker_down_is_reported_retried_with_backoff_and_converges_when_it_list
     op.namespace(ns);
     op.guest_secret(ns);
     let proxy = broker_down().await;
-    let exchange = uniq("down");
+    let exchange = unique("down");
     op.step("StompGateway pointing at a closed port");
     op.gateway(
         ns,
@@ -147,7 +145,7 @@ async fn secret_removed_is_reported_with_an_event_and_converges_when_restored() 
     let ns = "fault-secret";
     op.namespace(ns);
     op.guest_secret(ns);
-    let exchange = uniq("secret");
+    let exchange = unique("secret");
     op.gateway(
         ns,
         "gw",
@@ -213,8 +211,8 @@ async fn conflicting_exchange_stalls_naming_it_declares_the_others_without_a_ret
     op.namespace(ns);
     op.guest_secret(ns);
     let rmq = rabbit().await;
-    let taken = uniq("taken");
-    let free = uniq("free");
+    let taken = unique("taken");
+    let free = unique("free");
     // Someone else's exchange: fanout, not durable; the spec wants a durable topic.
     {
         let ch = rmq.create_channel().await.expect("channel");
@@ -320,7 +318,7 @@ async fn conflicting_exchange_stalls_naming_it_declares_the_others_without_a_ret
 async fn converged_with_owned_topology(op: &Op, ns: &str, port: u16, q: &str) -> String {
     op.namespace(ns);
     op.guest_secret(ns);
-    let exchange = uniq("owned");
+    let exchange = unique("owned");
     op.gateway(
         ns,
         "gw",
@@ -350,7 +348,7 @@ async fn namespace_deleted_with_the_broker_up_removes_the_owned_topology() {
     let op = Op::start(Duration::from_secs(30)).await;
     let ns = "fault-ns-up";
     let rmq = rabbit().await;
-    let q = uniq("q");
+    let q = unique("q");
     declare_queue(&rmq, &q).await;
     let exchange = converged_with_owned_topology(&op, ns, broker_addr().port(), &q).await;
     assert!(routes(&rmq, &exchange, "k", &q).await, "binding declared");
@@ -401,7 +399,7 @@ async fn deletion_with_the_broker_gone_completes_at_the_cleanup_bound() {
     let bound = Duration::from_secs(6);
     let op = Op::start(bound).await;
     let rmq = rabbit().await;
-    let q = uniq("q");
+    let q = unique("q");
     declare_queue(&rmq, &q).await;
     let proxy = proxy::Proxy::start(broker_addr()).await;
 

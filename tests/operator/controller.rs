@@ -3,17 +3,15 @@
 //! Each test asserts the exact API calls, so "a steady-state reconcile makes no write" is
 //! checked, not assumed.
 
-#[path = "support/operator/mod.rs"]
-#[allow(clippy::duplicate_mod)]
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
+use lapin::ExchangeKind;
+use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use serde_json::{Value, json};
 use stompgate::crd::StompGateway;
 use stompgate::operator::controller::{
@@ -21,7 +19,9 @@ use stompgate::operator::controller::{
 };
 use stompgate::operator::metrics::Metrics;
 use stompgate::operator::topology::BrokerPool;
-use support::apiserver::{Call, FakeApi};
+use support::operator::apiserver::{Call, FakeApi};
+use support::rabbit::{broker_host_port, delete_exchange, exchange_exists, rabbit};
+use support::unique;
 
 const NS: &str = "ns1";
 const GW: &str = "/apis/stompgate.io/v1alpha1/namespaces/ns1/stompgateways/gw";
@@ -33,27 +33,8 @@ const PDB: &str = "/apis/policy/v1/namespaces/ns1/poddisruptionbudgets/gw";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns1/events";
 const NAMESPACE: &str = "/api/v1/namespaces/ns1";
 
-fn amqp_url() -> String {
-    std::env::var("STOMPGATE_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-/// (host, port) of the test broker.
-fn broker_addr() -> (String, u16) {
-    let url = amqp_url();
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(&url);
-    let rest = rest.rsplit_once('@').map(|(_, r)| r).unwrap_or(rest);
-    let hostport = rest.split('/').next().unwrap_or("127.0.0.1:5672");
-    let (h, p) = hostport.rsplit_once(':').unwrap_or((hostport, "5672"));
-    (h.to_string(), p.parse().unwrap_or(5672))
-}
-
-fn uniq(p: &str) -> String {
-    format!("stompgate-ctl-{p}-{}", uuid::Uuid::new_v4().simple())
-}
-
 fn gateway_json(exchange: &str, extra: Value) -> Value {
-    let (host, port) = broker_addr();
+    let (host, port) = broker_host_port();
     let mut v = json!({
         "apiVersion": "stompgate.io/v1alpha1",
         "kind": "StompGateway",
@@ -64,7 +45,7 @@ fn gateway_json(exchange: &str, extra: Value) -> Value {
             "topology": {"exchanges": [{"name": exchange, "type": "topic"}]}
         }
     });
-    support::apiserver::merge(&mut v, &extra);
+    support::operator::apiserver::merge(&mut v, &extra);
     v
 }
 
@@ -150,33 +131,9 @@ fn writes(calls: &[Call]) -> Vec<String> {
         .collect()
 }
 
-async fn rabbit() -> Connection {
-    Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ must be running for the controller tests")
-}
-
-async fn exchange_exists(c: &Connection, name: &str) -> bool {
-    let ch = c.create_channel().await.expect("ch");
-    let o = ExchangeDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    ch.exchange_declare(name.into(), ExchangeKind::Topic, o, FieldTable::default())
-        .await
-        .is_ok()
-}
-
-async fn delete_exchange(c: &Connection, name: &str) {
-    let ch = c.create_channel().await.expect("ch");
-    let _ = ch
-        .exchange_delete(name.into(), ExchangeDeleteOptions::default())
-        .await;
-}
-
 #[tokio::test]
 async fn create_then_available_then_idle_reconcile_makes_no_write() {
-    let ex = uniq("create");
+    let ex = unique("create");
     let env = Env::new(gateway_json(&ex, json!({})));
     let (r, calls) = env.reconcile().await;
     let action = r.expect("reconcile");
@@ -295,7 +252,7 @@ async fn create_then_available_then_idle_reconcile_makes_no_write() {
 
 #[tokio::test]
 async fn spec_change_applies_only_what_changed_and_bumps_observed_generation() {
-    let ex = uniq("change");
+    let ex = unique("change");
     let env = Env::new(gateway_json(&ex, json!({})));
     env.reconcile().await.0.expect("first");
     env.deployment_available();
@@ -326,7 +283,7 @@ async fn spec_change_applies_only_what_changed_and_bumps_observed_generation() {
 
 #[tokio::test]
 async fn secret_rotation_changes_the_pod_template_hash() {
-    let ex = uniq("rotate");
+    let ex = unique("rotate");
     let env = Env::new(gateway_json(&ex, json!({})));
     env.reconcile().await.0.expect("first");
     let hash = |env: &Env| {
@@ -345,7 +302,7 @@ async fn secret_rotation_changes_the_pod_template_hash() {
 
 #[tokio::test]
 async fn missing_secret_is_a_clear_condition_with_backoff_not_a_hot_loop() {
-    let ex = uniq("nosecret");
+    let ex = unique("nosecret");
     let env = Env::new(gateway_json(&ex, json!({})));
     env.api.remove(SECRET);
     let (r, calls) = env.reconcile().await;
@@ -403,7 +360,7 @@ async fn missing_secret_is_a_clear_condition_with_backoff_not_a_hot_loop() {
 #[tokio::test]
 async fn broker_down_reports_broker_unreachable_and_still_applies_children() {
     let env = Env::new(gateway_json(
-        &uniq("down"),
+        &unique("down"),
         json!({"spec": {"rabbitmq": {"host": "127.0.0.1", "port": 1}}}),
     ));
     let (r, calls) = env.reconcile().await;
@@ -431,7 +388,7 @@ async fn broker_down_reports_broker_unreachable_and_still_applies_children() {
 
 #[tokio::test]
 async fn exchange_conflict_stalls_with_the_broker_text_and_no_retry_storm() {
-    let ex = uniq("conflict");
+    let ex = unique("conflict");
     let c = rabbit().await;
     let ch = c.create_channel().await.expect("ch");
     let o = ExchangeDeclareOptions {
@@ -499,7 +456,7 @@ async fn exchange_conflict_stalls_with_the_broker_text_and_no_retry_storm() {
 #[tokio::test]
 async fn invalid_spec_stalls_without_applying_anything() {
     let env = Env::new(gateway_json(
-        &uniq("bad"),
+        &unique("bad"),
         json!({"spec": {"topology": {"exchanges": [{"name": "e", "type": "error"}]}}}),
     ));
     let (r, calls) = env.reconcile().await;
@@ -522,7 +479,7 @@ async fn invalid_spec_stalls_without_applying_anything() {
 #[tokio::test]
 async fn paused_refreshes_status_but_changes_nothing() {
     let env = Env::new(gateway_json(
-        &uniq("paused"),
+        &unique("paused"),
         json!({"spec": {"paused": true}}),
     ));
     let (r, calls) = env.reconcile().await;
@@ -534,7 +491,7 @@ async fn paused_refreshes_status_but_changes_nothing() {
 
 #[tokio::test]
 async fn deletion_with_retain_policy_needs_no_finalizer() {
-    let ex = uniq("retain");
+    let ex = unique("retain");
     let env = Env::new(gateway_json(&ex, json!({})));
     env.reconcile().await.0.expect("create");
     assert!(
@@ -559,7 +516,7 @@ async fn deletion_with_retain_policy_needs_no_finalizer() {
 
 #[tokio::test]
 async fn deletion_with_delete_policy_removes_owned_exchange_then_finalizer() {
-    let ex = uniq("delete");
+    let ex = unique("delete");
     let env = Env::new(gateway_json(
         &ex,
         json!({"spec": {"topology": {"deletionPolicy": "Delete"}}}),
@@ -593,7 +550,7 @@ async fn an_exchange_created_just_before_a_crash_stays_owned() {
     // Found by the end-to-end test: an operator killed after declaring an exchange and before
     // writing the status forgot it had created it, so `deletionPolicy: Delete` leaked it. The
     // exchange is now recorded (owned, Pending) before it is declared.
-    let ex = uniq("crash");
+    let ex = unique("crash");
     let env = Env::new(gateway_json(
         &ex,
         json!({"spec": {"topology": {"deletionPolicy": "Delete"}}}),
@@ -627,7 +584,7 @@ async fn an_exchange_created_just_before_a_crash_stays_owned() {
 async fn deletion_cleanup_gives_up_instead_of_wedging() {
     // The Secret is gone (e.g. the namespace is being deleted) but this operator read it
     // before: it cleans up with the credentials it last read.
-    let ex = uniq("wedge");
+    let ex = unique("wedge");
     let env = Env::new(gateway_json(
         &ex,
         json!({"spec": {"topology": {"deletionPolicy": "Delete"}}}),
@@ -651,7 +608,7 @@ async fn deletion_cleanup_gives_up_instead_of_wedging() {
 
     // Same, but the operator never read the Secret (restarted meanwhile): skip at once with a
     // Warning.
-    let ex = uniq("wedge1");
+    let ex = unique("wedge1");
     let env = Env::new(gateway_json(
         &ex,
         json!({"spec": {"topology": {"deletionPolicy": "Delete"}}}),
@@ -681,7 +638,7 @@ async fn deletion_cleanup_gives_up_instead_of_wedging() {
 
     // The broker is down: retry with backoff until the timeout, then give up.
     let env = Env::new(gateway_json(
-        &uniq("wedge2"),
+        &unique("wedge2"),
         json!({"spec": {"topology": {"deletionPolicy": "Delete"}}}),
     ));
     env.api.edit(GW, |g| {
@@ -715,7 +672,7 @@ async fn deletion_cleanup_gives_up_instead_of_wedging() {
 
 #[tokio::test]
 async fn switching_to_retain_drops_the_finalizer() {
-    let ex = uniq("switch");
+    let ex = unique("switch");
     let env = Env::new(gateway_json(
         &ex,
         json!({"spec": {"topology": {"deletionPolicy": "Delete"}}}),
@@ -730,7 +687,7 @@ async fn switching_to_retain_drops_the_finalizer() {
 
 #[tokio::test]
 async fn drift_is_repaired_on_the_next_reconcile_with_an_event() {
-    let ex = uniq("drift");
+    let ex = unique("drift");
     let env = Env::new(gateway_json(&ex, json!({})));
     env.reconcile().await.0.expect("create");
     let c = rabbit().await;
@@ -785,7 +742,7 @@ fn requeue_secs(a: &kube::runtime::controller::Action) -> f64 {
 #[tokio::test]
 async fn deletion_retries_never_wait_past_the_cleanup_deadline() {
     let env = Env::new(gateway_json(
-        &uniq("deadline"),
+        &unique("deadline"),
         json!({"spec": {"topology": {"deletionPolicy": "Delete"}}}),
     ));
     let err = || Error::Retry {
@@ -811,7 +768,7 @@ async fn deletion_retries_never_wait_past_the_cleanup_deadline() {
 
 #[tokio::test]
 async fn a_failing_apply_is_reported_and_retried() {
-    let ex = uniq("applyfail");
+    let ex = unique("applyfail");
     let env = Env::new(gateway_json(&ex, json!({})));
     env.api.fail_next("PATCH", DEPLOY, 500);
     let (r, calls) = env.reconcile().await;
@@ -870,7 +827,7 @@ async fn an_unreadable_object_is_stalled_not_a_dead_watch() {
 
 #[tokio::test]
 async fn a_hand_edited_child_is_put_back() {
-    let ex = uniq("handedit");
+    let ex = unique("handedit");
     let env = Env::new(gateway_json(&ex, json!({})));
     env.reconcile().await.0.expect("create");
     env.api.edit(DEPLOY, |d| {

@@ -1,14 +1,12 @@
 //! Builders: YAML fixtures in, Kubernetes objects out.
 
-#[path = "support/operator/mod.rs"]
-#[allow(clippy::duplicate_mod)]
-mod support;
+use crate::support;
 
 use k8s_openapi::api::core::v1::Container;
 use stompgate::operator::resources::{
     self, BuildInputs, CONFIG_HASH_ANNOTATION, build, encode_vhost, gateway_config,
 };
-use support::{fixture, gateway};
+use support::operator::{fixture, gateway};
 
 fn inputs() -> BuildInputs {
     BuildInputs {

@@ -6,19 +6,17 @@
 //! the password (raw, percent-encoded and base64) must appear nowhere in the operator's log, the
 //! Events, any non-Secret object (status included) or the /metrics output.
 
-#[path = "e2e/proxy.rs"]
-#[allow(dead_code)]
-mod proxy;
-#[path = "support/operator/mod.rs"]
-#[allow(clippy::duplicate_mod)]
-mod support;
+use crate::proxy;
+use crate::support;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use base64::Engine;
 use kube_emulator::Emulator;
 use serde_json::{Value, json};
+
+use support::operator::cluster::cond;
+use support::{rabbitmqctl, wait_for};
 
 const NS: &str = "leak";
 
@@ -38,20 +36,6 @@ fn pct(s: &str) -> String {
         .collect()
 }
 
-fn rabbitmqctl(args: &[&str]) -> String {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs (RabbitMQ's CLI must be installed for the tests)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "rabbitmqctl {args:?}: {text}");
-    text
-}
-
 struct User(String);
 
 impl Drop for User {
@@ -60,33 +44,6 @@ impl Drop for User {
             .args(["delete_user", &self.0])
             .output();
     }
-}
-
-async fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn cond(gw: &Value, ty: &str) -> Option<(String, String)> {
-    gw.pointer("/status/conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == ty)
-        .map(|c| {
-            (
-                c["status"].as_str().unwrap_or_default().to_string(),
-                c["reason"].as_str().unwrap_or_default().to_string(),
-            )
-        })
 }
 
 fn list(emu: &Emulator, path: &str) -> Vec<Value> {
@@ -108,7 +65,7 @@ async fn credentials_never_appear_in_logs_events_objects_or_metrics() {
     rabbitmqctl(&["set_permissions", "-p", "/", &user.0, ".*", ".*", ".*"]);
 
     let emu = Emulator::start().await.expect("emulator");
-    support::cluster::install_crd(&emu).await;
+    support::operator::cluster::install_crd(&emu).await;
     let post = |path: &str, obj: Value| {
         let (code, body) = emu.call("POST", path, Some(&obj));
         assert_eq!(code, 201, "POST {path}: {body}");

@@ -4,17 +4,16 @@
 //! that clear by themselves when the CRD or class appears; bad listener Secrets are conditions
 //! and never reach the pods.
 
-#[path = "support/operator/mod.rs"]
-#[allow(clippy::duplicate_mod)]
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support;
 use base64::Engine;
 use kube_emulator::Emulator;
 use serde_json::{Value, json};
-use support::cluster::{CRDS, Op, broker_addr, cond, wait_for};
+use support::operator::cluster::{CRDS, Op, cond};
+use support::rabbit::broker_addr;
+use support::wait_for;
 
 const NS: &str = "web";
 
@@ -37,7 +36,7 @@ fn path(kind: &str, name: &str) -> String {
         "route" => format!("/apis/gateway.networking.k8s.io/v1/namespaces/{NS}/httproutes/{name}"),
         "cert" => format!("/apis/cert-manager.io/v1/namespaces/{NS}/certificates/{name}"),
         "deploy" => format!("/apis/apps/v1/namespaces/{NS}/deployments/{name}"),
-        "gw" => support::cluster::gw_path(NS, name),
+        "gw" => support::operator::cluster::gw_path(NS, name),
         other => panic!("{other}"),
     }
 }
@@ -94,7 +93,8 @@ async fn wait_cond(op: &Op, name: &str, ty: &str, status: &str, reason: &str) ->
     wait_for(&format!("{ty}={status} ({reason})"), 20, || {
         let gw = op.gw(NS, name)?;
         let (s, r, m) = cond(&gw, ty)?;
-        (s == status && r == reason && support::cluster::observed_current(&gw)).then_some(m)
+        (s == status && r == reason && support::operator::cluster::observed_current(&gw))
+            .then_some(m)
     })
     .await
 }
@@ -159,7 +159,8 @@ async fn ingress_and_network_policy_follow_the_spec_and_go_with_their_fields() {
     // Settled first: the Deployment controller has made the pod (a status change of its own).
     wait_for("the pod is counted", 20, || {
         let gw = op.gw(NS, "push")?;
-        (gw["status"]["replicas"] == 1 && support::cluster::observed_current(&gw)).then_some(())
+        (gw["status"]["replicas"] == 1 && support::operator::cluster::observed_current(&gw))
+            .then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -209,7 +210,7 @@ async fn ingress_and_network_policy_follow_the_spec_and_go_with_their_fields() {
     wait_gone(&op, &path("netpol", "push")).await;
     wait_for("IngressReady gone, no external endpoint", 20, || {
         let gw = op.gw(NS, "push")?;
-        (support::cluster::observed_current(&gw)
+        (support::operator::cluster::observed_current(&gw)
             && cond(&gw, "IngressReady").is_none()
             && gw["status"]["endpoints"].get("external").is_none())
         .then_some(())

@@ -6,39 +6,27 @@ use std::collections::BTreeMap;
 
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Connection, ExchangeKind};
 use stompgate::crd::{
     BindingSpec, DeletionPolicy, DestinationType, ExchangeSpec, OnConflict, TopologySpec,
     TopologyStatus,
 };
 use stompgate::operator::topology::{Broker, BrokerPool, BrokerTarget, TopologyError, state};
 
-fn url() -> String {
-    std::env::var("STOMPGATE_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+use crate::support::rabbit::{declare_queue, exchange_exists, rabbit};
+use crate::support::{amqp_url, unique};
 
 fn target() -> BrokerTarget {
-    BrokerTarget::new(&url(), None, None)
+    BrokerTarget::new(&amqp_url(), None, None)
 }
 
 async fn broker() -> Broker {
     Broker::connect(&target())
         .await
         .unwrap_or_else(|e| panic!("RabbitMQ must run at {} for these tests: {e}", target()))
-}
-
-async fn raw() -> Connection {
-    Connection::connect(&url(), ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ must be running for the topology tests")
-}
-
-fn uniq(p: &str) -> String {
-    format!("stompgate-test-{p}-{}", uuid::Uuid::new_v4().simple())
 }
 
 fn exchange(name: &str, t: &str) -> ExchangeSpec {
@@ -62,22 +50,6 @@ fn binding(src: &str, dst: &str, rk: &str) -> BindingSpec {
     }
 }
 
-async fn exchange_exists(c: &Connection, name: &str) -> bool {
-    let ch = c.create_channel().await.expect("channel");
-    let opts = ExchangeDeclareOptions {
-        passive: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    ch.exchange_declare(
-        name.into(),
-        ExchangeKind::Topic,
-        opts,
-        FieldTable::default(),
-    )
-    .await
-    .is_ok()
-}
-
 async fn declare_exchange(c: &Connection, name: &str, kind: ExchangeKind) {
     let ch = c.create_channel().await.expect("channel");
     let opts = ExchangeDeclareOptions {
@@ -87,17 +59,6 @@ async fn declare_exchange(c: &Connection, name: &str, kind: ExchangeKind) {
     ch.exchange_declare(name.into(), kind, opts, FieldTable::default())
         .await
         .expect("declare");
-}
-
-async fn declare_queue(c: &Connection, name: &str) {
-    let ch = c.create_channel().await.expect("channel");
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("queue");
 }
 
 /// Publishes to `ex` with `rk` and reports whether `queue` received it.
@@ -147,8 +108,8 @@ fn spec(exchanges: Vec<ExchangeSpec>, bindings: Vec<BindingSpec>) -> TopologySpe
 
 #[tokio::test]
 async fn declare_creates_owned_exchange_and_binding() {
-    let c = raw().await;
-    let (ex, q) = (uniq("rabbitmq"), uniq("audit"));
+    let c = rabbit().await;
+    let (ex, q) = (unique("rabbitmq"), unique("audit"));
     declare_queue(&c, &q).await;
     let b = broker().await;
     let out = b
@@ -182,8 +143,8 @@ async fn declare_creates_owned_exchange_and_binding() {
 
 #[tokio::test]
 async fn existing_equivalent_exchange_is_found_not_owned() {
-    let c = raw().await;
-    let ex = uniq("found");
+    let c = rabbit().await;
+    let ex = unique("found");
     declare_exchange(&c, &ex, ExchangeKind::Topic).await;
     let out = broker()
         .await
@@ -198,8 +159,8 @@ async fn existing_equivalent_exchange_is_found_not_owned() {
 
 #[tokio::test]
 async fn conflict_reports_rabbitmq_reply_text_exactly() {
-    let c = raw().await;
-    let ex = uniq("conflict");
+    let c = rabbit().await;
+    let ex = unique("conflict");
     declare_exchange(&c, &ex, ExchangeKind::Direct).await;
     let b = broker().await;
     let out = b
@@ -220,7 +181,7 @@ async fn conflict_reports_rabbitmq_reply_text_exactly() {
     );
     // The 406 closed only its own channel: the connection still works.
     assert!(b.is_connected());
-    let ok = uniq("after");
+    let ok = unique("after");
     let out2 = b
         .apply(&spec(vec![exchange(&ok, "fanout")], vec![]), None)
         .await
@@ -235,8 +196,8 @@ async fn conflict_reports_rabbitmq_reply_text_exactly() {
 
 #[tokio::test]
 async fn adopt_uses_the_existing_exchange_as_is_and_never_deletes_it() {
-    let c = raw().await;
-    let (ex, q) = (uniq("adopt"), uniq("q"));
+    let c = rabbit().await;
+    let (ex, q) = (unique("adopt"), unique("q"));
     declare_exchange(&c, &ex, ExchangeKind::Direct).await;
     declare_queue(&c, &q).await;
     let mut s = spec(vec![exchange(&ex, "topic")], vec![binding(&ex, &q, "k")]);
@@ -262,8 +223,8 @@ async fn adopt_uses_the_existing_exchange_as_is_and_never_deletes_it() {
 
 #[tokio::test]
 async fn changed_binding_is_bound_new_then_unbound_old() {
-    let c = raw().await;
-    let (ex, q) = (uniq("bind"), uniq("q"));
+    let c = rabbit().await;
+    let (ex, q) = (unique("bind"), unique("q"));
     declare_queue(&c, &q).await;
     let b = broker().await;
     let first = b
@@ -293,8 +254,8 @@ async fn changed_binding_is_bound_new_then_unbound_old() {
 
 #[tokio::test]
 async fn unbind_uses_the_exact_arguments_of_the_bind() {
-    let c = raw().await;
-    let (ex, q) = (uniq("headers"), uniq("q"));
+    let c = rabbit().await;
+    let (ex, q) = (unique("headers"), unique("q"));
     declare_queue(&c, &q).await;
     let mut bnd = binding(&ex, &q, "");
     bnd.arguments.insert(
@@ -347,8 +308,8 @@ async fn unbind_uses_the_exact_arguments_of_the_bind() {
 
 #[tokio::test]
 async fn drift_is_repaired_and_reported() {
-    let c = raw().await;
-    let (ex, q) = (uniq("drift"), uniq("q"));
+    let c = rabbit().await;
+    let (ex, q) = (unique("drift"), unique("q"));
     declare_queue(&c, &q).await;
     let b = broker().await;
     let s = spec(vec![exchange(&ex, "topic")], vec![binding(&ex, &q, "zjj")]);
@@ -368,8 +329,8 @@ async fn drift_is_repaired_and_reported() {
 
 #[tokio::test]
 async fn cleanup_deletes_only_owned_objects() {
-    let c = raw().await;
-    let (mine, theirs, q) = (uniq("mine"), uniq("theirs"), uniq("q"));
+    let c = rabbit().await;
+    let (mine, theirs, q) = (unique("mine"), unique("theirs"), unique("q"));
     declare_exchange(&c, &theirs, ExchangeKind::Topic).await;
     declare_queue(&c, &q).await;
     let b = broker().await;
@@ -400,8 +361,8 @@ async fn cleanup_deletes_only_owned_objects() {
 
 #[tokio::test]
 async fn exchanges_removed_from_spec_are_deleted_only_with_delete_policy() {
-    let c = raw().await;
-    let (a, bx) = (uniq("a"), uniq("b"));
+    let c = rabbit().await;
+    let (a, bx) = (unique("a"), unique("b"));
     let b = broker().await;
     let mut s = spec(vec![exchange(&a, "topic"), exchange(&bx, "topic")], vec![]);
     let first = b.apply(&s, None).await.expect("apply");
@@ -420,14 +381,14 @@ async fn exchanges_removed_from_spec_are_deleted_only_with_delete_policy() {
 
 #[tokio::test]
 async fn missing_destination_queue_leaves_binding_pending() {
-    let c = raw().await;
-    let ex = uniq("pending");
+    let c = rabbit().await;
+    let ex = unique("pending");
     let out = broker()
         .await
         .apply(
             &spec(
                 vec![exchange(&ex, "topic")],
-                vec![binding(&ex, &uniq("nope"), "k")],
+                vec![binding(&ex, &unique("nope"), "k")],
             ),
             None,
         )
@@ -453,7 +414,7 @@ async fn unreachable_and_bad_credentials_are_classified_without_secrets() {
         Err(e) => panic!("wanted Unreachable, got {e}"),
         Ok(_) => panic!("port 1 answered"),
     }
-    let base = url();
+    let base = amqp_url();
     let hostpart = base
         .rsplit_once('@')
         .map(|(_, h)| h.to_string())
@@ -495,6 +456,58 @@ async fn pool_reuses_connections_and_signals_a_reconnect() {
     assert!(c.cleanup(&empty).await.expect("usable").names.is_empty());
 }
 
+/// A burst of reconciles (an operator restart with a thousand objects) asks the pool for the
+/// same broker at once: they must share one connection (each costs buffers and a thread),
+/// and the connection asks for a small frame_max (lapin's buffers are 32 frames each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_gets_shares_one_small_connection() {
+    let (pool, _reconnected) = BrokerPool::new();
+    let t = target();
+    let gets = (0..32).map(|_| {
+        let pool = pool.clone();
+        let t = t.clone();
+        tokio::spawn(async move { pool.get(&t).await.expect("connect") })
+    });
+    let brokers = futures::future::join_all(gets).await;
+    let first = brokers[0].as_ref().expect("task").clone();
+    for b in &brokers {
+        let b = b.as_ref().expect("task");
+        assert!(
+            std::sync::Arc::ptr_eq(&first, b),
+            "one connection per broker"
+        );
+    }
+    assert_eq!(
+        first.frame_max(),
+        stompgate::operator::topology::OPERATOR_FRAME_MAX
+    );
+    first.close().await;
+}
+
+/// While the broker is unreachable, tasks that waited for a failing connect share its answer
+/// instead of each waiting out a connect of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_gets_to_a_dead_broker_shares_the_failure() {
+    let (pool, _reconnected) = BrokerPool::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dead = BrokerTarget::new(&format!("amqp://127.0.0.1:{port}/%2f"), None, None);
+    let gets = (0..8).map(|_| {
+        let pool = pool.clone();
+        let dead = dead.clone();
+        tokio::spawn(async move { pool.get(&dead).await.map(|_| ()) })
+    });
+    for r in futures::future::join_all(gets).await {
+        match r.expect("task") {
+            Err(TopologyError::Unreachable { .. }) => {}
+            other => panic!("wanted Unreachable, got {other:?}"),
+        }
+    }
+}
+
 /// Many objects' broker operations at once on one connection, some failing on purpose (a
 /// conflicting exchange, a binding to a missing queue), on a connection whose channel ids run
 /// out every 16 channels (`?channel_max=16`, negotiated by RabbitMQ): every error lands on its
@@ -502,16 +515,16 @@ async fn pool_reuses_connections_and_signals_a_reconnect() {
 /// exactly those.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_objects_get_their_own_errors_and_ownership() {
-    let c = raw().await;
-    let sep = if url().contains('?') { '&' } else { '?' };
-    let small = BrokerTarget::new(&format!("{}{sep}channel_max=16", url()), None, None);
+    let c = rabbit().await;
+    let sep = if amqp_url().contains('?') { '&' } else { '?' };
+    let small = BrokerTarget::new(&format!("{}{sep}channel_max=16", amqp_url()), None, None);
     let broker = Broker::connect(&small).await.expect("connect");
     let objects: Vec<(String, String, Option<String>)> = (0..40)
         .map(|i| {
-            let conflict = (i % 5 == 0).then(|| uniq(&format!("conflict{i}")));
+            let conflict = (i % 5 == 0).then(|| unique(&format!("conflict{i}")));
             (
-                uniq(&format!("own{i}")),
-                uniq(&format!("queue{i}")),
+                unique(&format!("own{i}")),
+                unique(&format!("queue{i}")),
                 conflict,
             )
         })
@@ -615,8 +628,8 @@ async fn concurrent_objects_get_their_own_errors_and_ownership() {
 /// what the ops say (a check that finds nothing is `not_found`, not `ok`).
 #[tokio::test]
 async fn a_settled_topology_costs_one_check_per_exchange_on_resync() {
-    let c = raw().await;
-    let (ex, q) = (uniq("settled"), uniq("settledq"));
+    let c = rabbit().await;
+    let (ex, q) = (unique("settled"), unique("settledq"));
     declare_queue(&c, &q).await;
     let b = broker().await;
     let s = spec(vec![exchange(&ex, "topic")], vec![binding(&ex, &q, "k")]);
