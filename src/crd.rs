@@ -57,6 +57,11 @@ pub const VERSION: &str = "v1alpha1";
         json_path = ".status.endpoints.webSocket"
     ),
     printcolumn(
+        name = "External",
+        type_ = "string",
+        json_path = ".status.endpoints.external.webSocket"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -67,7 +72,17 @@ pub const VERSION: &str = "v1alpha1";
     validation = Rule::new("self.auth.mode != 'ServiceUser' || has(self.rabbitmq.credentialsSecretRef) || has(self.rabbitmq.uriSecretRef)")
         .message("spec.auth.mode ServiceUser needs broker credentials: set spec.rabbitmq.credentialsSecretRef (or put them in spec.rabbitmq.uriSecretRef)"),
     validation = Rule::new("!self.stomp.enabled || self.stomp.port != self.webSocket.port")
-        .message("spec.stomp.port must differ from spec.webSocket.port; pick another port for plain STOMP")
+        .message("spec.stomp.port must differ from spec.webSocket.port; pick another port for plain STOMP"),
+    validation = Rule::new("self.auth.mode != 'JWT' || has(self.auth.jwt)")
+        .message("spec.auth.mode JWT needs spec.auth.jwt (jwksSecretRef or hs256SecretRef, issuer, audience)"),
+    validation = Rule::new("!has(self.auth.jwt) || self.auth.mode == 'JWT'")
+        .message("spec.auth.jwt is used only with spec.auth.mode JWT; set the mode or remove spec.auth.jwt"),
+    validation = Rule::new("self.auth.mode != 'JWT' || has(self.rabbitmq.credentialsSecretRef) || has(self.rabbitmq.uriSecretRef)")
+        .message("spec.auth.mode JWT needs the service user's broker credentials: set spec.rabbitmq.credentialsSecretRef (or put them in spec.rabbitmq.uriSecretRef)"),
+    validation = Rule::new("!has(self.ingress) || (self.webSocket.path.startsWith(self.ingress.path) && (!self.webSocket.sockJs.enabled || self.webSocket.sockJs.path.startsWith(self.ingress.path)))")
+        .message("spec.webSocket.path and spec.webSocket.sockJs.path must be under spec.ingress.path (the Ingress routes them as they are, without rewriting)"),
+    validation = Rule::new("!has(self.route) || (self.webSocket.path.startsWith(self.route.path) && (!self.webSocket.sockJs.enabled || self.webSocket.sockJs.path.startsWith(self.route.path)))")
+        .message("spec.webSocket.path and spec.webSocket.sockJs.path must be under spec.route.path (the HTTPRoute routes them as they are, without rewriting)")
 )]
 pub struct StompGatewaySpec {
     /// Where the gateways and the operator connect.
@@ -117,6 +132,294 @@ pub struct StompGatewaySpec {
     /// Stops changing anything (children and broker); status is still refreshed.
     #[serde(default)]
     pub paused: bool,
+    /// A networking.k8s.io/v1 Ingress for the WebSocket and SockJS paths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+    /// A Gateway API (gateway.networking.k8s.io/v1) HTTPRoute for the WebSocket and SockJS
+    /// paths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteSpec>,
+    /// TLS on the gateway's own listeners (wss, https, STOMP over TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTlsSpec>,
+    /// A NetworkPolicy for the gateway pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
+}
+
+/// The Ingress in front of the gateway.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// IngressClass name (e.g. nginx); empty: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')")
+        .message("spec.ingress.className must be the name of an IngressClass (lowercase DNS name), e.g. nginx"))]
+    pub class_name: Option<String>,
+    /// Public host name, e.g. push.example.org.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')")
+        .message("spec.ingress.host must be a lowercase DNS name without wildcard, scheme or port, e.g. push.example.org"))]
+    pub host: String,
+    /// Path prefix the gateway's endpoints live under on that host.
+    #[serde(default = "default_root_path")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')")
+        .message("spec.ingress.path must start with '/', e.g. /"))]
+    pub path: String,
+    /// Annotations of the Ingress; they override the WebSocket-friendly defaults.
+    #[serde(default)]
+    #[schemars(schema_with = "string_map_schema")]
+    pub annotations: BTreeMap<String, String>,
+    /// TLS at the ingress controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<SecretNameRef>,
+}
+
+fn default_root_path() -> String {
+    "/".into()
+}
+
+/// A Secret in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretNameRef {
+    /// Secret name (type kubernetes.io/tls).
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+/// The Gateway API HTTPRoute in front of the gateway.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteSpec {
+    /// The Gateways (listeners) the route attaches to.
+    #[schemars(schema_with = "parent_refs_schema")]
+    pub parent_refs: Vec<ParentRef>,
+    /// Host names the route serves (the first one without wildcard is the external endpoint).
+    #[serde(default)]
+    #[schemars(schema_with = "hostnames_schema")]
+    pub hostnames: Vec<String>,
+    /// Path prefix the gateway's endpoints live under.
+    #[serde(default = "default_root_path")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')")
+        .message("spec.route.path must start with '/', e.g. /"))]
+    pub path: String,
+}
+
+/// A Gateway API parentRef.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentRef {
+    /// Gateway name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Gateway namespace (default: the StompGateway's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// Listener name on that Gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub section_name: Option<String>,
+}
+
+fn parent_refs_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let item = generator.subschema_for::<ParentRef>();
+    json_schema!({
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 32,
+        "x-kubernetes-list-type": "atomic",
+        "items": item,
+    })
+}
+
+fn hostnames_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 16,
+        "x-kubernetes-list-type": "set",
+        "items": {
+            "type": "string",
+            "maxLength": 253,
+            "x-kubernetes-validations": [{
+                "rule": "self.matches('^(\\\\*\\\\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",
+                "message": "spec.route.hostnames entries must be lowercase DNS names, optionally starting with *. (e.g. push.example.org)"
+            }]
+        }
+    })
+}
+
+/// TLS on the gateway listeners.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTlsSpec {
+    /// A kubernetes.io/tls Secret (keys tls.crt, tls.key), mounted into the gateway pods; a
+    /// rotation is picked up without a restart.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// A cert-manager issuer: the operator then creates a cert-manager Certificate that
+    /// writes secretName, for the ingress/route host names (else the in-cluster names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+}
+
+/// A cert-manager issuer.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct IssuerRef {
+    /// Issuer name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Issuer or ClusterIssuer (or an external issuer's kind).
+    #[serde(default = "default_issuer_kind")]
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: String,
+    /// API group of the issuer.
+    #[serde(default = "default_issuer_group")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".into()
+}
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
+}
+
+/// JWT authentication of STOMP clients.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.jwksSecretRef) || has(self.hs256SecretRef)")
+    .message("spec.auth.jwt needs jwksSecretRef (RS256 public keys) or hs256SecretRef (shared secret)"))]
+pub struct JwtSpec {
+    /// Secret key with a JWKS (RS256 public keys, by kid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_secret_ref: Option<JwksSecretRef>,
+    /// Secret key with an HS256 shared secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hs256_secret_ref: Option<Hs256SecretRef>,
+    /// Required `iss` (unchecked when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub issuer: Option<String>,
+    /// Required `aud` (unchecked when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub audience: Option<String>,
+    /// Claim with `{"subscribe": [patterns], "send": [patterns]}`.
+    #[serde(default = "default_destinations_claim")]
+    #[schemars(length(min = 1, max = 253))]
+    pub destinations_claim: String,
+}
+
+fn default_destinations_claim() -> String {
+    "stomp_destinations".into()
+}
+
+/// The Secret key holding a JWKS.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct JwksSecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret.
+    #[serde(default = "default_jwks_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_jwks_key() -> String {
+    "jwks.json".into()
+}
+
+/// The Secret key holding an HS256 secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Hs256SecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret.
+    #[serde(default = "default_hs256_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_hs256_key() -> String {
+    "secret".into()
+}
+
+/// The gateway pods' NetworkPolicy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create the NetworkPolicy (false removes it).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Who may connect to the gateway ports (e.g. the ingress controller's namespace, and
+    /// Prometheus); empty: anyone, on those ports only.
+    #[serde(default)]
+    #[schemars(schema_with = "peers_schema")]
+    pub from: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,
+    /// Where the broker is (narrows egress on the broker port); empty: any address.
+    #[serde(default)]
+    #[schemars(schema_with = "peers_schema")]
+    pub broker: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,
+}
+
+fn peers_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    // NetworkPolicyPeer by hand: k8s-openapi's generated schema has lists without a list type.
+    let selector = serde_json::json!({
+        "type": "object",
+        "x-kubernetes-map-type": "atomic",
+        "properties": {
+            "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "matchExpressions": {
+                "type": "array",
+                "x-kubernetes-list-type": "atomic",
+                "items": {
+                    "type": "object",
+                    "required": ["key", "operator"],
+                    "properties": {
+                        "key": {"type": "string"},
+                        "operator": {"type": "string", "enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                        "values": {"type": "array", "x-kubernetes-list-type": "atomic", "items": {"type": "string"}}
+                    }
+                }
+            }
+        }
+    });
+    json_schema!({
+        "type": "array",
+        "maxItems": 32,
+        "x-kubernetes-list-type": "atomic",
+        "items": {
+            "type": "object",
+            "description": "A NetworkPolicyPeer: podSelector and/or namespaceSelector, or ipBlock.",
+            "properties": {
+                "podSelector": selector,
+                "namespaceSelector": selector,
+                "ipBlock": {
+                    "type": "object",
+                    "required": ["cidr"],
+                    "properties": {
+                        "cidr": {"type": "string"},
+                        "except": {"type": "array", "x-kubernetes-list-type": "atomic", "items": {"type": "string"}}
+                    }
+                }
+            },
+            "x-kubernetes-validations": [{
+                "rule": "!has(self.ipBlock) || (!has(self.podSelector) && !has(self.namespaceSelector))",
+                "message": "spec.networkPolicy peers: ipBlock cannot be combined with podSelector or namespaceSelector"
+            }, {
+                "rule": "has(self.ipBlock) || has(self.podSelector) || has(self.namespaceSelector)",
+                "message": "spec.networkPolicy peers need podSelector, namespaceSelector or ipBlock"
+            }]
+        }
+    })
 }
 
 fn default_drain_timeout() -> i32 {
@@ -215,9 +518,13 @@ pub struct TlsSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct AuthSpec {
     /// Passthrough: STOMP login/passcode are RabbitMQ credentials. ServiceUser: the gateway
-    /// connects with credentialsSecretRef for everyone.
+    /// connects with credentialsSecretRef for everyone. JWT: clients present a token (checked
+    /// with auth.jwt's keys) and the gateway connects as the service user.
     #[serde(default)]
     pub mode: AuthMode,
+    /// JWT settings (mode JWT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSpec>,
 }
 
 /// How STOMP clients authenticate.
@@ -228,6 +535,9 @@ pub enum AuthMode {
     Passthrough,
     /// The gateway uses its configured credentials for everyone.
     ServiceUser,
+    /// Clients log in with a JWT; the gateway uses the service user's credentials.
+    #[serde(rename = "JWT")]
+    Jwt,
 }
 
 /// WebSocket and SockJS listener settings.
@@ -699,6 +1009,20 @@ pub struct Endpoints {
     /// host:port of the plain STOMP listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stomp: Option<String>,
+    /// URLs through the Ingress or HTTPRoute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalEndpoints>,
+}
+
+/// URLs from outside the cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalEndpoints {
+    /// wss:// (or ws://) URL of the raw WebSocket endpoint.
+    pub web_socket: String,
+    /// https:// (or http://) URL of the SockJS endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sock_js: Option<String>,
 }
 
 /// The ownership ledger of broker objects.

@@ -419,7 +419,7 @@ async fn operator_end_to_end_with_kubectl_rabbitmq_and_a_browser() {
         .collect();
     assert_eq!(
         header,
-        ["NAME", "READY", "REPLICAS", "ENDPOINT", "AGE"],
+        ["NAME", "READY", "REPLICAS", "ENDPOINT", "EXTERNAL", "AGE"],
         "{out}"
     );
     let row: Vec<&str> = lines
@@ -427,11 +427,13 @@ async fn operator_end_to_end_with_kubectl_rabbitmq_and_a_browser() {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
+    // No Ingress or route: the EXTERNAL cell is empty.
     assert_eq!(
         &row[..4],
         ["chat", "False", "0", "ws://chat.default.svc:15674/ws"],
         "{out}"
     );
+    assert_eq!(row.len(), 5, "{out}");
 
     // 4. The kubelet runs the pod template; the operator reports GatewayAvailable and Ready.
     t.step("kubelet runs the gateway pod");
@@ -748,4 +750,275 @@ async fn operator_end_to_end_with_kubectl_rabbitmq_and_a_browser() {
     assert!(out.contains(&owned_exchange), "CleanedUp event: {out}");
     t.kill_operator().await;
     t.step(&format!("done in {:.1}s", t.start.elapsed().as_secs_f64()));
+}
+
+/// TLS end to end: `kubectl create secret tls` and `kubectl apply` of a StompGateway with
+/// `spec.tls`; the kubelet's gateway process serves wss/https with exactly that certificate
+/// (its fingerprint checked on the wire); Chromium, trusting only that certificate's public
+/// key, shows the seed page's message over wss. Then `spec.auth` JWT: the HS256 key from a
+/// Secret rolls the pods, a token signed with it logs in over wss, one signed otherwise does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listener_tls_and_jwt_from_the_stompgateway_to_a_browser_over_wss() {
+    use base64::Engine;
+    use rcgen::PublicKeyData;
+    use sha2::Digest;
+    if !have_kubectl() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("stompgate-e2e-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("work dir");
+    let emu = Arc::new(Emulator::start().await.expect("emulator"));
+    let kubeconfig = dir.join("kubeconfig");
+    emu.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let mut t = E2e {
+        op_log: dir.join("operator.log"),
+        dir: dir.clone(),
+        kubeconfig,
+        emu: emu.clone(),
+        operator: None,
+        start: Instant::now(),
+    };
+    // The page subscribes to /exchange/rabbitmq/zjj: the exchange must exist (as the other
+    // e2e test declares it).
+    let broker = Broker::connect().await;
+    broker
+        .conn
+        .create_channel()
+        .await
+        .expect("channel")
+        .exchange_declare(
+            "rabbitmq".into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange rabbitmq");
+
+    t.step("a certificate, kubectl create secret tls");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["secure.default.svc".into(), "localhost".into()])
+            .expect("params");
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+    let cert = params.self_signed(&key).expect("cert");
+    let crt_file = write(&dir, "tls.crt", &cert.pem());
+    let key_file = write(&dir, "tls.key", &key.serialize_pem());
+    let spki = base64::engine::general_purpose::STANDARD
+        .encode(sha2::Sha256::digest(key.subject_public_key_info()));
+    t.kubectl_ok(&["apply", "-f", "crds/"]).await;
+    t.start_operator("op-tls");
+    // kubectl builds the kubernetes.io/tls Secret (client-side: its typed create speaks
+    // protobuf, which the emulator does not), then applies it.
+    let secret = t
+        .kubectl_ok(&[
+            "create",
+            "secret",
+            "tls",
+            "secure-tls",
+            "--cert",
+            &crt_file,
+            "--key",
+            &key_file,
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ])
+        .await;
+    let secret_file = write(&dir, "secure-tls.yaml", &secret);
+    t.kubectl_ok(&["apply", "-f", &secret_file]).await;
+    // Labelled: the operator sees a rotation at once.
+    t.kubectl_ok(&["label", "secret", "secure-tls", "stompgate.io/watch=true"])
+        .await;
+    let manifest = write(
+        &dir,
+        "secure.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: rmq-creds\n  labels: {stompgate.io/watch: \"true\"}\nstringData:\n  username: guest\n  password: guest\n---\napiVersion: stompgate.io/v1alpha1\nkind: StompGateway\nmetadata:\n  name: secure\nspec:\n  rabbitmq:\n    host: 127.0.0.1\n    credentialsSecretRef: {name: rmq-creds}\n  replicas: 1\n  tls:\n    secretName: secure-tls\n",
+    );
+    t.step("kubectl apply of a StompGateway with spec.tls");
+    t.kubectl_ok(&["apply", "-f", &manifest]).await;
+
+    t.step("the kubelet runs the pod; its HTTPS readiness probe passes");
+    let kubelet = kubelet::Kubelet::start(
+        emu.clone(),
+        PathBuf::from(env!("CARGO_BIN_EXE_stompgate")),
+        dir.join("pods"),
+        MANAGED,
+    );
+    let gw = wait_for("secure Ready=True", 60, || {
+        t.gw("secure").filter(|g| cond_is(g, "Ready", "True"))
+    })
+    .await;
+    assert_eq!(
+        gw["status"]["endpoints"]["webSocket"],
+        "wss://secure.default.svc:15674/ws"
+    );
+    let out = t
+        .kubectl_ok(&["get", "stompgw", "secure", "--no-headers"])
+        .await;
+    assert!(out.contains("wss://secure.default.svc:15674/ws"), "{out}");
+    let port = kubelet
+        .pods()
+        .iter()
+        .find(|p| p.ready)
+        .expect("a ready pod")
+        .ws_port;
+
+    t.step("the listener presents exactly the Secret's certificate");
+    let served = kubelet::served_certificate(port)
+        .await
+        .expect("a TLS handshake with the gateway");
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&served)),
+        hex::encode(sha2::Sha256::digest(cert.der())),
+        "the gateway serves another certificate"
+    );
+
+    t.step("headless Chromium, trusting only that key, gets the message over wss");
+    let out = tokio::process::Command::new("node")
+        .args([
+            "tests/browser/run.mjs",
+            "seed",
+            "--ws-override",
+            &format!("wss://127.0.0.1:{port}/ws"),
+            "--trust-spki",
+            &spki,
+            "--amqp-url",
+            AMQP_URL,
+        ])
+        .current_dir(repo_root())
+        .output()
+        .await
+        .expect("node runs (scripts/ensure-test-deps.sh installs the browser test deps)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("runner JSON");
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["transport"], "websocket", "{result}");
+
+    t.step("a browser that does not trust the certificate gets nothing");
+    let out = tokio::process::Command::new("node")
+        .args([
+            "tests/browser/run.mjs",
+            "seed",
+            "--ws-override",
+            &format!("wss://127.0.0.1:{port}/ws"),
+            "--timeout-ms",
+            "3000",
+            "--amqp-url",
+            AMQP_URL,
+        ])
+        .current_dir(repo_root())
+        .output()
+        .await
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "an untrusted certificate was accepted: {stdout}"
+    );
+    // Refused for the certificate, not for anything else: the page's WebSocket never opened.
+    let result: Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("runner JSON");
+    assert!(
+        result["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("ERR_CERT_AUTHORITY_INVALID")),
+        "{result}"
+    );
+
+    t.step("spec.auth JWT: the key from a Secret, the pods roll, a token logs in over wss");
+    let hs256 = format!("e2e-{}", uuid::Uuid::new_v4().simple());
+    let keys = write(
+        &dir,
+        "idp-keys.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: idp-keys\n  labels: {{stompgate.io/watch: \"true\"}}\nstringData:\n  secret: {hs256}\n"
+        ),
+    );
+    t.kubectl_ok(&["apply", "-f", &keys]).await;
+    let first_hash = kubelet
+        .pods()
+        .iter()
+        .find(|p| p.ready)
+        .map(|p| p.hash.clone())
+        .expect("a ready pod");
+    t.kubectl_ok(&[
+        "patch",
+        "stompgw",
+        "secure",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"auth":{"mode":"JWT","jwt":{"hs256SecretRef":{"name":"idp-keys"},"audience":"push"}}}}"#,
+    ])
+    .await;
+    let port = wait_for("a ready JWT pod", 60, || {
+        let pods = kubelet.pods();
+        pods.iter()
+            .find(|p| p.ready && p.hash != first_hash)
+            .map(|p| p.ws_port)
+    })
+    .await;
+    let token = |secret: &str| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"exp": now + 300, "aud": "push", "sub": "u1",
+                "stomp_destinations": {"subscribe": ["/exchange/rabbitmq/zjj"], "send": []}}),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("token")
+    };
+    assert!(
+        stomp_connect_over_wss(port, &token(&hs256))
+            .await
+            .starts_with("CONNECTED"),
+        "a token signed with the Secret's key is accepted"
+    );
+    let refused = stomp_connect_over_wss(port, &token("another key")).await;
+    assert!(refused.starts_with("ERROR"), "{refused}");
+    t.kill_operator().await;
+}
+
+/// CONNECT over wss (any certificate) with `passcode` = `token`; the first frame back.
+async fn stomp_connect_over_wss(port: u16, token: &str) -> String {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let tls = kubelet::tls_connect(port)
+        .await
+        .expect("TLS to the gateway");
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://127.0.0.1:{port}/ws"), tls)
+        .await
+        .expect("WebSocket upgrade over TLS");
+    ws.send(Message::text(format!(
+        "CONNECT\naccept-version:1.2\nhost:/\nlogin:jwt\npasscode:{token}\n\n\0"
+    )))
+    .await
+    .expect("send CONNECT");
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an answer within 10 s")
+            .expect("stream open")
+            .expect("frame");
+        match msg {
+            Message::Text(t) if t.trim().is_empty() => continue,
+            Message::Text(t) => return t.to_string(),
+            Message::Binary(b) => return String::from_utf8_lossy(&b).into_owned(),
+            other => return format!("{other:?}"),
+        }
+    }
 }

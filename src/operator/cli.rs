@@ -181,6 +181,7 @@ pub fn render_docs(docs: &[Doc], namespace: &str, gateway_image: &str) -> Result
     let inputs = BuildInputs {
         default_image: gateway_image.to_string(),
         secret_hash: String::new(),
+        ..BuildInputs::default()
     };
     for d in docs.iter().filter(|d| is_gateway(&d.value)) {
         found = true;
@@ -199,13 +200,60 @@ pub fn render_docs(docs: &[Doc], namespace: &str, gateway_image: &str) -> Result
         let children = resources::build(&gw, &inputs)?;
         for v in resources::to_values(&children).map_err(|e| CliError::Print(e.to_string()))? {
             out.push_str("---\n");
-            out.push_str(&serde_yaml::to_string(&v).map_err(|e| CliError::Print(e.to_string()))?);
+            let doc = serde_yaml::to_string(&v).map_err(|e| CliError::Print(e.to_string()))?;
+            out.push_str(&quote_yaml11_booleans(&doc));
         }
     }
     if !found {
         return Err(CliError::Empty);
     }
     Ok(out)
+}
+
+/// Words that YAML 1.1 readers (kubectl's go-yaml, PyYAML) take for booleans, which serde_yaml
+/// (YAML 1.2) writes as plain scalars.
+const YAML11_BOOLEANS: [&str; 18] = [
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+    "OFF", "=", "~",
+];
+
+/// Quotes string values that a YAML 1.1 reader would not read back as strings (e.g. the
+/// ingress-nginx annotation value `off`, which `kubectl apply` would otherwise refuse as a
+/// boolean where a string is expected).
+pub fn quote_yaml11_booleans(doc: &str) -> String {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut out = String::with_capacity(doc.len());
+    // Inside a block scalar (`key: |`): its lines are content, left as they are.
+    let mut block: Option<usize> = None;
+    for line in doc.lines() {
+        if let Some(parent) = block {
+            if line.trim().is_empty() || indent(line) > parent {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+            block = None;
+        }
+        let value_at = line.rfind(": ").map(|i| i + 2).or_else(|| {
+            let t = line.trim_start();
+            t.starts_with("- ").then(|| indent(line) + 2)
+        });
+        let value = value_at.map(|i| &line[i..]).unwrap_or_default();
+        if value.starts_with('|') || value.starts_with('>') {
+            block = Some(indent(line));
+        }
+        match value_at {
+            Some(i) if YAML11_BOOLEANS.contains(&value) => {
+                out.push_str(&line[..i]);
+                out.push('\'');
+                out.push_str(value);
+                out.push('\'');
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// `stompgate render -f FILE...`.

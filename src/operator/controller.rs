@@ -13,6 +13,7 @@ use futures::TryStreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -29,11 +30,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use super::listener;
 use super::managed_fields;
 use super::metrics::Metrics;
 use super::own_writes::OwnWrites;
 use super::resources::{self, APPLIED_HASH_ANNOTATION, BuildInputs, FIELD_MANAGER};
-use super::status::{self, Observation, Problem, Reason};
+use super::status::{self, Cond, Observation, Problem, Reason};
 use super::topology::{self, BrokerPool, BrokerTarget, TopologyError};
 use super::validate;
 use crate::crd::{DeletionPolicy, StompGateway, StompGatewayStatus};
@@ -52,6 +54,11 @@ const QUIET_REASONS: [&str; 5] = [
 /// Label a Secret with this key so its rotation is seen at once (others: at the next resync).
 pub const WATCH_SECRET_LABEL: &str = "stompgate.io/watch";
 
+/// How soon an object looks again while a kind it needs is not served or its IngressClass is
+/// missing: a fixed, unhurried period (one discovery or IngressClass read, no write), so it
+/// starts working soon after the CRD or class appears without a retry storm before.
+pub const EXPOSURE_POLL: Duration = Duration::from_secs(30);
+
 /// Operator settings the reconciler needs.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -65,6 +72,9 @@ pub struct Settings {
     pub instance: Option<String>,
     /// Reconciles at most this many StompGateways at a time.
     pub max_concurrent_reconciles: u16,
+    /// How soon an object looks again while a kind it needs is not served or its IngressClass
+    /// is missing ([`EXPOSURE_POLL`]).
+    pub exposure_poll: Duration,
 }
 
 /// Default of `--max-concurrent-reconciles`.
@@ -78,6 +88,7 @@ impl Default for Settings {
             reporter: "stompgate-operator".into(),
             instance: None,
             max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
+            exposure_poll: EXPOSURE_POLL,
         }
     }
 }
@@ -371,6 +382,7 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
             &BuildInputs {
                 default_image: ctx.settings.default_image.clone(),
                 secret_hash: String::new(),
+                ..BuildInputs::default()
             },
         )),
         ..Observation::default()
@@ -413,14 +425,35 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
     );
 
     // build and apply
-    let inputs = BuildInputs {
+    let children_inputs = BuildInputs {
         default_image: ctx.settings.default_image.clone(),
         secret_hash: secrets.hash.clone(),
+        broker_port: secrets.broker_port,
     };
-    let children = resources::build(gw, &inputs)?;
-    if gw.spec.paused {
-        obs.deployment = deployments.get_opt(&name).await?;
-    } else {
+    let children = resources::build(gw, &children_inputs)?;
+    if !gw.spec.paused {
+        // The Certificate first: cert-manager writes the TLS Secret checked next.
+        let gate = NamespaceGate::new(&ctx.client, &ns);
+        match apply_certificate(ctx, &ns, gw, &children, &gate).await {
+            Ok(c) => obs.exposure.extend(c),
+            Err(e) if going_away(&e) => return Err(e.into()),
+            Err(e) => return apply_failed(gw, ctx, &api, &deployments, &name, obs, e).await,
+        }
+        // A pod given a listener Secret it cannot use would not start (or refuse every
+        // client): the pods keep what they run until the Secret is right.
+        if let Some(p) = check_listener_secrets(gw, ctx, &ns).await? {
+            // The other exposure children were not looked at: their verdicts stay.
+            keep_exposure(gw, &mut obs, None);
+            obs.blocked = Some(p.clone());
+            obs.deployment = deployments.get_opt(&name).await?;
+            write_status(gw, ctx, &api, &obs).await?;
+            return Err(Error::Retry {
+                reason: p.reason,
+                message: p.message,
+            });
+        }
+    }
+    if !gw.spec.paused {
         match apply_children(ctx, &ns, &children).await {
             Ok(Some(d)) => obs.deployment = Some(d),
             Ok(None) => {
@@ -428,20 +461,18 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
                 return Ok(Action::await_change());
             }
             Err(e) if going_away(&e) => return Err(e.into()),
-            Err(e) => {
-                let p = Problem::new(
-                    Reason::ApplyFailed,
-                    format!(
-                        "applying the gateway objects failed: {}",
-                        status::api_error_message(&e)
-                    ),
-                );
-                obs.blocked = Some(p);
-                obs.deployment = deployments.get_opt(&name).await.ok().flatten();
-                write_status(gw, ctx, &api, &obs).await?;
-                return Err(e.into());
-            }
+            Err(e) => return apply_failed(gw, ctx, &api, &deployments, &name, obs, e).await,
         }
+        let gate = NamespaceGate::new(&ctx.client, &ns);
+        match apply_exposure(ctx, &ns, gw, &children, &gate).await {
+            Ok(c) => obs.exposure.extend(c),
+            Err(e) if going_away(&e) => return Err(e.into()),
+            Err(e) => return apply_failed(gw, ctx, &api, &deployments, &name, obs, e).await,
+        }
+    } else {
+        obs.deployment = deployments.get_opt(&name).await?;
+        // Paused: the last verdicts stay as they were.
+        keep_exposure(gw, &mut obs, Some(Reason::Paused));
     }
 
     // broker and topology
@@ -536,8 +567,350 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
             reason: p.reason,
             message: p.message,
         }),
+        None if obs.exposure.iter().any(|c| c.status != "True") => {
+            Ok(Action::requeue(ctx.settings.exposure_poll.min(resync(gw))))
+        }
         None => Ok(Action::requeue(resync(gw))),
     }
+}
+
+/// Reports a failed child apply (`ApplyFailed`, retried with backoff).
+async fn apply_failed(
+    gw: &StompGateway,
+    ctx: &Context,
+    api: &Api<StompGateway>,
+    deployments: &Api<Deployment>,
+    name: &str,
+    mut obs: Observation,
+    e: kube::Error,
+) -> Result<Action, Error> {
+    let p = Problem::new(
+        Reason::ApplyFailed,
+        format!(
+            "applying the gateway objects failed: {}",
+            status::api_error_message(&e)
+        ),
+    );
+    obs.blocked = Some(p);
+    obs.deployment = deployments.get_opt(name).await.ok().flatten();
+    write_status(gw, ctx, api, &obs).await?;
+    Err(e.into())
+}
+
+/// Whether the API server serves `ar` (discovery of its group version; a group that is not
+/// installed answers 404).
+async fn served(client: &Client, ar: &ApiResource) -> Result<bool, kube::Error> {
+    match client.list_api_group_resources(&ar.api_version).await {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == ar.plural)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn not_served(type_: &'static str, ar: &ApiResource, field: &str, what: &str) -> Cond {
+    // No poll period in the message: it must not change between reconciles (no write).
+    Cond::new(
+        type_,
+        false,
+        Reason::KindNotServed,
+        format!(
+            "{field} asks for a {} ({}), which this cluster does not serve; install {what} and the operator creates it within a minute",
+            ar.kind, ar.api_version
+        ),
+    )
+}
+
+/// Applies (or removes) a child of a kind that may not be served. None: the kind is not
+/// served, nothing was done.
+async fn apply_dynamic(
+    ctx: &Context,
+    ns: &str,
+    ar: &ApiResource,
+    want: Option<&DynamicObject>,
+    owner: &str,
+    had: bool,
+    gate: &NamespaceGate<'_>,
+) -> Result<Option<()>, kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, ar);
+    match want {
+        Some(obj) => {
+            if !served(&ctx.client, ar).await? {
+                return Ok(None);
+            }
+            let name = obj.metadata.name.clone().unwrap_or_default();
+            let hash = obj.annotations().get(APPLIED_HASH_ANNOTATION);
+            match api.get_opt(&name).await? {
+                Some(live)
+                    if live.annotations().get(APPLIED_HASH_ANNOTATION) == hash
+                        && matches!(
+                            (serde_json::to_value(obj), serde_json::to_value(&live)),
+                            (Ok(w), Ok(h)) if is_subset(&w, &h)
+                        ) =>
+                {
+                    return Ok(Some(()));
+                }
+                Some(_) => {}
+                None if gate.closed().await => return Ok(Some(())),
+                None => {}
+            }
+            api.patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(obj),
+            )
+            .await?;
+            Ok(Some(()))
+        }
+        // Never configured (no condition from an earlier pass): nothing to look for.
+        None if !had => Ok(Some(())),
+        None => {
+            // Removed from the spec: delete ours. A kind that is not served has no objects
+            // (the read answers 404, which get_opt turns into None).
+            if let Some(live) = api.get_opt(owner).await?
+                && is_ours(live.labels())
+            {
+                api.delete(owner, &DeleteParams::default()).await?;
+            }
+            Ok(Some(()))
+        }
+    }
+}
+
+fn is_ours(labels: &BTreeMap<String, String>) -> bool {
+    labels
+        .get("app.kubernetes.io/managed-by")
+        .map(String::as_str)
+        == Some(FIELD_MANAGER)
+}
+
+/// `spec.tls.issuerRef`: the cert-manager Certificate (CertificateReady when asked for).
+async fn apply_certificate(
+    ctx: &Context,
+    ns: &str,
+    gw: &StompGateway,
+    c: &resources::Children,
+    gate: &NamespaceGate<'_>,
+) -> Result<Vec<Cond>, kube::Error> {
+    let name = gw.name_any();
+    let ar = resources::certificate_resource();
+    let had = had(gw, status::types::CERTIFICATE_READY);
+    let done = apply_dynamic(ctx, ns, &ar, c.certificate.as_ref(), &name, had, gate).await?;
+    let Some(cert) = &c.certificate else {
+        return Ok(Vec::new());
+    };
+    Ok(vec![match done {
+        Some(()) => Cond::new(
+            status::types::CERTIFICATE_READY,
+            true,
+            Reason::Applied,
+            format!(
+                "Certificate {name} applied; cert-manager writes Secret {}",
+                cert.data["spec"]["secretName"].as_str().unwrap_or_default()
+            ),
+        ),
+        None => not_served(
+            status::types::CERTIFICATE_READY,
+            &ar,
+            "spec.tls.issuerRef",
+            "cert-manager",
+        ),
+    }])
+}
+
+/// `spec.ingress`, `spec.route`, `spec.networkPolicy`: applied when set, removed when not.
+async fn apply_exposure(
+    ctx: &Context,
+    ns: &str,
+    gw: &StompGateway,
+    c: &resources::Children,
+    gate: &NamespaceGate<'_>,
+) -> Result<Vec<Cond>, kube::Error> {
+    let name = gw.name_any();
+    let mut conds = Vec::new();
+    let ingresses = ns_api::<Ingress>(ctx, ns);
+    match &c.ingress {
+        Some(i) => {
+            apply_one(&ingresses, i, gate, &ctx.own_writes).await?;
+            conds.push(ingress_class_state(ctx, gw).await?);
+        }
+        None if had(gw, status::types::INGRESS_READY) => delete_ours(&ingresses, &name).await?,
+        None => {}
+    }
+    let ar = resources::http_route_resource();
+    let had_route = had(gw, status::types::ROUTE_READY);
+    let done = apply_dynamic(ctx, ns, &ar, c.route.as_ref(), &name, had_route, gate).await?;
+    if c.route.is_some() {
+        conds.push(match done {
+            Some(()) => Cond::new(
+                status::types::ROUTE_READY,
+                true,
+                Reason::Applied,
+                format!("HTTPRoute {name} applied"),
+            ),
+            None => not_served(
+                status::types::ROUTE_READY,
+                &ar,
+                "spec.route",
+                "the Gateway API CRDs (standard channel) and a Gateway implementation",
+            ),
+        });
+    }
+    let policies = ns_api::<NetworkPolicy>(ctx, ns);
+    match &c.network_policy {
+        Some(p) => {
+            apply_one(&policies, p, gate, &ctx.own_writes).await?;
+            conds.push(Cond::new(
+                status::types::NETWORK_POLICY_READY,
+                true,
+                Reason::Applied,
+                format!("NetworkPolicy {name} applied"),
+            ));
+        }
+        None if had(gw, status::types::NETWORK_POLICY_READY) => {
+            delete_ours(&policies, &name).await?
+        }
+        None => {}
+    }
+    Ok(conds)
+}
+
+/// Carries the exposure conditions of the last pass over to one that did not look at those
+/// children (paused: with reason Paused), so that what exists is still known (and removed
+/// when its field goes).
+fn keep_exposure(gw: &StompGateway, obs: &mut Observation, reason: Option<Reason>) {
+    for t in [
+        status::types::CERTIFICATE_READY,
+        status::types::INGRESS_READY,
+        status::types::ROUTE_READY,
+        status::types::NETWORK_POLICY_READY,
+    ] {
+        if obs.exposure.iter().any(|c| c.type_ == t) {
+            continue;
+        }
+        if let Some(prev) = status::condition(gw.status.as_ref(), t) {
+            let reason = reason.unwrap_or(match prev.reason.as_str() {
+                "Applied" => Reason::Applied,
+                "KindNotServed" => Reason::KindNotServed,
+                "IngressClassNotFound" => Reason::IngressClassNotFound,
+                _ => Reason::Unknown,
+            });
+            obs.exposure.push(Cond::new(
+                t,
+                prev.status == "True",
+                reason,
+                prev.message.clone(),
+            ));
+        }
+    }
+}
+
+/// Whether an earlier pass reported the child of `type_` (so one may exist to remove). The
+/// children carry owner references too: whatever this misses goes with the StompGateway.
+fn had(gw: &StompGateway, type_: &str) -> bool {
+    status::condition(gw.status.as_ref(), type_).is_some()
+}
+
+async fn delete_ours<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    if let Some(live) = api.get_opt(name).await?
+        && is_ours(live.labels())
+    {
+        api.delete(name, &DeleteParams::default()).await?;
+    }
+    Ok(())
+}
+
+/// IngressReady: the class named by `spec.ingress.className` exists (no class: the cluster's
+/// default is used, nothing to check; not allowed to read IngressClasses: not checked).
+async fn ingress_class_state(ctx: &Context, gw: &StompGateway) -> Result<Cond, kube::Error> {
+    let name = gw.name_any();
+    let class = gw.spec.ingress.as_ref().and_then(|i| i.class_name.clone());
+    let applied = Cond::new(
+        status::types::INGRESS_READY,
+        true,
+        Reason::Applied,
+        format!("Ingress {name} applied"),
+    );
+    let Some(class) = class else {
+        return Ok(applied);
+    };
+    let api: Api<IngressClass> = Api::all(ctx.client.clone());
+    match api.get_opt(&class).await {
+        Ok(Some(_)) => Ok(applied),
+        Ok(None) => Ok(Cond::new(
+            status::types::INGRESS_READY,
+            false,
+            Reason::IngressClassNotFound,
+            format!(
+                "Ingress {name} applied, but IngressClass {class:?} (spec.ingress.className) does not exist, so no ingress controller serves it; install the controller or fix the class name"
+            ),
+        )),
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(applied),
+        Err(e) => Err(e),
+    }
+}
+
+/// The listener Secrets (`spec.tls`, `spec.auth.jwt`) as the gateway will read them; the
+/// first problem found.
+async fn check_listener_secrets(
+    gw: &StompGateway,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Option<Problem>, Error> {
+    if let Some(t) = &gw.spec.tls {
+        let field = "spec.tls.secretName";
+        let s = match get_secret(ctx, ns, &t.secret_name, field).await? {
+            Ok(s) => s,
+            Err(mut p) => {
+                if t.issuer_ref.is_some() {
+                    p.message = format!(
+                        "Secret {ns}/{} (spec.tls.secretName) does not exist yet: cert-manager writes it once Certificate {} is issued",
+                        t.secret_name,
+                        gw.name_any()
+                    );
+                }
+                return Ok(Some(p));
+            }
+        };
+        if let Err(e) = listener::check_tls_secret(&t.secret_name, s.type_.as_deref(), &data_of(&s))
+        {
+            return Ok(Some(listener_problem(&e)));
+        }
+    }
+    if let (crate::crd::AuthMode::Jwt, Some(jwt)) = (gw.spec.auth.mode, &gw.spec.auth.jwt) {
+        let mut secrets = BTreeMap::new();
+        let refs = [
+            jwt.jwks_secret_ref
+                .as_ref()
+                .map(|r| (r.name.as_str(), "spec.auth.jwt.jwksSecretRef")),
+            jwt.hs256_secret_ref
+                .as_ref()
+                .map(|r| (r.name.as_str(), "spec.auth.jwt.hs256SecretRef")),
+        ];
+        for (secret, field) in refs.into_iter().flatten() {
+            match get_secret(ctx, ns, secret, field).await? {
+                Ok(s) => {
+                    secrets.insert(secret.to_string(), data_of(&s));
+                }
+                Err(p) => return Ok(Some(p)),
+            }
+        }
+        if let Err(e) = listener::check_jwt(jwt, &secrets) {
+            return Ok(Some(listener_problem(&e)));
+        }
+    }
+    Ok(None)
+}
+
+fn listener_problem(e: &listener::SecretProblem) -> Problem {
+    let reason = match e {
+        listener::SecretProblem::WrongType { .. } => Reason::SecretWrongType,
+        listener::SecretProblem::MissingKey { .. } => Reason::SecretKeyMissing,
+        listener::SecretProblem::Unusable { .. } => Reason::SecretInvalid,
+    };
+    Problem::new(reason, e.to_string())
 }
 
 /// Records in the status, before declaring them, the exchanges this reconcile is about to
@@ -638,6 +1011,24 @@ fn broker_problem(e: &TopologyError) -> Problem {
 struct SecretInputs {
     target: BrokerTarget,
     hash: String,
+    broker_port: Option<i32>,
+}
+
+/// The port of an `amqp(s)://` URI (the scheme's default when it names none).
+pub fn uri_port(url: &str) -> Option<i32> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    // An IPv6 literal's colons are inside the brackets.
+    let after_host = host_port.rsplit(']').next().unwrap_or_default();
+    match after_host.rsplit_once(':') {
+        Some((_, p)) => p.parse().ok(),
+        None => match scheme {
+            "amqps" => Some(5671),
+            "amqp" => Some(5672),
+            _ => None,
+        },
+    }
 }
 
 async fn get_secret(
@@ -736,7 +1127,12 @@ async fn read_secrets(
     if let Some(pem) = ca_pem {
         target = target.with_ca(pem);
     }
-    Ok(Ok(SecretInputs { target, hash }))
+    let broker_port = uri_port(&url);
+    Ok(Ok(SecretInputs {
+        target,
+        hash,
+        broker_port,
+    }))
 }
 
 /// Whether every field of `want` is in `have` with the same value (extra fields in `have`, such
@@ -1227,6 +1623,11 @@ fn gateways_for_secret(
                     .as_ref()
                     .and_then(|t| t.ca_secret_ref.as_ref())
                     .is_some_and(|c| c.name == name)
+                || gw.spec.tls.as_ref().is_some_and(|t| t.secret_name == name)
+                || gw.spec.auth.jwt.as_ref().is_some_and(|j| {
+                    j.jwks_secret_ref.as_ref().is_some_and(|r| r.name == name)
+                        || j.hs256_secret_ref.as_ref().is_some_and(|r| r.name == name)
+                })
         })
         .filter_map(|gw| {
             Some(
@@ -1329,6 +1730,16 @@ pub async fn run(
         ))
         .owns_stream(children(
             api::<PartialObjectMeta<PodDisruptionBudget>>(&client, &namespace),
+            owned.clone(),
+            own.clone(),
+        ))
+        .owns_stream(children(
+            api::<PartialObjectMeta<Ingress>>(&client, &namespace),
+            owned.clone(),
+            own.clone(),
+        ))
+        .owns_stream(children(
+            api::<PartialObjectMeta<NetworkPolicy>>(&client, &namespace),
             owned,
             own.clone(),
         ))

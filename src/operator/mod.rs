@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod controller;
 pub mod leader;
+pub mod listener;
 pub mod managed_fields;
 pub mod metrics;
 pub mod own_writes;
@@ -246,6 +247,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         reporter: "stompgate-operator".into(),
         instance: Some(identity),
         max_concurrent_reconciles: args.max_concurrent_reconciles,
+        ..controller::Settings::default()
     };
     let ctx = Arc::new(controller::Context::new(
         client,

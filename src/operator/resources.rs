@@ -10,14 +10,22 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretKeySelector as K8sSecretKeySelector, SecretVolumeSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+    PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecretKeySelector as K8sSecretKeySelector, SecretProjection, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+    VolumeProjection,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec as K8sIngressSpec, IngressTLS, NetworkPolicy,
+    NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPort,
+    NetworkPolicySpec as K8sNetworkPolicySpec, ServiceBackendPort,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
@@ -29,6 +37,14 @@ pub const CONFIG_DIR: &str = "/etc/stompgate";
 pub const CONFIG_FILE: &str = "gateway.yaml";
 /// Where the broker CA bundle is mounted.
 pub const CA_DIR: &str = "/etc/stompgate/tls";
+/// Where the listener certificate (`spec.tls.secretName`) is mounted.
+pub const LISTENER_TLS_DIR: &str = "/etc/stompgate/listener-tls";
+/// Where the JWT keys (`spec.auth.jwt`) are mounted.
+pub const JWT_DIR: &str = "/etc/stompgate/jwt";
+/// File name of the JWKS in [`JWT_DIR`].
+pub const JWKS_FILE: &str = "jwks.json";
+/// File name of the HS256 secret in [`JWT_DIR`].
+pub const HS256_FILE: &str = "hs256.secret";
 /// Pod-template annotation whose change rolls the pods (config or Secret data changed).
 pub const CONFIG_HASH_ANNOTATION: &str = "stompgate.io/config-hash";
 /// Annotation on every child with the hash of what we applied; equal hash means no write.
@@ -64,8 +80,12 @@ pub struct BuildInputs {
     /// Image used when `spec.image` is empty (`--gateway-image`).
     pub default_image: String,
     /// Hash of the referenced Secrets' data (credentials, URI, CA); part of the pod annotation so
-    /// a rotation rolls the pods.
+    /// a rotation rolls the pods. (The listener certificate and JWT keys are not in it: the
+    /// gateway reloads those without a restart.)
     pub secret_hash: String,
+    /// The broker's port when the URI comes from a Secret (the NetworkPolicy's egress);
+    /// unknown: both AMQP ports.
+    pub broker_port: Option<i32>,
 }
 
 /// Everything applied for one StompGateway, in apply order.
@@ -79,6 +99,30 @@ pub struct Children {
     pub deployment: Deployment,
     /// Disruption budget, unless disabled.
     pub pdb: Option<PodDisruptionBudget>,
+    /// `spec.ingress`.
+    pub ingress: Option<Ingress>,
+    /// `spec.networkPolicy` (when enabled).
+    pub network_policy: Option<NetworkPolicy>,
+    /// `spec.route`: a gateway.networking.k8s.io/v1 HTTPRoute.
+    pub route: Option<DynamicObject>,
+    /// `spec.tls.issuerRef`: a cert-manager.io/v1 Certificate.
+    pub certificate: Option<DynamicObject>,
+}
+
+/// The Gateway API HTTPRoute kind.
+pub fn http_route_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+        "httproutes",
+    )
+}
+
+/// The cert-manager Certificate kind.
+pub fn certificate_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"),
+        "certificates",
+    )
 }
 
 /// Labels on every child; the first two also select the pods.
@@ -169,8 +213,37 @@ pub fn gateway_config(spec: &StompGatewaySpec) -> Result<String, serde_yaml::Err
     let mode = match spec.auth.mode {
         AuthMode::Passthrough => "passthrough",
         AuthMode::ServiceUser => "service-user",
+        AuthMode::Jwt => "jwt",
     };
     m.insert("auth-mode", mode.into());
+    if let (AuthMode::Jwt, Some(jwt)) = (spec.auth.mode, &spec.auth.jwt) {
+        if jwt.jwks_secret_ref.is_some() {
+            m.insert("jwt-jwks-file", format!("{JWT_DIR}/{JWKS_FILE}").into());
+        }
+        if jwt.hs256_secret_ref.is_some() {
+            m.insert(
+                "jwt-hs256-secret-file",
+                format!("{JWT_DIR}/{HS256_FILE}").into(),
+            );
+        }
+        if let Some(i) = &jwt.issuer {
+            m.insert("jwt-issuer", i.clone().into());
+        }
+        if let Some(a) = &jwt.audience {
+            m.insert("jwt-audience", a.clone().into());
+        }
+        m.insert(
+            "jwt-destinations-claim",
+            jwt.destinations_claim.clone().into(),
+        );
+    }
+    if spec.tls.is_some() {
+        m.insert(
+            "tls-cert-file",
+            format!("{LISTENER_TLS_DIR}/tls.crt").into(),
+        );
+        m.insert("tls-key-file", format!("{LISTENER_TLS_DIR}/tls.key").into());
+    }
     m.insert(
         "heartbeat-server-ms",
         i64::from(spec.heartbeat.server_ms).into(),
@@ -288,12 +361,285 @@ pub fn build(gw: &StompGateway, inputs: &BuildInputs) -> Result<Children, BuildE
     } else {
         None
     };
+    let ingress = gw
+        .spec
+        .ingress
+        .as_ref()
+        .map(|i| build_ingress(gw, &name, i).map(with_applied_hash))
+        .transpose()?;
+    let network_policy = match &gw.spec.network_policy {
+        Some(np) if np.enabled => Some(with_applied_hash(build_network_policy(
+            gw, &name, np, inputs,
+        )?)),
+        _ => None,
+    };
+    let route = gw
+        .spec
+        .route
+        .as_ref()
+        .map(|r| build_route(gw, &name, r).map(with_applied_hash))
+        .transpose()?;
+    let certificate = match &gw.spec.tls {
+        Some(t) => t
+            .issuer_ref
+            .as_ref()
+            .map(|i| build_certificate(gw, &name, &t.secret_name, i).map(with_applied_hash))
+            .transpose()?,
+        None => None,
+    };
     Ok(Children {
         config_map,
         service,
         deployment,
         pdb,
+        ingress,
+        network_policy,
+        route,
+        certificate,
     })
+}
+
+/// Ingress annotations that keep WebSocket and SockJS sessions working behind ingress-nginx
+/// (other controllers ignore them): long-lived connections instead of the 60 s read/send
+/// timeouts, no response buffering (SockJS xhr-streaming and eventsource), request bodies up
+/// to the largest frame (SockJS xhr_send), and HTTPS to the pods when they serve TLS.
+/// `spec.ingress.annotations` override them.
+pub fn default_ingress_annotations(spec: &StompGatewaySpec) -> BTreeMap<String, String> {
+    let mut a = BTreeMap::from([
+        (
+            "nginx.ingress.kubernetes.io/proxy-read-timeout".to_string(),
+            "3600".to_string(),
+        ),
+        (
+            "nginx.ingress.kubernetes.io/proxy-send-timeout".to_string(),
+            "3600".to_string(),
+        ),
+        (
+            "nginx.ingress.kubernetes.io/proxy-buffering".to_string(),
+            "off".to_string(),
+        ),
+        (
+            "nginx.ingress.kubernetes.io/proxy-body-size".to_string(),
+            spec.limits.max_frame_bytes.to_string(),
+        ),
+    ]);
+    if spec.tls.is_some() {
+        a.insert(
+            "nginx.ingress.kubernetes.io/backend-protocol".into(),
+            "HTTPS".into(),
+        );
+    }
+    a
+}
+
+/// The paths an Ingress or HTTPRoute sends to the gateway: the WebSocket path and, when
+/// enabled, the SockJS path (both prefixes: `/ws/` and `/stomp/...` are served too).
+pub fn routed_paths(spec: &StompGatewaySpec) -> Vec<String> {
+    let ws = &spec.web_socket;
+    let mut paths = vec![ws.path.clone()];
+    if ws.sock_js.enabled && ws.sock_js.path != ws.path {
+        paths.push(ws.sock_js.path.clone());
+    }
+    paths
+}
+
+fn build_ingress(
+    gw: &StompGateway,
+    name: &str,
+    spec: &crate::crd::IngressSpec,
+) -> Result<Ingress, BuildError> {
+    let mut metadata = meta(gw, name.to_string())?;
+    let mut annotations = default_ingress_annotations(&gw.spec);
+    annotations.extend(spec.annotations.clone());
+    metadata.annotations = Some(annotations);
+    let backend = IngressBackend {
+        service: Some(IngressServiceBackend {
+            name: name.to_string(),
+            port: Some(ServiceBackendPort {
+                name: Some("ws".into()),
+                ..ServiceBackendPort::default()
+            }),
+        }),
+        ..IngressBackend::default()
+    };
+    let paths = routed_paths(&gw.spec)
+        .into_iter()
+        .map(|p| HTTPIngressPath {
+            path: Some(p),
+            path_type: "Prefix".into(),
+            backend: backend.clone(),
+        })
+        .collect();
+    Ok(Ingress {
+        metadata,
+        spec: Some(K8sIngressSpec {
+            ingress_class_name: spec.class_name.clone(),
+            tls: spec.tls.as_ref().map(|t| {
+                vec![IngressTLS {
+                    hosts: Some(vec![spec.host.clone()]),
+                    secret_name: Some(t.secret_name.clone()),
+                }]
+            }),
+            rules: Some(vec![IngressRule {
+                host: Some(spec.host.clone()),
+                http: Some(HTTPIngressRuleValue { paths }),
+            }]),
+            ..K8sIngressSpec::default()
+        }),
+        ..Ingress::default()
+    })
+}
+
+/// The broker ports the gateway pods connect to.
+pub fn broker_ports(spec: &StompGatewaySpec, inputs: &BuildInputs) -> Vec<i32> {
+    if spec.rabbitmq.host.is_some() {
+        return vec![spec.rabbitmq.port];
+    }
+    match inputs.broker_port {
+        Some(p) => vec![p],
+        None => vec![5671, 5672],
+    }
+}
+
+fn tcp_port(port: i32, protocol: &str) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some(protocol.into()),
+        ..NetworkPolicyPort::default()
+    }
+}
+
+fn build_network_policy(
+    gw: &StompGateway,
+    name: &str,
+    np: &crate::crd::NetworkPolicySpec,
+    inputs: &BuildInputs,
+) -> Result<NetworkPolicy, BuildError> {
+    let spec = &gw.spec;
+    let mut ports = vec![tcp_port(spec.web_socket.port, "TCP")];
+    if spec.stomp.enabled {
+        ports.push(tcp_port(spec.stomp.port, "TCP"));
+    }
+    // An empty peer list in a rule means "from/to anywhere": omit it rather than send [].
+    let peers = |p: &Vec<_>| (!p.is_empty()).then(|| p.clone());
+    Ok(NetworkPolicy {
+        metadata: meta(gw, name.to_string())?,
+        spec: Some(K8sNetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(name)),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: peers(&np.from),
+                ports: Some(ports),
+            }]),
+            egress: Some(vec![
+                NetworkPolicyEgressRule {
+                    to: peers(&np.broker),
+                    ports: Some(
+                        broker_ports(spec, inputs)
+                            .into_iter()
+                            .map(|p| tcp_port(p, "TCP"))
+                            .collect(),
+                    ),
+                },
+                // DNS anywhere: cluster DNS, or a node-local cache outside any namespace.
+                NetworkPolicyEgressRule {
+                    to: None,
+                    ports: Some(vec![tcp_port(53, "UDP"), tcp_port(53, "TCP")]),
+                },
+            ]),
+        }),
+    })
+}
+
+fn dynamic(
+    gw: &StompGateway,
+    name: &str,
+    ar: &ApiResource,
+    spec: serde_json::Value,
+) -> Result<DynamicObject, BuildError> {
+    let mut obj = DynamicObject::new(name, ar).data(serde_json::json!({ "spec": spec }));
+    obj.metadata = meta(gw, name.to_string())?;
+    Ok(obj)
+}
+
+fn build_route(
+    gw: &StompGateway,
+    name: &str,
+    r: &crate::crd::RouteSpec,
+) -> Result<DynamicObject, BuildError> {
+    let parents: Vec<serde_json::Value> = r
+        .parent_refs
+        .iter()
+        .map(|p| {
+            let mut v = serde_json::json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": p.name});
+            if let Some(ns) = &p.namespace {
+                v["namespace"] = ns.clone().into();
+            }
+            if let Some(s) = &p.section_name {
+                v["sectionName"] = s.clone().into();
+            }
+            v
+        })
+        .collect();
+    let matches: Vec<serde_json::Value> = routed_paths(&gw.spec)
+        .into_iter()
+        .map(|p| serde_json::json!({"path": {"type": "PathPrefix", "value": p}}))
+        .collect();
+    let mut spec = serde_json::json!({
+        "parentRefs": parents,
+        "rules": [{
+            "matches": matches,
+            "backendRefs": [{"group": "", "kind": "Service", "name": name,
+                             "port": gw.spec.web_socket.port, "weight": 1}],
+        }],
+    });
+    if !r.hostnames.is_empty() {
+        spec["hostnames"] = r.hostnames.clone().into();
+    }
+    dynamic(gw, name, &http_route_resource(), spec)
+}
+
+/// The host names a Certificate is issued for: the ingress host and route host names, or the
+/// Service's in-cluster names when there is neither.
+pub fn certificate_dns_names(gw: &StompGateway) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    if let Some(i) = &gw.spec.ingress {
+        names.push(i.host.clone());
+    }
+    if let Some(r) = &gw.spec.route {
+        names.extend(r.hostnames.iter().cloned());
+    }
+    if names.is_empty() {
+        let name = gw.name_any();
+        let ns = gw.namespace().unwrap_or_default();
+        names = vec![
+            format!("{name}.{ns}.svc"),
+            format!("{name}.{ns}.svc.cluster.local"),
+        ];
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
+}
+
+fn build_certificate(
+    gw: &StompGateway,
+    name: &str,
+    secret_name: &str,
+    issuer: &crate::crd::IssuerRef,
+) -> Result<DynamicObject, BuildError> {
+    let watch_label = crate::operator::controller::WATCH_SECRET_LABEL;
+    let spec = serde_json::json!({
+        "secretName": secret_name,
+        "dnsNames": certificate_dns_names(gw),
+        "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
+        // The label makes the operator see the Secret as soon as cert-manager writes it.
+        "secretTemplate": {"labels": {watch_label: "true"}},
+    });
+    dynamic(gw, name, &certificate_resource(), spec)
 }
 
 fn build_service(gw: &StompGateway, name: &str) -> Result<Service, BuildError> {
@@ -330,6 +676,27 @@ fn build_service(gw: &StompGateway, name: &str) -> Result<Service, BuildError> {
     })
 }
 
+fn secret_volume(name: &str, secret: &str, items: &[(&str, &str)]) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: Some(
+                items
+                    .iter()
+                    .map(|(key, path)| KeyToPath {
+                        key: (*key).into(),
+                        path: (*path).into(),
+                        ..KeyToPath::default()
+                    })
+                    .collect(),
+            ),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
 fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -345,11 +712,14 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
-fn probe(path: &str, period: i32, failures: i32) -> Probe {
+fn probe(path: &str, period: i32, failures: i32, tls: bool) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String("ws".into()),
+            // With listener TLS the health endpoints are https too (the kubelet does not
+            // verify the certificate).
+            scheme: tls.then(|| "HTTPS".into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -443,6 +813,60 @@ fn build_pod_template(
             ..Volume::default()
         });
     }
+    // Listener certificate and JWT keys: whole-Secret volumes (no subPath), so the kubelet
+    // swaps rotated files in place and the gateway reloads them without a restart.
+    if let Some(t) = &spec.tls {
+        mounts.push(VolumeMount {
+            name: "listener-tls".into(),
+            mount_path: LISTENER_TLS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(secret_volume(
+            "listener-tls",
+            &t.secret_name,
+            &[("tls.crt", "tls.crt"), ("tls.key", "tls.key")],
+        ));
+    }
+    if let (AuthMode::Jwt, Some(jwt)) = (spec.auth.mode, &spec.auth.jwt) {
+        let mut sources = Vec::new();
+        if let Some(r) = &jwt.jwks_secret_ref {
+            sources.push((r.name.as_str(), r.key.as_str(), JWKS_FILE));
+        }
+        if let Some(r) = &jwt.hs256_secret_ref {
+            sources.push((r.name.as_str(), r.key.as_str(), HS256_FILE));
+        }
+        mounts.push(VolumeMount {
+            name: "jwt-keys".into(),
+            mount_path: JWT_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "jwt-keys".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(
+                    sources
+                        .into_iter()
+                        .map(|(secret, key, path)| VolumeProjection {
+                            secret: Some(SecretProjection {
+                                name: secret.into(),
+                                items: Some(vec![KeyToPath {
+                                    key: key.into(),
+                                    path: path.into(),
+                                    ..KeyToPath::default()
+                                }]),
+                                optional: Some(false),
+                            }),
+                            ..VolumeProjection::default()
+                        })
+                        .collect(),
+                ),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     let mut ports = vec![ContainerPort {
         name: Some("ws".into()),
         container_port: spec.web_socket.port,
@@ -468,8 +892,8 @@ fn build_pod_template(
         ]),
         env: (!env.is_empty()).then_some(env),
         ports: Some(ports),
-        liveness_probe: Some(probe("/healthz", 10, 3)),
-        readiness_probe: Some(probe("/readyz", 5, 2)),
+        liveness_probe: Some(probe("/healthz", 10, 3, spec.tls.is_some())),
+        readiness_probe: Some(probe("/readyz", 5, 2, spec.tls.is_some())),
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 sleep: Some(SleepAction {
@@ -575,18 +999,50 @@ pub fn endpoints(gw: &StompGateway) -> crate::crd::Endpoints {
     let ns = gw.namespace().unwrap_or_default();
     let host = format!("{name}.{ns}.svc");
     let ws = &gw.spec.web_socket;
+    let (wss, https) = if gw.spec.tls.is_some() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
     crate::crd::Endpoints {
-        web_socket: format!("ws://{host}:{}{}", ws.port, ws.path),
+        web_socket: format!("{wss}://{host}:{}{}", ws.port, ws.path),
         sock_js: ws
             .sock_js
             .enabled
-            .then(|| format!("http://{host}:{}{}", ws.port, ws.sock_js.path)),
+            .then(|| format!("{https}://{host}:{}{}", ws.port, ws.sock_js.path)),
         stomp: gw
             .spec
             .stomp
             .enabled
             .then(|| format!("{host}:{}", gw.spec.stomp.port)),
+        external: external_endpoints(&gw.spec),
     }
+}
+
+/// URLs through the Ingress (wss/https when it has TLS) or else the HTTPRoute's first host
+/// name without wildcard (wss/https: Gateway listeners for public hosts are HTTPS).
+pub fn external_endpoints(spec: &StompGatewaySpec) -> Option<crate::crd::ExternalEndpoints> {
+    let (host, tls) = match (&spec.ingress, &spec.route) {
+        (Some(i), _) => (i.host.clone(), i.tls.is_some()),
+        (None, Some(r)) => (
+            r.hostnames.iter().find(|h| !h.starts_with('*'))?.clone(),
+            true,
+        ),
+        (None, None) => return None,
+    };
+    let (wss, https) = if tls {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
+    let ws = &spec.web_socket;
+    Some(crate::crd::ExternalEndpoints {
+        web_socket: format!("{wss}://{host}{}", ws.path),
+        sock_js: ws
+            .sock_js
+            .enabled
+            .then(|| format!("{https}://{host}{}", ws.sock_js.path)),
+    })
 }
 
 /// The children as a list of JSON objects (apply order), for `render` and tests.
@@ -598,6 +1054,18 @@ pub fn to_values(children: &Children) -> Result<Vec<serde_json::Value>, serde_js
     ];
     if let Some(p) = &children.pdb {
         out.push(serde_json::to_value(p)?);
+    }
+    if let Some(c) = &children.certificate {
+        out.push(serde_json::to_value(c)?);
+    }
+    if let Some(i) = &children.ingress {
+        out.push(serde_json::to_value(i)?);
+    }
+    if let Some(r) = &children.route {
+        out.push(serde_json::to_value(r)?);
+    }
+    if let Some(n) = &children.network_policy {
+        out.push(serde_json::to_value(n)?);
     }
     Ok(out)
 }

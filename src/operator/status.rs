@@ -22,6 +22,14 @@ pub mod types {
     pub const GATEWAY_AVAILABLE: &str = "GatewayAvailable";
     /// spec.paused is set.
     pub const PAUSED: &str = "Paused";
+    /// spec.ingress: the Ingress is applied and its class exists.
+    pub const INGRESS_READY: &str = "IngressReady";
+    /// spec.route: the HTTPRoute is applied (the kind is served).
+    pub const ROUTE_READY: &str = "RouteReady";
+    /// spec.tls.issuerRef: the cert-manager Certificate is applied (the kind is served).
+    pub const CERTIFICATE_READY: &str = "CertificateReady";
+    /// spec.networkPolicy: the NetworkPolicy is applied.
+    pub const NETWORK_POLICY_READY: &str = "NetworkPolicyReady";
 }
 
 /// The closed set of condition reasons.
@@ -69,6 +77,16 @@ pub enum Reason {
     NotPaused,
     /// Nothing known yet.
     Unknown,
+    /// A Secret has the wrong type (e.g. not kubernetes.io/tls).
+    SecretWrongType,
+    /// A Secret's data cannot be used (not PEM, no usable JWT key).
+    SecretInvalid,
+    /// The cluster does not serve a kind the spec asks for (HTTPRoute, Certificate).
+    KindNotServed,
+    /// spec.ingress.className names no IngressClass.
+    IngressClassNotFound,
+    /// The child object is applied.
+    Applied,
 }
 
 impl Reason {
@@ -96,6 +114,11 @@ impl Reason {
             Self::Paused => "Paused",
             Self::NotPaused => "NotPaused",
             Self::Unknown => "Unknown",
+            Self::SecretWrongType => "SecretWrongType",
+            Self::SecretInvalid => "SecretInvalid",
+            Self::KindNotServed => "KindNotServed",
+            Self::IngressClassNotFound => "IngressClassNotFound",
+            Self::Applied => "Applied",
         }
     }
 }
@@ -205,6 +228,8 @@ pub struct Observation {
     pub endpoints: Option<crate::crd::Endpoints>,
     /// Pod selector.
     pub selector: String,
+    /// IngressReady, RouteReady, CertificateReady: one per configured exposure child.
+    pub exposure: Vec<Cond>,
 }
 
 /// How far the gateway Deployment's rollout is, by kstatus's rules for Deployments
@@ -376,10 +401,18 @@ pub fn conditions(obs: &Observation) -> Vec<Cond> {
     // spec problem stalls; a retryable problem (the operator is retrying) wins over a stopped
     // rollout, which it may well be the cause of (gateway pods are not ready without a broker);
     // a rollout past its progress deadline needs a spec or pod change: stalled.
+    // An exposure child that cannot work (kind not served, no such IngressClass) needs
+    // someone else's change: stalled, unless something more pressing is reported.
+    let exposure_problem = obs
+        .exposure
+        .iter()
+        .find(|c| c.status != "True")
+        .map(|c| Problem::new(c.reason, format!("{}: {}", c.type_, c.message)));
     let (reconciling, stalled) = match (&obs.stalled, retryable, &rollout) {
         (Some(p), _, _) => (None, Some(p.clone())),
         (None, Some(p), _) => (Some(p.clone()), None),
         (None, None, _) if obs.paused => (None, None),
+        (None, None, _) if exposure_problem.is_some() => (None, exposure_problem),
         (None, None, Rollout::Failed(m)) => (
             None,
             Some(Problem::new(Reason::ProgressDeadlineExceeded, m.clone())),
@@ -421,7 +454,8 @@ pub fn conditions(obs: &Observation) -> Vec<Cond> {
         ),
         _ => gateway,
     };
-    let all = [&broker, &topology, &gateway];
+    let mut all = vec![&broker, &topology, &gateway];
+    all.extend(obs.exposure.iter());
     let failing = if stalled.status == "True" {
         Some((stalled.reason, stalled.message.clone()))
     } else if reconciling.status == "True" {
@@ -441,6 +475,7 @@ pub fn conditions(obs: &Observation) -> Vec<Cond> {
         ),
     };
     let mut out = vec![ready, reconciling, stalled, broker, topology, gateway];
+    out.extend(obs.exposure.iter().cloned());
     if obs.paused {
         out.push(Cond::new(
             types::PAUSED,

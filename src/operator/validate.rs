@@ -330,6 +330,14 @@ fn check_schema(
         }
     }
     if let Some(items) = v.as_array() {
+        if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+            && (items.len() as u64) < min
+        {
+            out.push(finding(
+                path,
+                format!("has {} items, at least {min} required", items.len()),
+            ));
+        }
         if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
             && items.len() as u64 > max
         {

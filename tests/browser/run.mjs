@@ -33,6 +33,9 @@ const USAGE = `usage: node run.mjs seed|stompjs7 [options]
                             implies --no-websocket
   --ws-override URL         rewrite every WebSocket URL the page opens to URL (e.g. ws://127.0.0.1:15676/ws)
   --sockjs-override URL     rewrite the SockJS URL (default: derived from --ws-override: http://H:P/stomp)
+  --trust-spki B64          accept exactly the server certificate whose SubjectPublicKeyInfo has this base64
+                            SHA-256 (Chromium's --ignore-certificate-errors-spki-list), for wss:// to a test
+                            certificate; any other certificate still fails
   --amqp-url URL            publisher's broker (default amqp://guest:guest@127.0.0.1:5672/%2f)
   --exchange X --routing-key K   (default rabbitmq / zjj)
   --publish-interval-ms N   (default 200)
@@ -197,6 +200,7 @@ try {
       'sockjs-transport': { type: 'string' },
       'ws-override': { type: 'string' },
       'sockjs-override': { type: 'string' },
+      'trust-spki': { type: 'string' },
       'amqp-url': { type: 'string', default: 'amqp://guest:guest@127.0.0.1:5672/%2f' },
       exchange: { type: 'string', default: 'rabbitmq' },
       'routing-key': { type: 'string', default: 'zjj' },
@@ -429,7 +433,8 @@ async function openBrowser(chromium, init) {
     executablePath: opts.chromium,
     headless: true,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      ...(opts['trust-spki'] ? [`--ignore-certificate-errors-spki-list=${opts['trust-spki']}`] : [])],
     handleSIGINT: false, handleSIGTERM: false, handleSIGHUP: false,
     timeout: 30000,
   });

@@ -5,16 +5,19 @@
 //! kubelet reports ready.
 //!
 //! For each pod it materialises what the container would see: ConfigMap and Secret volumes are
-//! written to a directory and paths under their mount points in `command`/`args` are rewritten
+//! written to a directory and paths under their mount points in `command`/`args`, `env` values
+//! and ConfigMap files (the gateway config file names the certificate's path) are rewritten
 //! to it; `env` values and `secretKeyRef`/`configMapKeyRef` are resolved from the emulator;
 //! the container ports get free local ports (`--listen`/`--stomp-listen` added to the
 //! arguments, which win over the config file). The readiness probe's HTTP GET is run against
-//! the local port, and the result is reported through the pod's `status` subresource
+//! the local port (over TLS without verifying the certificate for `scheme: HTTPS`, as the
+//! kubelet does), and the result is reported through the pod's `status` subresource
 //! (`Ready` condition).
 //!
 //! Not emulated: images (the container runs the `stompgate` binary under test), security
 //! contexts, resources, liveness probes, restarts (an exited process is reported not ready),
-//! other volume types (a pod using one never starts and the reason is logged).
+//! other volume types than configMap, secret and projected secrets (a pod using one never
+//! starts and the reason is logged).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,7 +48,8 @@ pub struct PodInfo {
 struct Pod {
     info: PodInfo,
     child: tokio::process::Child,
-    probe_port: Option<(u16, String)>,
+    /// (port, path, https)
+    probe_port: Option<(u16, String, bool)>,
 }
 
 /// The running kubelet.
@@ -110,8 +114,97 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Accepts any server certificate (the kubelet's HTTPS probes do not verify) and remembers
+/// the one it saw.
+#[derive(Debug)]
+struct AnyCert(rustls::crypto::CryptoProvider);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS connection to 127.0.0.1:`port` that accepts any certificate.
+pub async fn tls_connect(
+    port: u16,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let provider = rustls::crypto::ring::default_provider();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider.clone()))
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").ok()?;
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .ok()?
+    .ok()
+}
+
+/// The DER certificate the TLS listener on `port` presents.
+pub async fn served_certificate(port: u16) -> Option<Vec<u8>> {
+    let s = tls_connect(port).await?;
+    let (_, conn) = s.get_ref();
+    Some(conn.peer_certificates()?.first()?.to_vec())
+}
+
+async fn https_ok(port: u16, path: &str) -> bool {
+    match tls_connect(port).await {
+        Some(s) => probe(s, path).await,
+        None => false,
+    }
+}
+
 async fn http_ok(port: u16, path: &str) -> bool {
-    let Ok(Ok(mut s)) = tokio::time::timeout(
+    let Ok(Ok(s)) = tokio::time::timeout(
         Duration::from_secs(1),
         tokio::net::TcpStream::connect(("127.0.0.1", port)),
     )
@@ -119,6 +212,13 @@ async fn http_ok(port: u16, path: &str) -> bool {
     else {
         return false;
     };
+    probe(s, path).await
+}
+
+async fn probe<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    path: &str,
+) -> bool {
     let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     if s.write_all(req.as_bytes()).await.is_err() {
         return false;
@@ -198,7 +298,8 @@ impl State {
             };
             let ready = !exited
                 && match &p.probe_port {
-                    Some((port, path)) => http_ok(*port, path).await,
+                    Some((port, path, false)) => http_ok(*port, path).await,
+                    Some((port, path, true)) => https_ok(*port, path).await,
                     None => true,
                 };
             p.info.ready = ready;
@@ -208,6 +309,38 @@ impl State {
                 eprintln!("e2e kubelet: status of pod {key}: {code}");
             }
         }
+    }
+
+    /// Writes the Secret's keys (all, or `items` as key -> path) into `dir`.
+    fn write_secret(&self, ns: &str, sname: &str, items: &Value, dir: &Path) -> Result<(), String> {
+        let obj = self
+            .get(&format!("/api/v1/namespaces/{ns}/secrets/{sname}"))
+            .ok_or(format!(
+                "Secret {sname} not found (CreateContainerConfigError)"
+            ))?;
+        let data = obj["data"].as_object().cloned().unwrap_or_default();
+        let items: Vec<(String, String)> = match items.as_array() {
+            Some(items) => items
+                .iter()
+                .map(|i| {
+                    (
+                        i["key"].as_str().unwrap_or("").into(),
+                        i["path"].as_str().unwrap_or("").into(),
+                    )
+                })
+                .collect(),
+            None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+        };
+        for (key, path) in items {
+            let raw = data.get(&key).and_then(Value::as_str).ok_or(format!(
+                "Secret {sname} has no key {key} (the volume cannot be mounted)"
+            ))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(raw)
+                .map_err(|e| e.to_string())?;
+            write(&dir.join(path), &bytes)?;
+        }
+        Ok(())
     }
 
     fn start_pod(&mut self, ns: &str, pod: &Value) -> Result<Pod, String> {
@@ -230,6 +363,27 @@ impl State {
             .pointer("/containers/0")
             .cloned()
             .ok_or("no container")?;
+        // Where each mount lands here, known before the files are written: ConfigMap files
+        // that name paths under a mount point get them rewritten too.
+        let mut mount_map: Vec<(String, PathBuf)> = container["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                (
+                    m["mountPath"].as_str().unwrap_or("").to_string(),
+                    dir.join("volumes").join(m["name"].as_str().unwrap_or("")),
+                )
+            })
+            .collect();
+        mount_map.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        let rewrite_text = |text: &str| -> String {
+            let mut out = text.to_string();
+            for (mp, local) in &mount_map {
+                out = out.replace(&format!("{mp}/"), &format!("{}/", local.display()));
+            }
+            out
+        };
         // Volumes -> directories.
         let mut volume_dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
         for v in spec["volumes"].as_array().cloned().unwrap_or_default() {
@@ -244,38 +398,26 @@ impl State {
                         "ConfigMap {cname} not found (CreateContainerConfigError)"
                     ))?;
                 for (k, val) in obj["data"].as_object().cloned().unwrap_or_default() {
-                    write(&vdir.join(k), val.as_str().unwrap_or("").as_bytes())?;
+                    let text = rewrite_text(val.as_str().unwrap_or(""));
+                    write(&vdir.join(k), text.as_bytes())?;
                 }
             } else if let Some(sec) = v.get("secret") {
                 let sname = sec["secretName"].as_str().unwrap_or("");
-                let obj = self
-                    .get(&format!("/api/v1/namespaces/{ns}/secrets/{sname}"))
-                    .ok_or(format!(
-                        "Secret {sname} not found (CreateContainerConfigError)"
-                    ))?;
-                let data = obj["data"].as_object().cloned().unwrap_or_default();
-                let items: Vec<(String, String)> = match sec["items"].as_array() {
-                    Some(items) => items
-                        .iter()
-                        .map(|i| {
-                            (
-                                i["key"].as_str().unwrap_or("").into(),
-                                i["path"].as_str().unwrap_or("").into(),
-                            )
-                        })
-                        .collect(),
-                    None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
-                };
-                for (key, path) in items {
-                    let raw = data.get(&key).and_then(Value::as_str).unwrap_or("");
-                    let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(raw)
-                        .map_err(|e| e.to_string())?;
-                    write(&vdir.join(path), &bytes)?;
+                self.write_secret(ns, sname, &sec["items"], &vdir)?;
+            } else if let Some(sources) = v.pointer("/projected/sources").and_then(Value::as_array)
+            {
+                for src in sources {
+                    let Some(sec) = src.get("secret") else {
+                        return Err(format!(
+                            "volume {vname}: only secret sources of projected volumes are emulated"
+                        ));
+                    };
+                    let sname = sec["name"].as_str().unwrap_or("");
+                    self.write_secret(ns, sname, &sec["items"], &vdir)?;
                 }
             } else {
                 return Err(format!(
-                    "volume {vname}: only configMap and secret volumes are emulated"
+                    "volume {vname}: only configMap, secret and projected secret volumes are emulated"
                 ));
             }
             volume_dirs.insert(vname, vdir);
@@ -392,7 +534,11 @@ impl State {
                 }
                 _ => 0,
             };
-            (port, g["path"].as_str().unwrap_or("/").to_string())
+            (
+                port,
+                g["path"].as_str().unwrap_or("/").to_string(),
+                g["scheme"].as_str() == Some("HTTPS"),
+            )
         });
         let (program, argv) = if command.is_empty() {
             (self.binary.display().to_string(), args)

@@ -290,6 +290,15 @@ async fn a_terminating_namespace_is_left_alone() {
         op.gw(ns, "gw").filter(|g| cond_is(g, "Ready", "True"))
     })
     .await;
+    // The Ready event is sent just after the status write: let it land before the namespace
+    // goes, or its create is (rightly) refused with 403 and counted below.
+    wait_for("the Ready event", 30, || {
+        op.events(ns, "gw")
+            .iter()
+            .any(|(_, reason, _)| reason == "Ready")
+            .then_some(())
+    })
+    .await;
     let errors_before = reconcile_errors(&op);
 
     // The namespace controller deletes a namespace's content kind by kind: hold it between

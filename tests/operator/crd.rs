@@ -236,7 +236,7 @@ fn crd_does_not_panic_and_names_are_right() {
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(cols, ["Ready", "Replicas", "Endpoint", "Age"]);
+    assert_eq!(cols, ["Ready", "Replicas", "Endpoint", "External", "Age"]);
 }
 
 #[test]

@@ -26,6 +26,7 @@ fn examples_are_valid() {
         "examples/stompgateway.yaml",
         "examples/stompgateway-full.yaml",
         "examples/stompgateway-local.yaml",
+        "examples/stompgateway-public.yaml",
     ]
     .iter()
     .map(|f| PathBuf::from(root).join(f))
@@ -261,4 +262,99 @@ spec:
         !lint.iter().any(|(f, _)| f == "spec.rabbitmq.host"),
         "no CEL finding: {lint:#?}"
     );
+}
+
+/// The rules of spec.ingress, spec.route, spec.tls, spec.auth.jwt and spec.networkPolicy, each
+/// reported with its field and the fix.
+#[test]
+fn exposure_tls_and_jwt_rules_name_the_field_and_the_fix() {
+    let base = r#"
+apiVersion: stompgate.io/v1alpha1
+kind: StompGateway
+metadata: {name: NAME, namespace: ns1}
+spec:
+  rabbitmq: {host: rabbitmq, credentialsSecretRef: {name: c}}
+"#;
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "jwt-no-settings",
+            "auth: {mode: JWT}",
+            "spec",
+            "needs spec.auth.jwt",
+        ),
+        (
+            "jwt-settings-unused",
+            "auth: {mode: Passthrough, jwt: {hs256SecretRef: {name: h}}}",
+            "spec",
+            "used only with spec.auth.mode JWT",
+        ),
+        (
+            "jwt-no-keys",
+            "auth: {mode: JWT, jwt: {issuer: https://idp}}",
+            "spec.auth.jwt",
+            "jwksSecretRef (RS256 public keys) or hs256SecretRef",
+        ),
+        (
+            "ingress-wildcard",
+            "ingress: {host: '*.example.org'}",
+            "spec.ingress.host",
+            "without wildcard",
+        ),
+        (
+            "ingress-path",
+            "ingress: {host: push.example.org, path: /push}",
+            "spec",
+            "must be under spec.ingress.path",
+        ),
+        (
+            "ingress-class",
+            "ingress: {host: push.example.org, className: Nginx_1}",
+            "spec.ingress.className",
+            "name of an IngressClass",
+        ),
+        (
+            "route-no-parents",
+            "route: {parentRefs: []}",
+            "spec.route.parentRefs",
+            "at least 1 required",
+        ),
+        (
+            "route-hostname",
+            "route: {parentRefs: [{name: gw}], hostnames: ['https://push.example.org']}",
+            "spec.route.hostnames[0]",
+            "lowercase DNS names",
+        ),
+        (
+            "tls-no-secret",
+            "tls: {issuerRef: {name: le}}",
+            "spec.tls.secretName",
+            "required; add it",
+        ),
+        (
+            "peer-ipblock-and-selector",
+            "networkPolicy: {from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}",
+            "spec.networkPolicy.from[0]",
+            "ipBlock cannot be combined",
+        ),
+        (
+            "peer-empty",
+            "networkPolicy: {broker: [{}]}",
+            "spec.networkPolicy.broker[0]",
+            "need podSelector, namespaceSelector or ipBlock",
+        ),
+    ];
+    for (name, extra, path, text) in cases {
+        let yaml = format!("{}  {extra}\n", base.replace("NAME", name));
+        let results = lint_docs(&docs(&yaml), &[]);
+        let findings = &results
+            .first()
+            .unwrap_or_else(|| panic!("{name} not flagged"))
+            .1;
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.path == *path && f.message.contains(text)),
+            "{name}: wanted {path}: ...{text}..., got {findings:?}"
+        );
+    }
 }

@@ -11,6 +11,7 @@ mod support;
 mod apiserver;
 mod controller;
 mod crd;
+mod exposure;
 mod faults;
 mod leak;
 mod lint;

@@ -284,6 +284,7 @@ fn gateway_manifests() -> Vec<(String, Value)> {
     let inputs = BuildInputs {
         default_image: "stompgate/stompgate:test".into(),
         secret_hash: "h".into(),
+        broker_port: None,
     };
     let mut out = Vec::new();
     for f in [
@@ -402,6 +403,30 @@ fn roles_have_no_wildcards_and_secrets_are_read_only() {
             "poddisruptionbudgets",
             &["get", "list", "watch", "create", "patch", "delete"],
         ),
+        // spec.ingress and spec.networkPolicy: applied, watched, removed with their field.
+        (
+            "networking.k8s.io",
+            "ingresses",
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        (
+            "networking.k8s.io",
+            "networkpolicies",
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        // Does spec.ingress.className exist?
+        ("networking.k8s.io", "ingressclasses", &["get"]),
+        // spec.route and spec.tls.issuerRef: not watched (the kinds may not be served).
+        (
+            "gateway.networking.k8s.io",
+            "httproutes",
+            &["get", "create", "patch", "delete"],
+        ),
+        (
+            "cert-manager.io",
+            "certificates",
+            &["get", "create", "patch", "delete"],
+        ),
         ("", "secrets", &["get", "list", "watch"]),
         // Before re-creating a missing child: is the namespace being deleted?
         ("", "namespaces", &["get"]),
@@ -458,7 +483,11 @@ fn roles_have_no_wildcards_and_secrets_are_read_only() {
                         "poddisruptionbudgets",
                         "deployments",
                         "services",
-                        "configmaps"
+                        "configmaps",
+                        "ingresses",
+                        "networkpolicies",
+                        "httproutes",
+                        "certificates"
                     ]
                     .contains(&r.as_str())),
                     "{w}: {rule}"

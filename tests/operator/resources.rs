@@ -12,6 +12,7 @@ fn inputs() -> BuildInputs {
     BuildInputs {
         default_image: "img:1".into(),
         secret_hash: "s1".into(),
+        broker_port: None,
     }
 }
 
@@ -340,7 +341,11 @@ fn the_gateway_accepts_the_rendered_config_file() {
         "/examples/stompgateway-full.yaml"
     ))
     .expect("example");
-    for gw in [gateway(&fixture("minimal.yaml")), gateway(&full)] {
+    for gw in [
+        gateway(&fixture("minimal.yaml")),
+        gateway(&full),
+        public_example(),
+    ] {
         let cfg = gateway_config(&gw.spec).expect("cfg");
         let dir = std::env::temp_dir().join(format!("stompgate-opcfg-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("dir");
@@ -371,5 +376,412 @@ fn the_gateway_accepts_the_rendered_config_file() {
         assert_eq!(args.allowed_origins, gw.spec.web_socket.allowed_origins);
         assert_eq!(args.stomp_listen.is_some(), gw.spec.stomp.enabled);
         assert_eq!(args.listen.port() as i32, gw.spec.web_socket.port);
+    }
+}
+
+fn public_example() -> stompgate::crd::StompGateway {
+    let mut gw = gateway(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/stompgateway-public.yaml"
+        ))
+        .expect("example"),
+    );
+    gw.metadata.uid = Some("11111111-2222-3333-4444-555555555555".into());
+    gw
+}
+
+fn value<T: serde::Serialize>(t: &T) -> serde_json::Value {
+    serde_json::to_value(t).expect("json")
+}
+
+#[test]
+fn the_ingress_routes_both_paths_with_websocket_friendly_overridable_annotations() {
+    let mut gw = public_example();
+    let ing = value(
+        build(&gw, &inputs())
+            .expect("build")
+            .ingress
+            .as_ref()
+            .expect("ingress"),
+    );
+    assert_eq!(ing["metadata"]["name"], "push");
+    assert_eq!(
+        ing["metadata"]["ownerReferences"][0]["kind"],
+        "StompGateway"
+    );
+    assert_eq!(ing["spec"]["ingressClassName"], "nginx");
+    assert_eq!(
+        ing["spec"]["tls"],
+        serde_json::json!([{"hosts": ["push.example.org"], "secretName": "push-tls"}])
+    );
+    let rule = &ing["spec"]["rules"][0];
+    assert_eq!(rule["host"], "push.example.org");
+    let paths: Vec<_> = rule["http"]["paths"]
+        .as_array()
+        .expect("paths")
+        .iter()
+        .map(|p| {
+            assert_eq!(p["pathType"], "Prefix");
+            assert_eq!(p["backend"]["service"]["name"], "push");
+            assert_eq!(p["backend"]["service"]["port"]["name"], "ws");
+            p["path"].as_str().expect("path").to_string()
+        })
+        .collect();
+    assert_eq!(paths, ["/ws", "/stomp"]);
+    let a = &ing["metadata"]["annotations"];
+    assert_eq!(a["nginx.ingress.kubernetes.io/proxy-read-timeout"], "3600");
+    assert_eq!(a["nginx.ingress.kubernetes.io/proxy-send-timeout"], "3600");
+    assert_eq!(a["nginx.ingress.kubernetes.io/proxy-buffering"], "off");
+    assert_eq!(a["nginx.ingress.kubernetes.io/proxy-body-size"], "4194304");
+    // The pods serve TLS, so the ingress controller must speak HTTPS to them.
+    assert_eq!(a["nginx.ingress.kubernetes.io/backend-protocol"], "HTTPS");
+    // The user's annotations win; SockJS off leaves only the WebSocket path.
+    let i = gw.spec.ingress.as_mut().expect("ingress");
+    i.annotations.insert(
+        "nginx.ingress.kubernetes.io/proxy-read-timeout".into(),
+        "600".into(),
+    );
+    i.annotations.insert("extra".into(), "x".into());
+    gw.spec.web_socket.sock_js.enabled = false;
+    gw.spec.tls = None;
+    let ing = value(
+        build(&gw, &inputs())
+            .expect("build")
+            .ingress
+            .as_ref()
+            .expect("ingress"),
+    );
+    let a = &ing["metadata"]["annotations"];
+    assert_eq!(a["nginx.ingress.kubernetes.io/proxy-read-timeout"], "600");
+    assert_eq!(a["extra"], "x");
+    assert!(
+        a.get("nginx.ingress.kubernetes.io/backend-protocol")
+            .is_none()
+    );
+    assert_eq!(
+        ing["spec"]["rules"][0]["http"]["paths"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+}
+
+#[test]
+fn the_http_route_attaches_to_its_parents_for_both_paths() {
+    let gw = public_example();
+    let r = value(
+        build(&gw, &inputs())
+            .expect("build")
+            .route
+            .as_ref()
+            .expect("route"),
+    );
+    assert_eq!(r["apiVersion"], "gateway.networking.k8s.io/v1");
+    assert_eq!(r["kind"], "HTTPRoute");
+    assert_eq!(r["metadata"]["name"], "push");
+    assert_eq!(r["metadata"]["ownerReferences"][0]["name"], "push");
+    assert_eq!(
+        r["spec"]["parentRefs"],
+        serde_json::json!([{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                            "name": "public", "namespace": "gateways", "sectionName": "https"}])
+    );
+    assert_eq!(
+        r["spec"]["hostnames"],
+        serde_json::json!(["push.example.org"])
+    );
+    assert_eq!(
+        r["spec"]["rules"][0]["matches"],
+        serde_json::json!([{"path": {"type": "PathPrefix", "value": "/ws"}},
+                           {"path": {"type": "PathPrefix", "value": "/stomp"}}])
+    );
+    assert_eq!(
+        r["spec"]["rules"][0]["backendRefs"],
+        serde_json::json!([{"group": "", "kind": "Service", "name": "push", "port": 15674, "weight": 1}])
+    );
+}
+
+#[test]
+fn listener_tls_mounts_the_secret_sets_the_flags_and_probes_https() {
+    let gw = public_example();
+    let c = build(&gw, &inputs()).expect("build");
+    let d = value(&c.deployment);
+    let pod = &d["spec"]["template"]["spec"];
+    let vol = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "listener-tls")
+        .expect("listener-tls volume");
+    assert_eq!(vol["secret"]["secretName"], "push-tls");
+    let gw_container = &pod["containers"][0];
+    assert!(
+        gw_container["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .any(|m| m["name"] == "listener-tls"
+                && m["mountPath"] == resources::LISTENER_TLS_DIR
+                && m.get("subPath").is_none()),
+        "{gw_container}"
+    );
+    assert_eq!(gw_container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert_eq!(gw_container["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
+    let cfg = gateway_config(&gw.spec).expect("cfg");
+    assert!(
+        cfg.contains("tls-cert-file: /etc/stompgate/listener-tls/tls.crt"),
+        "{cfg}"
+    );
+    assert!(
+        cfg.contains("tls-key-file: /etc/stompgate/listener-tls/tls.key"),
+        "{cfg}"
+    );
+    // Rotation is the gateway's reload, not a rollout: the Secret is not in the pod hash.
+    let ep = resources::endpoints(&gw);
+    assert_eq!(ep.web_socket, "wss://push.web.svc:15674/ws");
+    assert_eq!(
+        ep.sock_js.as_deref(),
+        Some("https://push.web.svc:15674/stomp")
+    );
+    let ext = ep.external.expect("external");
+    assert_eq!(ext.web_socket, "wss://push.example.org/ws");
+    assert_eq!(
+        ext.sock_js.as_deref(),
+        Some("https://push.example.org/stomp")
+    );
+}
+
+#[test]
+fn a_certificate_is_built_for_the_public_hosts_or_the_service_names() {
+    let mut gw = public_example();
+    let cert = value(
+        build(&gw, &inputs())
+            .expect("build")
+            .certificate
+            .as_ref()
+            .expect("cert"),
+    );
+    assert_eq!(cert["apiVersion"], "cert-manager.io/v1");
+    assert_eq!(cert["kind"], "Certificate");
+    assert_eq!(cert["spec"]["secretName"], "push-tls");
+    assert_eq!(
+        cert["spec"]["dnsNames"],
+        serde_json::json!(["push.example.org"])
+    );
+    assert_eq!(
+        cert["spec"]["issuerRef"],
+        serde_json::json!({"name": "letsencrypt", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+    );
+    assert_eq!(
+        cert["spec"]["secretTemplate"]["labels"]["stompgate.io/watch"],
+        "true"
+    );
+    gw.spec.ingress = None;
+    gw.spec.route = None;
+    let cert = value(
+        build(&gw, &inputs())
+            .expect("build")
+            .certificate
+            .as_ref()
+            .expect("cert"),
+    );
+    assert_eq!(
+        cert["spec"]["dnsNames"],
+        serde_json::json!(["push.web.svc", "push.web.svc.cluster.local"])
+    );
+    assert!(resources::endpoints(&gw).external.is_none());
+    gw.spec.tls.as_mut().expect("tls").issuer_ref = None;
+    assert!(build(&gw, &inputs()).expect("build").certificate.is_none());
+}
+
+#[test]
+fn jwt_mode_mounts_the_keys_and_configures_the_gateway() {
+    let gw = public_example();
+    let cfg = gateway_config(&gw.spec).expect("cfg");
+    for line in [
+        "auth-mode: jwt",
+        "jwt-jwks-file: /etc/stompgate/jwt/jwks.json",
+        "jwt-issuer: https://idp.example.org",
+        "jwt-audience: push",
+        "jwt-destinations-claim: stomp_destinations",
+    ] {
+        assert!(cfg.contains(line), "{line} missing from {cfg}");
+    }
+    assert!(!cfg.contains("jwt-hs256-secret-file"), "{cfg}");
+    let d = value(&build(&gw, &inputs()).expect("build").deployment);
+    let vol = d["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "jwt-keys")
+        .cloned()
+        .expect("jwt volume");
+    assert_eq!(
+        vol["projected"]["sources"],
+        serde_json::json!([{"secret": {"name": "idp-keys", "optional": false,
+                                       "items": [{"key": "jwks.json", "path": "jwks.json"}]}}])
+    );
+}
+
+#[test]
+fn the_network_policy_admits_the_peers_to_the_gateway_ports_and_lets_out_broker_and_dns() {
+    let mut gw = public_example();
+    let np = value(
+        build(&gw, &inputs())
+            .expect("build")
+            .network_policy
+            .as_ref()
+            .expect("np"),
+    );
+    let spec = &np["spec"];
+    assert_eq!(
+        spec["podSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+        "push"
+    );
+    assert_eq!(
+        spec["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    assert_eq!(spec["ingress"][0]["from"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        spec["ingress"][0]["ports"],
+        serde_json::json!([{"port": 15674, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        spec["egress"][0]["ports"],
+        serde_json::json!([{"port": 5672, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        spec["egress"][0]["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "messaging"
+    );
+    assert_eq!(
+        spec["egress"][1],
+        serde_json::json!({"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]})
+    );
+    // No peers: the rules name ports only (any source, any broker address), never `[]`.
+    let p = gw.spec.network_policy.as_mut().expect("np");
+    p.from.clear();
+    p.broker.clear();
+    gw.spec.stomp.enabled = true;
+    let np = value(
+        build(&gw, &inputs())
+            .expect("build")
+            .network_policy
+            .as_ref()
+            .expect("np"),
+    );
+    assert!(np["spec"]["ingress"][0].get("from").is_none(), "{np}");
+    assert!(np["spec"]["egress"][0].get("to").is_none(), "{np}");
+    assert_eq!(
+        np["spec"]["ingress"][0]["ports"].as_array().map(Vec::len),
+        Some(2)
+    );
+    // A URI from a Secret: the port the operator read, else both AMQP ports.
+    gw.spec.rabbitmq.host = None;
+    gw.spec.rabbitmq.uri_secret_ref = Some(stompgate::crd::SecretKeySelector {
+        name: "u".into(),
+        key: "uri".into(),
+    });
+    assert_eq!(resources::broker_ports(&gw.spec, &inputs()), [5671, 5672]);
+    let with_port = BuildInputs {
+        broker_port: Some(5671),
+        ..inputs()
+    };
+    assert_eq!(resources::broker_ports(&gw.spec, &with_port), [5671]);
+    gw.spec.network_policy.as_mut().expect("np").enabled = false;
+    assert!(
+        build(&gw, &inputs())
+            .expect("build")
+            .network_policy
+            .is_none()
+    );
+}
+
+#[test]
+fn without_the_new_fields_nothing_new_is_built() {
+    let gw = gateway(&fixture("minimal.yaml"));
+    let c = build(&gw, &inputs()).expect("build");
+    assert!(c.ingress.is_none() && c.route.is_none());
+    assert!(c.certificate.is_none() && c.network_policy.is_none());
+    let ep = resources::endpoints(&gw);
+    assert!(ep.web_socket.starts_with("ws://") && ep.external.is_none());
+}
+
+#[test]
+fn the_broker_port_is_read_from_a_uri() {
+    use stompgate::operator::controller::uri_port;
+    assert_eq!(uri_port("amqps://u:p@rmq.svc/vh"), Some(5671));
+    assert_eq!(uri_port("amqp://rmq.svc"), Some(5672));
+    assert_eq!(uri_port("amqp://u:p@rmq.svc:5673/%2f"), Some(5673));
+    assert_eq!(uri_port("amqp://u:p:x@[::1]:5674/"), Some(5674));
+    assert_eq!(uri_port("amqp://[::1]/"), Some(5672));
+    assert_eq!(uri_port("nonsense"), None);
+}
+
+#[test]
+fn render_shows_every_exposure_object_of_the_public_example() {
+    use stompgate::operator::cli::{Doc, render_docs};
+    let value: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/stompgateway-public.yaml"
+        ))
+        .expect("example"),
+    )
+    .expect("yaml");
+    let out = render_docs(
+        &[Doc {
+            path: "x".into(),
+            index: 1,
+            value,
+        }],
+        "default",
+        "img:2",
+    )
+    .expect("render");
+    let kinds: Vec<String> = out
+        .split("---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| {
+            let v: serde_json::Value = serde_yaml::from_str(d).expect("doc");
+            v["kind"].as_str().expect("kind").to_string()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap",
+            "Service",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Certificate",
+            "Ingress",
+            "HTTPRoute",
+            "NetworkPolicy"
+        ]
+    );
+}
+
+/// `render | kubectl apply -f -`: kubectl reads YAML 1.1, where a plain `off` is a boolean.
+#[test]
+fn render_quotes_strings_a_yaml_1_1_reader_would_take_for_booleans() {
+    use stompgate::operator::cli::quote_yaml11_booleans;
+    let doc =
+        "a:\n  b: off\n  c: offline\n  d: 'on'\n  e:\n  - yes\n  - no way\n  f: \"n\"\nx: 1\n";
+    assert_eq!(
+        quote_yaml11_booleans(doc),
+        "a:\n  b: 'off'\n  c: offline\n  d: 'on'\n  e:\n  - 'yes'\n  - no way\n  f: \"n\"\nx: 1\n"
+    );
+    // Every word serde_yaml leaves plain comes back as the same string.
+    for w in ["y", "yes", "on", "off", "No", "OFF"] {
+        let v = serde_json::json!({"k": w, "l": [w]});
+        let quoted = quote_yaml11_booleans(&serde_yaml::to_string(&v).expect("yaml"));
+        let back: serde_json::Value = serde_yaml::from_str(&quoted).expect("parse");
+        assert_eq!(back, v, "{quoted}");
+        assert!(
+            quoted.contains(&format!("'{w}'")) || quoted.contains(&format!("\"{w}\"")),
+            "{quoted}"
+        );
     }
 }

@@ -576,6 +576,17 @@ pub fn apply(
         .filter(|p| !others.contains(*p))
         .filter(|p| !others.iter().any(|o| o.starts_with(p)))
         .collect();
+    // As structured-merge-diff's prune (EnsureNamedFieldsAreMembers): an object field whose
+    // fields were all applied by this manager and none is any more goes too, instead of being
+    // left as `{}` (which fails validation when the object has required fields).
+    let parents: Vec<Path> = gone
+        .iter()
+        .flat_map(|p| (2..p.len()).map(move |n| p[..n].to_vec()))
+        .filter(|q| q.last().is_some_and(|x| x.starts_with("f:")))
+        .filter(|q| !applied_set.iter().any(|a| a.starts_with(q)))
+        .filter(|q| !others.iter().any(|o| o.starts_with(q)))
+        .collect();
+    gone.extend(parents.iter());
     // Shallowest first; a removed list item or object takes its fields with it.
     gone.sort_by_key(|p| p.len());
     let mut removed: Vec<&Path> = Vec::new();
@@ -668,5 +679,30 @@ mod tests {
         let (obj3, _) = apply(Some(&obj2), &a2, "op", "v1", "", false, &lists, true).unwrap();
         assert_eq!(obj3["spec"].get("x"), None);
         assert_eq!(obj3["spec"]["replicas"], 3);
+    }
+
+    #[test]
+    fn an_object_whose_applied_fields_all_go_goes_with_them() {
+        let a1 = json!({"spec": {"endpoints": {"ws": "a", "external": {"ws": "b", "sockJs": "c"}},
+                                 "keep": {"x": 1, "y": 2}}});
+        let (mut obj, entries) = apply(None, &a1, "op", "v1", "", false, &lists, true).unwrap();
+        write_entries(&mut obj, &entries);
+        // Another manager owns keep.y: keep stays, with y.
+        let (mut obj, entries) = apply(
+            Some(&obj),
+            &json!({"spec": {"keep": {"y": 2}}}),
+            "other",
+            "v1",
+            "",
+            false,
+            &lists,
+            true,
+        )
+        .unwrap();
+        write_entries(&mut obj, &entries);
+        let a2 = json!({"spec": {"endpoints": {"ws": "a"}}});
+        let (obj, _) = apply(Some(&obj), &a2, "op", "v1", "", false, &lists, true).unwrap();
+        assert_eq!(obj["spec"]["endpoints"], json!({"ws": "a"}));
+        assert_eq!(obj["spec"]["keep"], json!({"y": 2}));
     }
 }

@@ -30,6 +30,12 @@ pub enum Builtin {
     Lease,
     /// apiextensions.k8s.io/v1 CustomResourceDefinition.
     Crd,
+    /// networking.k8s.io/v1 Ingress (stored and validated; no controller).
+    Ingress,
+    /// networking.k8s.io/v1 IngressClass (cluster-scoped).
+    IngressClass,
+    /// networking.k8s.io/v1 NetworkPolicy (stored and validated; nothing enforces it).
+    NetworkPolicy,
 }
 
 /// The scale subresource's paths.
@@ -210,6 +216,8 @@ fn builtin(
         Builtin::Pdb => (true, None, true, &[]),
         Builtin::Namespace => (true, None, false, &[]),
         Builtin::Crd => (true, None, true, &["api-extensions"]),
+        Builtin::Ingress => (true, None, true, &[]),
+        Builtin::IngressClass | Builtin::NetworkPolicy => (false, None, true, &[]),
         _ => (false, None, false, &[]),
     };
     ResourceDef {
@@ -311,6 +319,33 @@ pub fn builtins() -> Vec<ResourceDef> {
             false,
             &["crd", "crds"],
             Crd,
+        ),
+        builtin(
+            "networking.k8s.io",
+            "v1",
+            "Ingress",
+            "ingresses",
+            true,
+            &["ing"],
+            Ingress,
+        ),
+        builtin(
+            "networking.k8s.io",
+            "v1",
+            "IngressClass",
+            "ingressclasses",
+            false,
+            &[],
+            IngressClass,
+        ),
+        builtin(
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            true,
+            &["netpol"],
+            NetworkPolicy,
         ),
     ]
 }

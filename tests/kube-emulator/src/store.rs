@@ -1634,6 +1634,18 @@ impl State {
                         }
                     }
                 }
+                // As ValidateSecret: a kubernetes.io/tls Secret must carry both keys.
+                if obj.get("type").and_then(Value::as_str) == Some("kubernetes.io/tls") {
+                    for key in ["tls.crt", "tls.key"] {
+                        if obj.pointer("/data").and_then(|d| d.get(key)).is_none() {
+                            causes.push(Cause::new(
+                                "FieldValueRequired",
+                                format!("data[{key}]"),
+                                format!("data[{key}]: Required value"),
+                            ));
+                        }
+                    }
+                }
                 if let Some(o) = old
                     && o.get("type") != obj.get("type")
                 {
@@ -1647,6 +1659,7 @@ impl State {
             }
             Some(Builtin::ConfigMap) => immutable_data(old, obj, &mut causes),
             Some(Builtin::Crd) => validate_crd(self, old, obj, &mut causes),
+            Some(Builtin::Ingress) => validate_ingress(obj, &mut causes),
             _ => {}
         }
         if causes.is_empty() {
@@ -1985,6 +1998,51 @@ fn validate_deployment(old: Option<&Value>, obj: &Value, causes: &mut Vec<Cause>
             "spec.replicas",
             format!("spec.replicas: Invalid value: {r}: must be greater than or equal to 0"),
         ));
+    }
+}
+
+/// The part of ValidateIngress that generated Ingresses can get wrong: every path needs a
+/// valid pathType, an absolute path for Exact and Prefix, and a backend service port.
+fn validate_ingress(obj: &Value, causes: &mut Vec<Cause>) {
+    let rules = obj.pointer("/spec/rules").and_then(Value::as_array);
+    for (i, rule) in rules.into_iter().flatten().enumerate() {
+        let paths = rule.pointer("/http/paths").and_then(Value::as_array);
+        for (j, p) in paths.into_iter().flatten().enumerate() {
+            let base = format!("spec.rules[{i}].http.paths[{j}]");
+            let kind = p.get("pathType").and_then(Value::as_str);
+            match kind {
+                None => causes.push(Cause::new(
+                    "FieldValueRequired",
+                    format!("{base}.pathType"),
+                    format!("{base}.pathType: Required value: pathType must be specified"),
+                )),
+                Some("Exact") | Some("Prefix") | Some("ImplementationSpecific") => {}
+                Some(other) => causes.push(Cause::new(
+                    "FieldValueNotSupported",
+                    format!("{base}.pathType"),
+                    format!("{base}.pathType: Unsupported value: {other:?}: supported values: \"Exact\", \"ImplementationSpecific\", \"Prefix\""),
+                )),
+            }
+            let path = p.get("path").and_then(Value::as_str).unwrap_or_default();
+            if matches!(kind, Some("Exact") | Some("Prefix")) && !path.starts_with('/') {
+                causes.push(Cause::new(
+                    "FieldValueInvalid",
+                    format!("{base}.path"),
+                    format!("{base}.path: Invalid value: {path:?}: must be an absolute path"),
+                ));
+            }
+            let svc = p.pointer("/backend/service");
+            let port = svc.and_then(|s| s.get("port"));
+            if svc.is_some()
+                && port.is_none_or(|p| p.get("name").is_none() && p.get("number").is_none())
+            {
+                causes.push(Cause::new(
+                    "FieldValueRequired",
+                    format!("{base}.backend.service.port"),
+                    format!("{base}.backend.service.port: Required value: port name or number is required"),
+                ));
+            }
+        }
     }
 }
 

@@ -203,6 +203,67 @@ pub fn columns(res: &ResourceDef, version: &str) -> Vec<Value> {
             name,
             col("Created At", "date", "", 0, "When the CRD was created."),
         ],
+        Some(Builtin::Ingress) => vec![
+            name,
+            col(
+                "Class",
+                "string",
+                "",
+                0,
+                "The name of the IngressClass resource.",
+            ),
+            col(
+                "Hosts",
+                "string",
+                "",
+                0,
+                "Hosts that incoming requests are matched against.",
+            ),
+            col(
+                "Address",
+                "string",
+                "",
+                0,
+                "Address is a list of IP addresses.",
+            ),
+            col(
+                "Ports",
+                "string",
+                "",
+                0,
+                "Ports of TLS configurations that open.",
+            ),
+            age_col,
+        ],
+        Some(Builtin::IngressClass) => vec![
+            name,
+            col(
+                "Controller",
+                "string",
+                "",
+                0,
+                "Controller that is responsible for handling this class.",
+            ),
+            col(
+                "Parameters",
+                "string",
+                "",
+                0,
+                "A reference to a resource with additional parameters.",
+            ),
+            age_col,
+        ],
+        Some(Builtin::NetworkPolicy) => vec![
+            name,
+            col(
+                "Pod-Selector",
+                "string",
+                "",
+                0,
+                "Selects the pods to which this NetworkPolicy object applies.",
+            ),
+            age_col,
+        ],
     }
 }
 
@@ -398,6 +459,50 @@ pub fn cells(res: &ResourceDef, version: &str, v: &Value) -> Vec<Value> {
             ]
         }
         Some(Builtin::Crd) => vec![name, json!(s(v, "/metadata/creationTimestamp"))],
+        Some(Builtin::Ingress) => {
+            let hosts: Vec<String> = v
+                .pointer("/spec/rules")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.get("host").and_then(Value::as_str).map(str::to_string))
+                .collect();
+            let hosts = if hosts.is_empty() {
+                "*".to_string()
+            } else {
+                hosts.join(",")
+            };
+            let ports = if count(v, "/spec/tls") > 0 {
+                "80, 443"
+            } else {
+                "80"
+            };
+            vec![
+                name,
+                json!(s(v, "/spec/ingressClassName")),
+                json!(hosts),
+                json!(""),
+                json!(ports),
+                age(v),
+            ]
+        }
+        Some(Builtin::IngressClass) => {
+            vec![name, json!(s(v, "/spec/controller")), json!(""), age(v)]
+        }
+        Some(Builtin::NetworkPolicy) => {
+            let sel = v
+                .pointer("/spec/podSelector/matchLabels")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, x)| format!("{k}={}", x.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .filter(|x| !x.is_empty())
+                .unwrap_or_else(|| "<none>".into());
+            vec![name, json!(sel), age(v)]
+        }
     }
 }
 

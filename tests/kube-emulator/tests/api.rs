@@ -717,3 +717,80 @@ async fn streaming_lists_send_initial_events_then_the_end_bookmark() {
         "{ev:?}"
     );
 }
+
+/// As the real API server: a `kubernetes.io/tls` Secret needs `tls.crt` and `tls.key`
+/// (ValidateSecret), Ingress paths need a valid pathType and a backend port (ValidateIngress),
+/// and networking.k8s.io serves Ingress, IngressClass (cluster-scoped) and NetworkPolicy.
+#[tokio::test]
+async fn tls_secrets_ingresses_and_network_policies_are_validated_and_served() {
+    let emu = Emulator::start().await.expect("emulator");
+    let (code, body) = emu.call(
+        "POST",
+        "/api/v1/namespaces/default/secrets",
+        Some(
+            &json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                     "metadata": {"name": "t"}, "data": {"tls.crt": "YQ=="}}),
+        ),
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("data[tls.key]: Required value")),
+        "{body}"
+    );
+    let (code, body) = emu.call(
+        "POST",
+        "/apis/networking.k8s.io/v1/namespaces/default/ingresses",
+        Some(
+            &json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                     "metadata": {"name": "i"},
+                     "spec": {"rules": [{"host": "a.example.org", "http": {"paths": [
+                         {"path": "ws", "pathType": "Prefix",
+                          "backend": {"service": {"name": "s", "port": {"name": "ws"}}}},
+                         {"path": "/x", "backend": {"service": {"name": "s", "port": {}}}}]}}]}}),
+        ),
+    );
+    assert_eq!(code, 422, "{body}");
+    let msg = body["message"].as_str().unwrap_or_default();
+    for want in [
+        "spec.rules[0].http.paths[0].path: Invalid value: \"ws\": must be an absolute path",
+        "spec.rules[0].http.paths[1].pathType: Required value",
+        "spec.rules[0].http.paths[1].backend.service.port: Required value",
+    ] {
+        assert!(msg.contains(want), "{want} not in {msg}");
+    }
+    let (code, body) = emu.call(
+        "POST",
+        "/apis/networking.k8s.io/v1/ingressclasses",
+        Some(&json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                     "metadata": {"name": "nginx"}, "spec": {"controller": "k8s.io/ingress-nginx"}})),
+    );
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = emu.call(
+        "POST",
+        "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies",
+        Some(
+            &json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                     "metadata": {"name": "n"}, "spec": {"podSelector": {}}}),
+        ),
+    );
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["metadata"]["generation"], 1);
+    let (code, list) = emu.call("GET", "/apis/networking.k8s.io/v1", None);
+    assert_eq!(code, 200);
+    let names: Vec<&str> = list["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    for want in [
+        "ingresses",
+        "ingresses/status",
+        "ingressclasses",
+        "networkpolicies",
+    ] {
+        assert!(names.contains(&want), "{want} not in {names:?}");
+    }
+}

@@ -66,15 +66,25 @@ impl Op {
 
     /// [`Op::start`] on a given emulator.
     pub async fn start_on(emu: Arc<Emulator>, finalizer_timeout: Duration) -> Op {
+        Self::start_with(emu, finalizer_timeout, |_| {}).await
+    }
+
+    /// [`Op::start_on`] with settings changed by `tune`.
+    pub async fn start_with(
+        emu: Arc<Emulator>,
+        finalizer_timeout: Duration,
+        tune: impl FnOnce(&mut Settings),
+    ) -> Op {
         install_crd(&emu).await;
         let (brokers, reconnected) = BrokerPool::new();
         // The operator's --broker-probe-secs 1: a broker that returns is noticed within ~1 s.
         std::mem::forget(brokers.spawn_monitor(Duration::from_secs(1)));
-        let settings = Settings {
+        let mut settings = Settings {
             default_image: "stompgate/stompgate:test".into(),
             finalizer_timeout,
             ..Settings::default()
         };
+        tune(&mut settings);
         // The operator's own client (its User-Agent), pointed at the emulator.
         let client = stompgate::operator::client(kube::Config::new(
             emu.url().parse().expect("emulator URL"),
