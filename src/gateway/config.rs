@@ -4,6 +4,13 @@
 use clap::builder::TypedValueParser as _;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::gateway::auth::{AuthError, JwtSettings, KeyFiles};
+use crate::gateway::broker::{BrokerConfig, BrokerError};
+use crate::gateway::rabbit::plan::PlanConfig;
+use crate::gateway::rabbit::session::SessionConfig;
+use crate::stomp::version::HeartBeat;
 use std::path::PathBuf;
 use thiserror::Error;
 
@@ -321,6 +328,78 @@ impl GatewayConfig {
         }
         args.validate()?;
         Ok(GatewayConfig { args })
+    }
+}
+
+impl GatewayConfig {
+    /// Where and how the gateway reaches RabbitMQ (TLS material is loaded by the server).
+    pub(crate) fn broker_config(&self) -> Result<BrokerConfig, BrokerError> {
+        let mut broker = BrokerConfig::from_url(&self.amqp_url)?;
+        broker.max_channels_per_connection = self.amqp_max_channels_per_connection;
+        if let Some(user) = &self.amqp_username {
+            broker.uri.authority.userinfo.username = user.clone();
+        }
+        if let Some(pass) = &self.amqp_password {
+            broker.uri.authority.userinfo.password = pass.clone();
+        }
+        Ok(broker)
+    }
+
+    /// The session settings (no JWT verifier: the server adds the one it keeps reloading).
+    pub(crate) fn session_config(&self, broker: &BrokerConfig) -> SessionConfig {
+        let (url_user, url_pass) = broker.url_credentials();
+        let service_user = (
+            self.amqp_username.clone().unwrap_or(url_user),
+            self.amqp_password.clone().unwrap_or(url_pass),
+        );
+        SessionConfig {
+            heartbeat_min: HeartBeat {
+                send_ms: self.heartbeat_server_ms,
+                expect_ms: self.heartbeat_client_ms,
+            },
+            server_header: (!self.hide_server_info)
+                .then(|| format!("stompgate/{}", env!("CARGO_PKG_VERSION"))),
+            default_credentials: self
+                .default_login
+                .clone()
+                .zip(self.default_passcode.clone()),
+            forced_credentials: matches!(self.auth_mode, AuthMode::ServiceUser | AuthMode::Jwt)
+                .then_some(service_user),
+            // JWT sessions live in the service user's vhost; the others name theirs in CONNECT.
+            default_vhost: if self.auth_mode == AuthMode::Jwt {
+                broker.uri.vhost.clone()
+            } else {
+                "/".to_string()
+            },
+            login_timeout: Duration::from_secs(self.login_timeout_secs),
+            max_subscriptions: self.max_subscriptions,
+            plan: PlanConfig::default(),
+            jwt: None,
+            error_on_unroutable: self.error_on_unroutable,
+        }
+    }
+
+    /// The JWT key files (`--jwt-hs256-secret-file`, `--jwt-jwks-file`).
+    pub(crate) fn jwt_key_files(&self) -> KeyFiles {
+        KeyFiles {
+            hs256_secret: self.jwt_hs256_secret_file.clone(),
+            jwks: self.jwt_jwks_file.clone(),
+        }
+    }
+
+    /// The JWT settings of `--auth-mode jwt`, keys loaded from their files.
+    pub(crate) fn jwt_settings(&self) -> Result<Option<JwtSettings>, AuthError> {
+        if self.auth_mode != AuthMode::Jwt {
+            return Ok(None);
+        }
+        let (hs256_secret, rsa_keys) = self.jwt_key_files().load()?;
+        Ok(Some(JwtSettings {
+            hs256_secret,
+            rsa_keys,
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            destinations_claim: self.jwt_destinations_claim.clone(),
+        }))
     }
 }
 

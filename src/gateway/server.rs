@@ -1,12 +1,11 @@
 //! Listeners, limits, drain, health and metrics wiring for `stompgate gateway`.
 
 use crate::gateway::admission::Admission;
-use crate::gateway::auth::{JwtSettings, JwtVerifier, KeyFiles};
-use crate::gateway::broker::{Broker, BrokerConfig};
-use crate::gateway::config::{AuthMode, GatewayArgs, GatewayConfig};
+use crate::gateway::auth::{JwtVerifier, KeyFiles};
+use crate::gateway::broker::Broker;
+use crate::gateway::config::GatewayConfig;
 use crate::gateway::connection::{ConnectionContext, ConnectionSettings};
 use crate::gateway::fanout::{Fanout, FanoutConfig};
-use crate::gateway::rabbit::plan::PlanConfig;
 use crate::gateway::rabbit::session::SessionConfig;
 use crate::gateway::server_info::ServerInfo;
 pub use crate::gateway::state::AppState;
@@ -14,7 +13,6 @@ use crate::gateway::tls::{AmqpTls, ServerTls, TlsListener};
 use crate::gateway::transport::{self, tcp, websocket};
 use crate::sockjs::{self, SockJsConfig};
 use crate::stomp::codec::Limits;
-use crate::stomp::version::HeartBeat;
 use crate::telemetry::{GatewayMetrics, SharedRegistry};
 use axum::Router;
 use axum::extract::State;
@@ -95,47 +93,6 @@ impl Gateway {
     }
 }
 
-/// Builds the session settings from flags.
-pub(crate) fn session_config(args: &GatewayArgs, broker: &BrokerConfig) -> SessionConfig {
-    let (url_user, url_pass) = broker.url_credentials();
-    let service_user = (
-        args.amqp_username.clone().unwrap_or(url_user),
-        args.amqp_password.clone().unwrap_or(url_pass),
-    );
-    SessionConfig {
-        heartbeat_min: HeartBeat {
-            send_ms: args.heartbeat_server_ms,
-            expect_ms: args.heartbeat_client_ms,
-        },
-        server_header: (!args.hide_server_info)
-            .then(|| format!("stompgate/{}", env!("CARGO_PKG_VERSION"))),
-        default_credentials: args
-            .default_login
-            .clone()
-            .zip(args.default_passcode.clone()),
-        forced_credentials: matches!(args.auth_mode, AuthMode::ServiceUser | AuthMode::Jwt)
-            .then_some(service_user),
-        // JWT sessions live in the service user's vhost; the others name theirs in CONNECT.
-        default_vhost: if args.auth_mode == AuthMode::Jwt {
-            broker.uri.vhost.clone()
-        } else {
-            "/".to_string()
-        },
-        login_timeout: Duration::from_secs(args.login_timeout_secs),
-        max_subscriptions: args.max_subscriptions,
-        plan: PlanConfig::default(),
-        jwt: None,
-        error_on_unroutable: args.error_on_unroutable,
-    }
-}
-
-fn jwt_key_files(args: &GatewayArgs) -> KeyFiles {
-    KeyFiles {
-        hs256_secret: args.jwt_hs256_secret_file.clone(),
-        jwks: args.jwt_jwks_file.clone(),
-    }
-}
-
 /// Re-reads the JWT key files when they change (an IdP rotating its JWKS); a file that
 /// does not load keeps the keys in force.
 fn spawn_jwt_reloader(
@@ -152,33 +109,10 @@ fn spawn_jwt_reloader(
     });
 }
 
-/// The JWT verifier of `--auth-mode jwt`, from its key files.
-pub(crate) fn jwt_verifier(args: &GatewayArgs) -> Result<Option<Arc<JwtVerifier>>, ServerError> {
-    if args.auth_mode != AuthMode::Jwt {
-        return Ok(None);
-    }
-    let (hs256_secret, rsa_keys) = jwt_key_files(args).load()?;
-    let settings = JwtSettings {
-        hs256_secret,
-        rsa_keys,
-        issuer: args.jwt_issuer.clone(),
-        audience: args.jwt_audience.clone(),
-        destinations_claim: args.jwt_destinations_claim.clone(),
-    };
-    Ok(Some(Arc::new(JwtVerifier::new(settings)?)))
-}
-
 /// Binds every listener and starts serving. `extra` routes are merged into the HTTP
 /// router (the demo page).
 pub async fn start(args: GatewayConfig, extra: Router<AppState>) -> Result<Gateway, ServerError> {
-    let mut broker_config = BrokerConfig::from_url(&args.amqp_url)?;
-    broker_config.max_channels_per_connection = args.amqp_max_channels_per_connection;
-    if let Some(user) = &args.amqp_username {
-        broker_config.uri.authority.userinfo.username = user.clone();
-    }
-    if let Some(pass) = &args.amqp_password {
-        broker_config.uri.authority.userinfo.password = pass.clone();
-    }
+    let mut broker_config = args.broker_config()?;
     // Pick the process's rustls backend before anything opens a TLS connection.
     let _ = crate::gateway::tls::provider();
     // Startup errors (unreadable files, bad PEM, a key that does not match) stop here.
@@ -196,7 +130,10 @@ pub async fn start(args: GatewayConfig, extra: Router<AppState>) -> Result<Gatew
         (Some(cert), Some(key)) => Some(ServerTls::load(cert, key)?),
         _ => None,
     };
-    let jwt = jwt_verifier(&args)?;
+    let jwt = match args.jwt_settings()? {
+        Some(settings) => Some(Arc::new(JwtVerifier::new(settings)?)),
+        None => None,
+    };
     let jwt_reload = jwt.clone();
     let metrics = GatewayMetrics::default();
     let registry = SharedRegistry::default();
@@ -217,7 +154,7 @@ pub async fn start(args: GatewayConfig, extra: Router<AppState>) -> Result<Gatew
     let ctx: ConnectionContext = Arc::new(ConnectionSettings {
         session: Arc::new(SessionConfig {
             jwt,
-            ..session_config(&args, &broker_config)
+            ..args.session_config(&broker_config)
         }),
         limits: Limits {
             max_frame_bytes: args.max_frame_bytes,
@@ -343,7 +280,7 @@ pub async fn start(args: GatewayConfig, extra: Router<AppState>) -> Result<Gatew
     {
         spawn_jwt_reloader(
             verifier.clone(),
-            jwt_key_files(&args),
+            args.jwt_key_files(),
             Duration::from_secs(args.jwt_reload_secs),
             shutdown.clone(),
         );

@@ -6,9 +6,9 @@
 //! those functions produce. Every deviation is marked `Deviation:` (or `Improvement:`) where it is
 //! implemented.
 //!
-//! Dependencies point one way (no cycles):
-//! `erlang` <- `error` <- `destination`, `headers` <- `queue`, `queue_name`, `ids` <- `plan`
-//! <- `message` <- `session`.
+//! Dependencies point one way (no cycles): `erlang` and `error` at the bottom; `destination`,
+//! `headers`, `queue_name` on them; `queue` and `ids` next; `plan` on those; `message` on
+//! `plan`; the `session` on everything.
 
 pub mod destination;
 pub mod erlang;
