@@ -586,3 +586,107 @@ fn internal(text: &str) -> BrokerFailure {
         text: format!("{text}\n"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::rabbit::plan::{PlanConfig, plan_subscribe};
+    use crate::stomp::Headers;
+    use crate::stomp::codec::{Decoded, Decoder, Limits};
+
+    fn plan(pairs: &[(&str, &str)]) -> SubscribePlan {
+        let headers: Headers = pairs.iter().copied().collect();
+        plan_subscribe(&headers, &PlanConfig::default()).expect("a valid SUBSCRIBE")
+    }
+
+    fn hub() -> Arc<Hub> {
+        Arc::new(Hub {
+            key: HubKey {
+                vhost: "/".into(),
+                exchange: "amq.topic".into(),
+                routing_key: "a.b".into(),
+            },
+            session_id: "session-hub".into(),
+            listeners: Mutex::new(Listeners::default()),
+            ring: broadcast::channel(4).0,
+            stop: CancellationToken::new(),
+            sequence: AtomicU64::new(0),
+            metrics: GatewayMetrics::default(),
+        })
+    }
+
+    #[test]
+    fn only_transient_auto_ack_subscriptions_share_a_queue() {
+        let topic = [("destination", "/topic/a.b"), ("id", "s")];
+        assert!(Fanout::shareable(&plan(&topic)));
+        assert!(Fanout::shareable(&plan(&[
+            ("destination", "/exchange/x/k"),
+            ("id", "s")
+        ])));
+        for extra in [
+            ("ack", "client"),
+            ("prefetch-count", "10"),
+            ("durable", "true"),
+            ("x-queue-name", "mine"),
+            ("x-max-length", "10"),
+        ] {
+            let mut pairs = topic.to_vec();
+            pairs.push(extra);
+            assert!(!Fanout::shareable(&plan(&pairs)), "{extra:?}");
+        }
+        // Queues are not fanned out: each SUBSCRIBE competes for the messages.
+        assert!(!Fanout::shareable(&plan(&[
+            ("destination", "/queue/q"),
+            ("id", "s")
+        ])));
+    }
+
+    #[test]
+    fn subscription_ids_share_slots_and_free_them_when_the_last_one_leaves() {
+        let fanout = Fanout::new(FanoutConfig::default(), GatewayMetrics::default());
+        let hub = hub();
+        let a1 = fanout.register(&hub, "T_a").expect("open hub");
+        let a2 = fanout.register(&hub, "T_a").expect("open hub");
+        let b = fanout.register(&hub, "T_b").expect("open hub");
+        let slot = |m: &Membership| m.events.as_ref().expect("events").slot;
+        assert_eq!((slot(&a1), slot(&a2), slot(&b)), (0, 0, 1));
+        drop(a1);
+        drop(a2);
+        // `T_a`'s slot is reused by the next new id.
+        let c = fanout.register(&hub, "T_c").expect("open hub");
+        assert_eq!(slot(&c), 0);
+        drop(b);
+        assert!(!hub.stop.is_cancelled());
+        drop(c);
+        // The last one out stops the hub; nobody can join it any more.
+        assert!(hub.stop.is_cancelled());
+        assert!(fanout.register(&hub, "T_d").is_none());
+    }
+
+    #[test]
+    fn a_hub_encodes_a_message_per_subscription_id() {
+        let hub = hub();
+        let props = lapin::BasicProperties::default().with_content_type("text/plain".into());
+        let bytes = hub.encode(
+            "T_sub-1",
+            7,
+            "amq.topic",
+            "a.b",
+            false,
+            &props,
+            Bytes::from_static(b"hi"),
+        );
+        let mut decoder = Decoder::new(Limits::default());
+        decoder.feed(&bytes);
+        let Ok(Some(Decoded::Frame(frame))) = decoder.decode() else {
+            panic!("one MESSAGE frame");
+        };
+        assert_eq!(frame.command, Command::Message);
+        assert_eq!(frame.get("subscription"), Some("sub-1"));
+        assert_eq!(frame.get("destination"), Some("/topic/a.b"));
+        assert_eq!(frame.get("message-id"), Some("T_sub-1@@session-hub@@7"));
+        assert_eq!(frame.get("ack"), None);
+        assert_eq!(frame.get("content-type"), Some("text/plain"));
+        assert_eq!(&frame.body[..], b"hi");
+    }
+}
