@@ -4,7 +4,7 @@
 //! exchange is declared as the tutorial declares it, so the tutorial's own publisher works
 //! before, during and after the demo.
 
-use crate::gateway::config::GatewayArgs;
+use crate::gateway::config::GatewayConfig;
 use crate::gateway::server;
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -14,10 +14,6 @@ use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use std::time::Duration;
-
-/// sockjs-client 1.6.1, as vendored for the seed page (the gateway also serves it for SockJS's
-/// iframe transports).
-pub const SOCKJS_CLIENT: &[u8] = include_bytes!("../examples/demo/sockjs.min.js");
 
 /// The seed page and the client libraries it loads, embedded so the binary is self-contained.
 const FILES: &[(&str, &str, &[u8])] = &[
@@ -39,7 +35,7 @@ const FILES: &[(&str, &str, &[u8])] = &[
     (
         "sockjs.min.js",
         "application/javascript",
-        include_bytes!("../examples/demo/sockjs.min.js"),
+        crate::sockjs::CLIENT_JS,
     ),
     (
         "stomp.umd.min.js",
@@ -98,7 +94,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         argv.extend(["--listen".to_string(), "127.0.0.1:15674".to_string()]);
     }
     argv.extend(args.gateway_args.iter().cloned());
-    let gateway_args: GatewayArgs = crate::gateway::config::parse_gateway_args(&argv)?;
+    let gateway_args: GatewayConfig = crate::gateway::config::parse_gateway_args(&argv)?;
     let amqp_url = gateway_args.amqp_url.clone();
     // The page subscribes to /exchange/rabbitmq/zjj, which needs the exchange to exist.
     declare_exchange(&amqp_url).await?;
@@ -113,7 +109,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         amqp_url,
         Duration::from_secs(args.interval_secs.max(1)),
     ));
-    server::wait_for_signal().await;
+    crate::runtime::shutdown_signal().await;
     publisher.abort();
     gateway.shutdown();
     gateway.wait().await;

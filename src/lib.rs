@@ -6,5 +6,7 @@ pub mod crd;
 pub mod demo;
 pub mod gateway;
 pub mod operator;
+pub mod runtime;
+pub mod sockjs;
 pub mod stomp;
 pub mod telemetry;

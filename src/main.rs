@@ -1,10 +1,10 @@
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 // mimalloc keeps the resident size per idle connection low (glibc's arenas fragment under
 // tens of thousands of small per-connection allocations).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use stompgate::gateway::config::{GatewayArgs, parse_gateway_args};
+use stompgate::gateway::config::{GatewayArgs, GatewayConfig};
 use stompgate::{crd, operator};
 
 /// STOMP-over-WebSocket gateway to RabbitMQ, and its Kubernetes operator.
@@ -36,25 +36,21 @@ enum Cmd {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     disable_transparent_huge_pages();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Cmd::Gateway(args) => {
-            // Re-parse when a config file is given, so file values fill the defaults.
-            let args = if args.config.is_some() {
-                let argv: Vec<String> = std::env::args()
-                    .skip_while(|a| a != "gateway")
-                    .skip(1)
-                    .collect();
-                parse_gateway_args(&argv)?
-            } else {
-                args.validate()?;
-                *args
-            };
-            stompgate::telemetry::init_logging(args.log_json);
-            stompgate::gateway::server::run(args, axum::Router::new()).await?;
+            // The gateway's own matches tell which flags the command line or the environment
+            // set: the config file fills the others.
+            let gateway = matches
+                .subcommand_matches("gateway")
+                .expect("the gateway subcommand was parsed");
+            let config = GatewayConfig::from_matches(*args, gateway)?;
+            stompgate::runtime::init_logging(config.log_json);
+            stompgate::gateway::server::run(config, axum::Router::new()).await?;
         }
         Cmd::Demo(args) => {
-            stompgate::telemetry::init_logging(false);
+            stompgate::runtime::init_logging(false);
             stompgate::demo::run(args).await?;
         }
         Cmd::Operator(args) => operator::run(args).await?,

@@ -80,20 +80,6 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RedundantChannelCl
     }
 }
 
-/// Installs the tracing subscriber (see [`log_filter`]; JSON when `json` is set).
-pub fn init_logging(json: bool) {
-    let filter = log_filter("info,lapin=warn");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // try_init: tests may install a subscriber more than once.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SessionLabels {
     pub version: String,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, Sink, SinkExt, StreamExt};
-use stompgate::gateway::transport::sockjs::{self, SessionHandler, SockJsConfig, SockJsSend};
+use stompgate::sockjs::{self, SessionHandler, SockJsConfig, SockJsSend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;

@@ -7,8 +7,12 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use stompgate::gateway::destination::{self, Destination, PlanConfig, TermEncoding};
-use stompgate::gateway::properties::{self, QueueFlags};
+use stompgate::gateway::rabbit::destination::{self, Destination};
+use stompgate::gateway::rabbit::error::ErrorFrame;
+use stompgate::gateway::rabbit::plan::{self, PlanConfig};
+use stompgate::gateway::rabbit::queue::{self, QueueFlags};
+use stompgate::gateway::rabbit::queue_name::{self, TermEncoding};
+use stompgate::gateway::rabbit::ids;
 use stompgate::stomp::{Headers, Version};
 
 /// Header names the planners look at, so the fuzzer reaches them without guessing spellings.
@@ -119,7 +123,7 @@ fuzz_target!(|input: Input| {
         ..PlanConfig::default()
     };
     let h = headers(&input);
-    match destination::plan_send(&h, &config) {
+    match plan::plan_send(&h, &config) {
         Ok(plan) => assert!(
             plan.declare.is_none() || plan.route.exchange.is_empty(),
             "only /queue/ SENDs declare"
@@ -128,7 +132,7 @@ fuzz_target!(|input: Input| {
             let _ = (e.summary(), e.detail());
         }
     }
-    match destination::plan_subscribe(&h, &config) {
+    match plan::plan_subscribe(&h, &config) {
         Ok(plan) => {
             assert!(!plan.consumer_tag.is_empty());
             let _ = plan.subscription_header();
@@ -138,17 +142,17 @@ fuzz_target!(|input: Input| {
         }
     }
     if let Ok(dest) = destination::parse(&input.destination) {
-        let _ = destination::durable_unsubscribe_queue(&dest, &h, &config);
+        let _ = plan::durable_unsubscribe_queue(&dest, &h, &config);
     }
-    let _ = destination::consumer_tag("UNSUBSCRIBE", &h);
+    let _ = plan::consumer_tag("UNSUBSCRIBE", &h);
     for flags in [QueueFlags::QUEUE, QueueFlags::SUBSCRIPTION] {
-        if let Err(e) = properties::queue_properties(&h, flags) {
+        if let Err(e) = queue::queue_properties(&h, flags) {
             let _ = (e.summary(), e.detail());
         }
     }
-    let _ = destination::consumer_arguments(&h);
+    let _ = plan::consumer_arguments(&h);
     let version = [Version::V1_0, Version::V1_1, Version::V1_2][usize::from(input.version % 3)];
-    if let Err(e) = destination::ack_id("ACK", version, &h) {
+    if let Err(e) = ids::ack_id("ACK", version, &h) {
         let _ = (e.summary(), e.detail());
     }
 
@@ -166,8 +170,8 @@ fuzz_target!(|input: Input| {
 
     // Message ids: the consumer tag and session id never contain the separator in practice.
     let (tag, session) = (input.consumer_tag.as_str(), input.session_id.as_str());
-    let id = destination::message_id(tag, session, input.delivery_tag);
-    let parsed = destination::parse_message_id(&id);
+    let id = ids::message_id(tag, session, input.delivery_tag);
+    let parsed = ids::parse_message_id(&id);
     if !tag.contains('@') && !session.contains('@') {
         let parsed = parsed.expect("own message id parses");
         assert_eq!(
@@ -179,11 +183,11 @@ fuzz_target!(|input: Input| {
             (tag, session, input.delivery_tag)
         );
     }
-    let _ = destination::parse_message_id(&input.destination);
-    let a = destination::subscription_queue_name_with(rk, tag, config.term_encoding);
+    let _ = ids::parse_message_id(&input.destination);
+    let a = queue_name::subscription_queue_name_with(rk, tag, config.term_encoding);
     assert_eq!(
         a,
-        destination::subscription_queue_name_with(rk, tag, config.term_encoding)
+        queue_name::subscription_queue_name_with(rk, tag, config.term_encoding)
     );
     assert!(a.len() <= 255, "queue names are AMQP short strings");
 });

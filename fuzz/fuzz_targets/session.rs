@@ -14,8 +14,8 @@ use bytes::{Bytes, BytesMut};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, DecimalValue, FieldTable, LongString, ShortString};
 use libfuzzer_sys::fuzz_target;
-use stompgate::gateway::destination::PlanConfig;
-use stompgate::gateway::session::{
+use stompgate::gateway::rabbit::plan::PlanConfig;
+use stompgate::gateway::rabbit::session::{
     Action, BrokerFailure, BrokerReply, BrokerRequest, ChannelOp, ConfirmOutcome, ConnectFailure,
     Delivery, Session, SessionConfig,
 };

@@ -8,7 +8,7 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use stompgate::gateway::transport::sockjs::fuzzing;
+use stompgate::sockjs::fuzzing;
 
 #[derive(Arbitrary, Debug)]
 struct Outgoing {

@@ -110,7 +110,7 @@ impl std::fmt::Debug for JwtVerifier {
 }
 
 /// Reads an HS256 secret file (its bytes, less a trailing newline).
-pub fn read_hs256_secret(path: &Path) -> Result<Vec<u8>, AuthError> {
+pub(crate) fn read_hs256_secret(path: &Path) -> Result<Vec<u8>, AuthError> {
     let mut bytes = std::fs::read(path).map_err(|e| AuthError::Read {
         what: "HS256 secret file",
         path: path.display().to_string(),
@@ -128,7 +128,7 @@ pub fn read_hs256_secret(path: &Path) -> Result<Vec<u8>, AuthError> {
 }
 
 /// Reads the RS256 keys of a JWKS file; other keys are skipped.
-pub fn read_jwks(path: &Path) -> Result<RsaKeys, AuthError> {
+pub(crate) fn read_jwks(path: &Path) -> Result<RsaKeys, AuthError> {
     let text = std::fs::read_to_string(path).map_err(|e| AuthError::Read {
         what: "JWKS file",
         path: path.display().to_string(),
@@ -175,19 +175,19 @@ pub struct Grant {
 }
 
 impl Grant {
-    pub fn may_subscribe(&self, destination: &str) -> bool {
+    pub(crate) fn may_subscribe(&self, destination: &str) -> bool {
         self.subscribe
             .iter()
             .any(|p| pattern_matches(p, destination))
     }
 
-    pub fn may_send(&self, destination: &str) -> bool {
+    pub(crate) fn may_send(&self, destination: &str) -> bool {
         self.send.iter().any(|p| pattern_matches(p, destination))
     }
 }
 
 /// See the module documentation for the pattern language.
-pub fn pattern_matches(pattern: &str, destination: &str) -> bool {
+pub(crate) fn pattern_matches(pattern: &str, destination: &str) -> bool {
     if let Some(prefix) = pattern.strip_suffix('#') {
         return destination.starts_with(prefix);
     }
@@ -211,7 +211,7 @@ pub struct KeyFiles {
 
 impl KeyFiles {
     /// Reads both files.
-    pub fn load(&self) -> Result<(Option<Vec<u8>>, RsaKeys), AuthError> {
+    pub(crate) fn load(&self) -> Result<(Option<Vec<u8>>, RsaKeys), AuthError> {
         let secret = self
             .hs256_secret
             .as_deref()
@@ -225,7 +225,7 @@ impl KeyFiles {
     }
 
     /// The configured files, to watch for rotation.
-    pub fn paths(&self) -> Vec<std::path::PathBuf> {
+    pub(crate) fn paths(&self) -> Vec<std::path::PathBuf> {
         [&self.hs256_secret, &self.jwks]
             .into_iter()
             .flatten()
@@ -245,7 +245,7 @@ fn keys(secret: Option<&[u8]>, rsa_keys: RsaKeys) -> Result<Keys, AuthError> {
 }
 
 impl JwtVerifier {
-    pub fn new(settings: JwtSettings) -> Result<Self, AuthError> {
+    pub(crate) fn new(settings: JwtSettings) -> Result<Self, AuthError> {
         let keys = keys(settings.hs256_secret.as_deref(), settings.rsa_keys)?;
         Ok(JwtVerifier {
             keys: RwLock::new(Arc::new(keys)),
@@ -263,7 +263,7 @@ impl JwtVerifier {
     }
 
     /// Puts new keys in force (an IdP rotated its keys); tokens already accepted stay valid.
-    pub fn replace_keys(
+    pub(crate) fn replace_keys(
         &self,
         hs256_secret: Option<&[u8]>,
         rsa_keys: RsaKeys,
@@ -277,7 +277,7 @@ impl JwtVerifier {
     }
 
     /// Checks signature, algorithm, `exp`, `nbf`, `iss` and `aud`, then reads the grant.
-    pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
+    pub(crate) fn verify(&self, token: &str) -> Result<Grant, AuthError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthError::Missing);

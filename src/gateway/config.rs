@@ -4,6 +4,13 @@
 use clap::builder::TypedValueParser as _;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::gateway::auth::{AuthError, JwtSettings, KeyFiles};
+use crate::gateway::broker::{BrokerConfig, BrokerError};
+use crate::gateway::rabbit::plan::PlanConfig;
+use crate::gateway::rabbit::session::SessionConfig;
+use crate::stomp::version::HeartBeat;
 use std::path::PathBuf;
 use thiserror::Error;
 
@@ -25,6 +32,13 @@ pub enum ConfigError {
     UnknownKey { path: String, key: String },
     #[error("config file {path}: key '{key}' must be a scalar or a list of scalars")]
     BadValue { path: String, key: String },
+    #[error("config file {path}: key '{key}': invalid value '{value}': {reason}")]
+    BadScalar {
+        path: String,
+        key: String,
+        value: String,
+        reason: String,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -202,7 +216,7 @@ impl GatewayArgs {
     }
 
     /// Checks values clap cannot.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         for (name, path) in [
             ("ws-path", &self.ws_path),
             ("sockjs-path", &self.sockjs_path),
@@ -221,6 +235,11 @@ impl GatewayArgs {
         if self.max_queued_messages == 0 {
             return Err(ConfigError::Invalid(
                 "--max-queued-messages must be at least 1".to_string(),
+            ));
+        }
+        if !(1..=65535).contains(&self.amqp_max_channels_per_connection) {
+            return Err(ConfigError::Invalid(
+                "--amqp-max-channels-per-connection must be from 1 to 65535".to_string(),
             ));
         }
         if self.max_frame_bytes < 1024 {
@@ -265,7 +284,126 @@ impl GatewayArgs {
     }
 }
 
-/// Standalone parser used to apply a config file to `gateway` flags.
+/// The gateway's settings, resolved once from flags, `STOMPGATE_*` environment variables and
+/// the `--config` file (in that order of precedence), then validated. Only
+/// [`GatewayConfig::from_matches`] (and [`parse_gateway_args`]) make one, so every value the
+/// server starts from has been checked exactly once.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    args: GatewayArgs,
+}
+
+impl std::ops::Deref for GatewayConfig {
+    type Target = GatewayArgs;
+
+    fn deref(&self) -> &GatewayArgs {
+        &self.args
+    }
+}
+
+impl GatewayConfig {
+    /// `args` as clap parsed them from `matches` (the `gateway` subcommand's), with the
+    /// `--config` file filling every flag given neither on the command line nor in the
+    /// environment.
+    pub fn from_matches(
+        mut args: GatewayArgs,
+        matches: &clap::ArgMatches,
+    ) -> Result<Self, ConfigError> {
+        if let Some(path) = args.config.clone() {
+            let path = path.display().to_string();
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let explicit = |id: &str| {
+                matches!(
+                    matches.value_source(id),
+                    Some(
+                        clap::parser::ValueSource::CommandLine
+                            | clap::parser::ValueSource::EnvVariable
+                    )
+                )
+            };
+            apply_file(&mut args, &text, &path, explicit)?;
+        }
+        args.validate()?;
+        Ok(GatewayConfig { args })
+    }
+}
+
+impl GatewayConfig {
+    /// Where and how the gateway reaches RabbitMQ (TLS material is loaded by the server).
+    pub(crate) fn broker_config(&self) -> Result<BrokerConfig, BrokerError> {
+        let mut broker = BrokerConfig::from_url(&self.amqp_url)?;
+        broker.max_channels_per_connection = self.amqp_max_channels_per_connection;
+        if let Some(user) = &self.amqp_username {
+            broker.uri.authority.userinfo.username = user.clone();
+        }
+        if let Some(pass) = &self.amqp_password {
+            broker.uri.authority.userinfo.password = pass.clone();
+        }
+        Ok(broker)
+    }
+
+    /// The session settings (no JWT verifier: the server adds the one it keeps reloading).
+    pub(crate) fn session_config(&self, broker: &BrokerConfig) -> SessionConfig {
+        let (url_user, url_pass) = broker.url_credentials();
+        let service_user = (
+            self.amqp_username.clone().unwrap_or(url_user),
+            self.amqp_password.clone().unwrap_or(url_pass),
+        );
+        SessionConfig {
+            heartbeat_min: HeartBeat {
+                send_ms: self.heartbeat_server_ms,
+                expect_ms: self.heartbeat_client_ms,
+            },
+            server_header: (!self.hide_server_info)
+                .then(|| format!("stompgate/{}", env!("CARGO_PKG_VERSION"))),
+            default_credentials: self
+                .default_login
+                .clone()
+                .zip(self.default_passcode.clone()),
+            forced_credentials: matches!(self.auth_mode, AuthMode::ServiceUser | AuthMode::Jwt)
+                .then_some(service_user),
+            // JWT sessions live in the service user's vhost; the others name theirs in CONNECT.
+            default_vhost: if self.auth_mode == AuthMode::Jwt {
+                broker.uri.vhost.clone()
+            } else {
+                "/".to_string()
+            },
+            login_timeout: Duration::from_secs(self.login_timeout_secs),
+            max_subscriptions: self.max_subscriptions,
+            plan: PlanConfig::default(),
+            jwt: None,
+            error_on_unroutable: self.error_on_unroutable,
+        }
+    }
+
+    /// The JWT key files (`--jwt-hs256-secret-file`, `--jwt-jwks-file`).
+    pub(crate) fn jwt_key_files(&self) -> KeyFiles {
+        KeyFiles {
+            hs256_secret: self.jwt_hs256_secret_file.clone(),
+            jwks: self.jwt_jwks_file.clone(),
+        }
+    }
+
+    /// The JWT settings of `--auth-mode jwt`, keys loaded from their files.
+    pub(crate) fn jwt_settings(&self) -> Result<Option<JwtSettings>, AuthError> {
+        if self.auth_mode != AuthMode::Jwt {
+            return Ok(None);
+        }
+        let (hs256_secret, rsa_keys) = self.jwt_key_files().load()?;
+        Ok(Some(JwtSettings {
+            hs256_secret,
+            rsa_keys,
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            destinations_claim: self.jwt_destinations_claim.clone(),
+        }))
+    }
+}
+
+/// Standalone parser of the `gateway` flags (tests, the demo).
 #[derive(Parser, Debug)]
 #[command(name = "stompgate gateway", no_binary_name = true)]
 struct GatewayCli {
@@ -273,36 +411,22 @@ struct GatewayCli {
     args: GatewayArgs,
 }
 
-/// Parses gateway flags from `argv` (without the program and subcommand names), then fills
-/// every flag still at its default from the `--config` file, if any.
-pub fn parse_gateway_args(argv: &[String]) -> Result<GatewayArgs, ConfigError> {
+/// Parses gateway flags from `argv` (without the program and subcommand names) into a
+/// [`GatewayConfig`].
+pub fn parse_gateway_args(argv: &[String]) -> Result<GatewayConfig, ConfigError> {
     let matches = GatewayCli::command().try_get_matches_from(argv)?;
     let cli = GatewayCli::from_arg_matches(&matches)?;
-    let Some(path) = cli.args.config.clone() else {
-        cli.args.validate()?;
-        return Ok(cli.args);
-    };
-    let path_text = path.display().to_string();
-    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-        path: path_text.clone(),
-        source,
-    })?;
-    let extra = config_file_args(&text, &path_text, &matches)?;
-    let mut argv = argv.to_vec();
-    argv.extend(extra);
-    let matches = GatewayCli::command().try_get_matches_from(&argv)?;
-    let cli = GatewayCli::from_arg_matches(&matches)?;
-    cli.args.validate()?;
-    Ok(cli.args)
+    GatewayConfig::from_matches(cli.args, &matches)
 }
 
-/// Turns the YAML mapping into `--key=value` arguments for keys not set on the command
-/// line or in the environment.
-fn config_file_args(
+/// Sets the fields named by the YAML mapping `text` (keys are flag names), except those
+/// `explicit` says the command line or the environment already set.
+fn apply_file(
+    args: &mut GatewayArgs,
     text: &str,
     path: &str,
-    matches: &clap::ArgMatches,
-) -> Result<Vec<String>, ConfigError> {
+    explicit: impl Fn(&str) -> bool,
+) -> Result<(), ConfigError> {
     let map: std::collections::BTreeMap<String, serde_yaml::Value> = if text.trim().is_empty() {
         Default::default()
     } else {
@@ -312,39 +436,109 @@ fn config_file_args(
         })?
     };
     let command = GatewayCli::command();
-    let mut out = Vec::new();
     for (key, value) in map {
         let id = key.replace('-', "_");
-        if id == "config" || !command.get_arguments().any(|a| a.get_id() == id.as_str()) {
+        let known = id != "config" && command.get_arguments().any(|a| a.get_id() == id.as_str());
+        if !known {
             return Err(ConfigError::UnknownKey {
                 path: path.to_string(),
                 key,
             });
         }
-        let explicit = matches!(
-            matches.value_source(&id),
-            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
-        );
-        if explicit {
+        if explicit(&id) {
             continue;
         }
-        let rendered = match &value {
+        let file_value = FileValue {
+            path,
+            key: &key,
+            value: &value,
+        };
+        macro_rules! fields {
+            (plain: $($p:ident),*; optional: $($o:ident),*; lists: $($l:ident),*;) => {
+                match id.as_str() {
+                    $(stringify!($p) => args.$p = file_value.parse()?,)*
+                    $(stringify!($o) => args.$o = Some(file_value.parse()?),)*
+                    $(stringify!($l) => args.$l = file_value.list()?,)*
+                    // A flag missing from the lists below (see the test
+                    // `every_flag_can_be_set_in_the_config_file`).
+                    _ => {
+                        return Err(ConfigError::UnknownKey {
+                            path: path.to_string(),
+                            key,
+                        })
+                    }
+                }
+            };
+        }
+        fields! {
+            plain: listen, ws_path, sockjs_path, sockjs_enabled, tls_reload_secs, amqp_url,
+                auth_mode, jwt_reload_secs, jwt_destinations_claim, heartbeat_server_ms,
+                heartbeat_client_ms, max_connections, max_frame_bytes, max_subscriptions,
+                amqp_max_channels_per_connection, fanout, max_queued_messages,
+                write_timeout_secs, login_timeout_secs, drain_timeout_secs,
+                error_on_unroutable, hide_server_info, log_json;
+            optional: stomp_listen, tls_cert_file, tls_key_file, metrics_listen, amqp_ca_file,
+                amqp_tls_ca_file, amqp_client_cert_file, amqp_client_key_file, amqp_username,
+                amqp_password, jwt_hs256_secret_file, jwt_jwks_file, jwt_issuer, jwt_audience,
+                default_login, default_passcode;
+            lists: allowed_origins;
+        }
+    }
+    Ok(())
+}
+
+/// One value of the config file, read the way its flag reads text.
+struct FileValue<'a> {
+    path: &'a str,
+    key: &'a str,
+    value: &'a serde_yaml::Value,
+}
+
+impl FileValue<'_> {
+    fn parse<T: std::str::FromStr>(&self) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let text = scalar(self.value).ok_or_else(|| self.not_scalar())?;
+        text.parse().map_err(|e: T::Err| ConfigError::BadScalar {
+            path: self.path.to_string(),
+            key: self.key.to_string(),
+            value: text.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// A list of scalars, or one scalar holding comma-separated values (as the flag takes).
+    fn list(&self) -> Result<Vec<String>, ConfigError> {
+        let items: Vec<String> = match self.value {
             serde_yaml::Value::Sequence(items) => items
                 .iter()
                 .map(scalar)
-                .collect::<Option<Vec<_>>>()
-                .map(|v| v.join(",")),
-            other => scalar(other),
+                .collect::<Option<_>>()
+                .ok_or_else(|| self.not_scalar())?,
+            other => vec![scalar(other).ok_or_else(|| self.not_scalar())?],
         };
-        let Some(rendered) = rendered else {
-            return Err(ConfigError::BadValue {
-                path: path.to_string(),
-                key,
-            });
-        };
-        out.push(format!("--{key}={rendered}"));
+        Ok(items
+            .iter()
+            .flat_map(|item| item.split(','))
+            .map(str::to_string)
+            .collect())
     }
-    Ok(out)
+
+    fn not_scalar(&self) -> ConfigError {
+        ConfigError::BadValue {
+            path: self.path.to_string(),
+            key: self.key.to_string(),
+        }
+    }
+}
+
+impl std::str::FromStr for AuthMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        <AuthMode as ValueEnum>::from_str(s, false)
+    }
 }
 
 fn scalar(value: &serde_yaml::Value) -> Option<String> {
@@ -451,5 +645,69 @@ mod tests {
         assert!(err.to_string().contains("--allowed-origins"), "{err}");
         let err = parse_gateway_args(&argv(&["--max-frame-bytes", "nope"])).unwrap_err();
         assert!(err.to_string().contains("max-frame-bytes"), "{err}");
+    }
+
+    #[test]
+    fn every_flag_can_be_set_in_the_config_file() {
+        for arg in GatewayCli::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "config" || id == "help" {
+                continue;
+            }
+            let key = id.replace('_', "-");
+            let mut args = GatewayCli::try_parse_from(Vec::<String>::new())
+                .unwrap()
+                .args;
+            // Not every value fits every flag; only "unknown key" would mean a missing field.
+            let result = apply_file(&mut args, &format!("{key}: x\n"), "f.yaml", |_| false);
+            assert!(
+                !matches!(result, Err(ConfigError::UnknownKey { .. })),
+                "{key} cannot be set in the config file"
+            );
+        }
+    }
+
+    #[test]
+    fn config_file_values_are_checked_like_flags() {
+        let mut args = GatewayCli::try_parse_from(Vec::<String>::new())
+            .unwrap()
+            .args;
+        let err =
+            apply_file(&mut args, "max-frame-bytes: lots\n", "f.yaml", |_| false).unwrap_err();
+        assert!(err.to_string().contains("'max-frame-bytes'"), "{err}");
+        let err = apply_file(&mut args, "auth-mode: sometimes\n", "f.yaml", |_| false).unwrap_err();
+        assert!(err.to_string().contains("'auth-mode'"), "{err}");
+        let err = apply_file(&mut args, "listen: {a: 1}\n", "f.yaml", |_| false).unwrap_err();
+        assert!(err.to_string().contains("must be a scalar"), "{err}");
+        apply_file(
+            &mut args,
+            "auth-mode: service-user\nfanout: false\nstomp-listen: 127.0.0.1:61613\nallowed-origins: https://a.example,https://b.example\n",
+            "f.yaml",
+            |_| false,
+        )
+        .unwrap();
+        assert_eq!(args.auth_mode, AuthMode::ServiceUser);
+        assert!(!args.fanout);
+        assert_eq!(args.stomp_listen, Some("127.0.0.1:61613".parse().unwrap()));
+        assert_eq!(
+            args.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        let mut args = GatewayCli::try_parse_from(Vec::<String>::new())
+            .unwrap()
+            .args;
+        apply_file(
+            &mut args,
+            "amqp-max-channels-per-connection: 0\n",
+            "f.yaml",
+            |_| false,
+        )
+        .unwrap();
+        let err = args.validate().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--amqp-max-channels-per-connection"),
+            "{err}"
+        );
     }
 }

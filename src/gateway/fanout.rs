@@ -26,15 +26,15 @@
 //! the same shape; auto-ack message ids are never acknowledged).
 
 use crate::gateway::broker::{PoolKey, SessionChannel, to_failure};
-use crate::gateway::destination::{AckMode, Binding, QueueDeclare, SubscribePlan};
-use crate::gateway::properties;
-use crate::gateway::session::BrokerFailure;
+use crate::gateway::rabbit::message;
+use crate::gateway::rabbit::plan::{AckMode, Binding, SubscribePlan};
+use crate::gateway::rabbit::queue::QueueDeclare;
+use crate::gateway::rabbit::session::BrokerFailure;
 use crate::stomp::codec;
 use crate::stomp::{Command, Frame, Version};
 use crate::telemetry::GatewayMetrics;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
-use lapin::options::{BasicCancelOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -123,7 +123,8 @@ enum HubEvent {
 /// once both the membership and its event stream are dropped, so a slot is never handed to
 /// another subscription id while a stream may still read it.
 pub struct Membership {
-    member: Arc<Member>,
+    // Held for its Drop: leaving the hub.
+    _member: Arc<Member>,
     events: Option<SharedEvents>,
 }
 
@@ -141,12 +142,8 @@ impl Drop for Member {
 impl Membership {
     /// The stream of events; can be taken once. A `Lagged` error means the session fell
     /// too far behind (slow consumer).
-    pub fn take_events(&mut self) -> Option<SharedEvents> {
+    pub(crate) fn take_events(&mut self) -> Option<SharedEvents> {
         self.events.take()
-    }
-
-    pub fn hub_key(&self) -> &HubKey {
-        &self.member.hub.key
     }
 }
 
@@ -217,7 +214,7 @@ struct Hub {
 }
 
 impl Fanout {
-    pub fn new(config: FanoutConfig, metrics: GatewayMetrics) -> Self {
+    pub(crate) fn new(config: FanoutConfig, metrics: GatewayMetrics) -> Self {
         Fanout {
             inner: Arc::new(FanoutInner {
                 config,
@@ -234,25 +231,20 @@ impl Fanout {
     /// now), so RabbitMQ stops pushing to this gateway (closing the hub's channel cancels its
     /// consumer and deletes the exclusive queue); listeners get what was distributed before,
     /// then the end of their streams.
-    pub fn drain(&self) {
+    pub(crate) fn drain(&self) {
         self.inner.draining.cancel();
     }
 
     /// Whether this subscription can share a queue (see the module docs).
-    pub fn shareable(plan: &SubscribePlan) -> bool {
+    pub(crate) fn shareable(plan: &SubscribePlan) -> bool {
         plan.is_transient() && plan.prefetch_count.is_none()
-    }
-
-    /// Number of live shared queues.
-    pub fn hub_count(&self) -> usize {
-        self.inner.hubs.lock().map(|h| h.len()).unwrap_or(0)
     }
 
     /// Joins (creating if needed) the hub for this subscription, after the broker authorised
     /// the session's own credentials for it. None when a new hub would be needed but no
     /// pooled connection of these credentials has room for its channel: the caller then
     /// subscribes on the session's own channel (correct, just not shared).
-    pub async fn join(
+    pub(crate) async fn join(
         &self,
         channel: &mut SessionChannel,
         plan: &SubscribePlan,
@@ -325,7 +317,7 @@ impl Fanout {
             consumer_tag: consumer_tag.to_string(),
         });
         Some(Membership {
-            member: member.clone(),
+            _member: member.clone(),
             events: Some(SharedEvents {
                 slot,
                 ring,
@@ -376,24 +368,16 @@ impl Fanout {
         let mut probe = plan.clone();
         probe.consumer_tag = format!(
             "stompgate-authz-{}",
-            crate::gateway::connection::random_token()
+            crate::gateway::rabbit::ids::random_token()
         );
         // A failure here closes the session's channel with the broker's own error, exactly
         // as the non-shared subscription would have.
         let consumer = channel.subscribe(&probe).await?;
-        let ch = channel.channel().await?;
-        ch.basic_cancel(
-            probe.consumer_tag.as_str().into(),
-            BasicCancelOptions::default(),
-        )
-        .await
-        .map_err(to_failure)?;
+        let probe_queue = probe.declare.as_ref().map(|d| d.queue.as_str());
+        channel
+            .unsubscribe(&probe.consumer_tag, probe_queue)
+            .await?;
         drop(consumer);
-        if let Some(declare) = &probe.declare {
-            ch.queue_delete(declare.queue.as_str().into(), QueueDeleteOptions::default())
-                .await
-                .map_err(to_failure)?;
-        }
         if let Ok(mut map) = self.inner.authorized.lock() {
             map.retain(|_, at| at.elapsed() < ttl);
             map.insert(cache_key, Instant::now());
@@ -412,11 +396,11 @@ impl Fanout {
         let Some(hub_channel) = channel.sibling().await? else {
             return Ok(None);
         };
-        let queue = crate::gateway::destination::random_subscription_queue_name();
+        let queue = crate::gateway::rabbit::queue_name::random_subscription_queue_name();
         let shared_plan = SubscribePlan {
             consumer_tag: format!(
                 "stompgate-fanout-{}",
-                crate::gateway::connection::random_token()
+                crate::gateway::rabbit::ids::random_token()
             ),
             queue: queue.clone(),
             declare: Some(QueueDeclare {
@@ -438,7 +422,7 @@ impl Fanout {
         let consumer = hub_channel.subscribe(&shared_plan).await?;
         let hub = Arc::new(Hub {
             key,
-            session_id: format!("session-{}", crate::gateway::connection::random_token()),
+            session_id: crate::gateway::rabbit::ids::new_session_id(),
             listeners: Mutex::new(Listeners::default()),
             ring: broadcast::channel(self.inner.config.listener_capacity.max(1)).0,
             stop: self.inner.draining.child_token(),
@@ -483,11 +467,7 @@ impl Fanout {
 impl Hub {
     async fn run(&self, channel: SessionChannel, mut consumer: lapin::Consumer) {
         let link = channel.link();
-        let lost = || {
-            BrokerFailure::connection_lost(
-                "The AMQP connection to RabbitMQ was lost; reconnect and resubscribe.\n",
-            )
-        };
+        let lost = BrokerFailure::link_lost;
         // Created once, not per delivery: each would register a waiter on its token.
         let mut stopped = std::pin::pin!(self.stop.cancelled());
         let mut link_lost = std::pin::pin!(link.lost());
@@ -555,9 +535,9 @@ impl Hub {
         props: &lapin::BasicProperties,
         body: Bytes,
     ) -> Bytes {
-        let headers = properties::message_frame_headers(
+        let headers = message::message_frame_headers(
             &self.session_id,
-            &properties::Delivery {
+            &message::Envelope {
                 consumer_tag,
                 delivery_tag: sequence,
                 exchange,
@@ -604,5 +584,109 @@ fn internal(text: &str) -> BrokerFailure {
     BrokerFailure {
         name: "Internal error".to_string(),
         text: format!("{text}\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::rabbit::plan::{PlanConfig, plan_subscribe};
+    use crate::stomp::Headers;
+    use crate::stomp::codec::{Decoded, Decoder, Limits};
+
+    fn plan(pairs: &[(&str, &str)]) -> SubscribePlan {
+        let headers: Headers = pairs.iter().copied().collect();
+        plan_subscribe(&headers, &PlanConfig::default()).expect("a valid SUBSCRIBE")
+    }
+
+    fn hub() -> Arc<Hub> {
+        Arc::new(Hub {
+            key: HubKey {
+                vhost: "/".into(),
+                exchange: "amq.topic".into(),
+                routing_key: "a.b".into(),
+            },
+            session_id: "session-hub".into(),
+            listeners: Mutex::new(Listeners::default()),
+            ring: broadcast::channel(4).0,
+            stop: CancellationToken::new(),
+            sequence: AtomicU64::new(0),
+            metrics: GatewayMetrics::default(),
+        })
+    }
+
+    #[test]
+    fn only_transient_auto_ack_subscriptions_share_a_queue() {
+        let topic = [("destination", "/topic/a.b"), ("id", "s")];
+        assert!(Fanout::shareable(&plan(&topic)));
+        assert!(Fanout::shareable(&plan(&[
+            ("destination", "/exchange/x/k"),
+            ("id", "s")
+        ])));
+        for extra in [
+            ("ack", "client"),
+            ("prefetch-count", "10"),
+            ("durable", "true"),
+            ("x-queue-name", "mine"),
+            ("x-max-length", "10"),
+        ] {
+            let mut pairs = topic.to_vec();
+            pairs.push(extra);
+            assert!(!Fanout::shareable(&plan(&pairs)), "{extra:?}");
+        }
+        // Queues are not fanned out: each SUBSCRIBE competes for the messages.
+        assert!(!Fanout::shareable(&plan(&[
+            ("destination", "/queue/q"),
+            ("id", "s")
+        ])));
+    }
+
+    #[test]
+    fn subscription_ids_share_slots_and_free_them_when_the_last_one_leaves() {
+        let fanout = Fanout::new(FanoutConfig::default(), GatewayMetrics::default());
+        let hub = hub();
+        let a1 = fanout.register(&hub, "T_a").expect("open hub");
+        let a2 = fanout.register(&hub, "T_a").expect("open hub");
+        let b = fanout.register(&hub, "T_b").expect("open hub");
+        let slot = |m: &Membership| m.events.as_ref().expect("events").slot;
+        assert_eq!((slot(&a1), slot(&a2), slot(&b)), (0, 0, 1));
+        drop(a1);
+        drop(a2);
+        // `T_a`'s slot is reused by the next new id.
+        let c = fanout.register(&hub, "T_c").expect("open hub");
+        assert_eq!(slot(&c), 0);
+        drop(b);
+        assert!(!hub.stop.is_cancelled());
+        drop(c);
+        // The last one out stops the hub; nobody can join it any more.
+        assert!(hub.stop.is_cancelled());
+        assert!(fanout.register(&hub, "T_d").is_none());
+    }
+
+    #[test]
+    fn a_hub_encodes_a_message_per_subscription_id() {
+        let hub = hub();
+        let props = lapin::BasicProperties::default().with_content_type("text/plain".into());
+        let bytes = hub.encode(
+            "T_sub-1",
+            7,
+            "amq.topic",
+            "a.b",
+            false,
+            &props,
+            Bytes::from_static(b"hi"),
+        );
+        let mut decoder = Decoder::new(Limits::default());
+        decoder.feed(&bytes);
+        let Ok(Some(Decoded::Frame(frame))) = decoder.decode() else {
+            panic!("one MESSAGE frame");
+        };
+        assert_eq!(frame.command, Command::Message);
+        assert_eq!(frame.get("subscription"), Some("sub-1"));
+        assert_eq!(frame.get("destination"), Some("/topic/a.b"));
+        assert_eq!(frame.get("message-id"), Some("T_sub-1@@session-hub@@7"));
+        assert_eq!(frame.get("ack"), None);
+        assert_eq!(frame.get("content-type"), Some("text/plain"));
+        assert_eq!(&frame.body[..], b"hi");
     }
 }

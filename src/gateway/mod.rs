@@ -1,15 +1,15 @@
 //! The data plane: STOMP clients over WebSocket/SockJS/TCP bridged to RabbitMQ.
 
-pub mod auth;
-pub mod broker;
+pub(crate) mod admission;
+pub(crate) mod auth;
+pub(crate) mod broker;
 pub mod config;
-pub mod connection;
-pub mod destination;
-pub mod fanout;
-pub mod properties;
-pub mod reload;
+pub(crate) mod connection;
+pub(crate) mod fanout;
+pub mod rabbit;
+pub(crate) mod reload;
 pub mod server;
-pub mod server_info;
-pub mod session;
-pub mod tls;
-pub mod transport;
+pub(crate) mod server_info;
+pub mod state;
+pub(crate) mod tls;
+pub(crate) mod transport;

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Polls `paths` every `interval` until `stop`; calls `reload` when their bytes differ from
 /// the last successful load. `what` names the files in log lines.
-pub fn spawn_watch<F, E>(
+pub(crate) fn spawn_watch<F, E>(
     what: &'static str,
     paths: Vec<PathBuf>,
     interval: Duration,

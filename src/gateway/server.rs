@@ -1,27 +1,26 @@
 //! Listeners, limits, drain, health and metrics wiring for `stompgate gateway`.
 
-use crate::gateway::auth::{JwtSettings, JwtVerifier, KeyFiles};
-use crate::gateway::broker::{Broker, BrokerConfig};
-use crate::gateway::config::{AuthMode, GatewayArgs};
-use crate::gateway::connection::{ConnectionContext, ConnectionSettings, Outbound, encode_frame};
-use crate::gateway::destination::PlanConfig;
+use crate::gateway::admission::Admission;
+use crate::gateway::auth::{JwtVerifier, KeyFiles};
+use crate::gateway::broker::Broker;
+use crate::gateway::config::GatewayConfig;
+use crate::gateway::connection::{ConnectionContext, ConnectionSettings};
 use crate::gateway::fanout::{Fanout, FanoutConfig};
+use crate::gateway::rabbit::session::SessionConfig;
 use crate::gateway::server_info::ServerInfo;
-use crate::gateway::session::{SessionConfig, error_frame};
+pub use crate::gateway::state::AppState;
 use crate::gateway::tls::{AmqpTls, ServerTls, TlsListener};
-use crate::gateway::transport::sockjs::{self, SockJsConfig, SockJsSend};
-use crate::gateway::transport::{tcp, websocket};
+use crate::gateway::transport::{self, tcp, websocket};
+use crate::sockjs::{self, SockJsConfig};
 use crate::stomp::codec::Limits;
-use crate::stomp::version::HeartBeat;
-use crate::telemetry::{GatewayMetrics, ReasonLabels, SharedRegistry};
+use crate::telemetry::{GatewayMetrics, SharedRegistry};
 use axum::Router;
-use axum::extract::{State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -47,118 +46,6 @@ pub enum ServerError {
     Auth(#[from] crate::gateway::auth::AuthError),
 }
 
-/// Where the gateway serves the sockjs-client it vendors, for SockJS's iframe transports
-/// (which must load the same client version as the page, and must work offline).
-pub const SOCKJS_CLIENT_PATH: &str = "/sockjs-client/1.6.1/sockjs.min.js";
-
-async fn sockjs_client() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/javascript")],
-        crate::demo::SOCKJS_CLIENT,
-    )
-        .into_response()
-}
-
-/// Runs a STOMP session over each SockJS session; SockJS carries text, so frames travel as
-/// UTF-8 strings (binary bodies are not representable over SockJS, as with every SockJS server).
-#[derive(Clone)]
-struct StompOverSockJs {
-    state: AppState,
-}
-
-impl sockjs::SessionHandler for StompOverSockJs {
-    fn start(
-        &self,
-        inbound: futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
-        outbound: std::pin::Pin<Box<dyn futures::Sink<SockJsSend, Error = std::io::Error> + Send>>,
-    ) -> futures::future::BoxFuture<'static, ()> {
-        use futures::{FutureExt, SinkExt};
-        let state = self.state.clone();
-        let slot = state.connections.try_acquire();
-        let session = async move {
-            let mut outbound = outbound;
-            let Some(slot) = slot else {
-                count_rejected(&state);
-                let _ = outbound
-                    .send(SockJsSend::Close(
-                        1013,
-                        "too many connections to this gateway".to_string(),
-                    ))
-                    .await;
-                return;
-            };
-            let outbound = outbound.with(|out: Outbound| async move {
-                Ok::<_, std::io::Error>(match out {
-                    Outbound::Frame(bytes) => {
-                        SockJsSend::Message(String::from_utf8_lossy(&bytes).into_owned())
-                    }
-                    Outbound::Heartbeat => SockJsSend::Message("\n".to_string()),
-                    Outbound::Close(code, reason) => {
-                        SockJsSend::Close(code as u16, reason.to_string())
-                    }
-                })
-            });
-            crate::gateway::connection::run(
-                state.ctx.clone(),
-                "sockjs",
-                inbound,
-                Box::pin(outbound),
-            )
-            .await;
-            drop(slot);
-        };
-        self.state.tracker.track_future(session).boxed()
-    }
-}
-
-/// State shared by every handler.
-#[derive(Clone)]
-pub struct AppState {
-    pub ctx: ConnectionContext,
-    pub allowed_origins: Arc<Vec<String>>,
-    pub connections: Arc<ConnectionLimit>,
-    pub tracker: TaskTracker,
-    pub registry: SharedRegistry,
-    pub draining: Arc<AtomicBool>,
-}
-
-/// Counts open connections against `--max-connections`.
-pub struct ConnectionLimit {
-    open: AtomicUsize,
-    max: usize,
-}
-
-/// Releases a connection slot when dropped.
-pub struct ConnectionSlot(Arc<ConnectionLimit>);
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl ConnectionLimit {
-    pub fn new(max: usize) -> Arc<Self> {
-        Arc::new(ConnectionLimit {
-            open: AtomicUsize::new(0),
-            max,
-        })
-    }
-
-    pub fn try_acquire(self: &Arc<Self>) -> Option<ConnectionSlot> {
-        let previous = self.open.fetch_add(1, Ordering::AcqRel);
-        if previous >= self.max {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(ConnectionSlot(self.clone()))
-    }
-
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-}
-
 /// A running gateway (what `stompgate gateway` and the tests start).
 pub struct Gateway {
     pub http_addr: SocketAddr,
@@ -175,7 +62,7 @@ impl Gateway {
     /// (shared queues stop, sessions cancel their consumers), sessions deliver what was
     /// pushed before, then are told to reconnect and closed.
     pub fn shutdown(&self) {
-        self.state.draining.store(true, Ordering::Release);
+        self.state.admission.begin_drain();
         if let Some(fanout) = &self.state.ctx.fanout {
             fanout.drain();
         }
@@ -189,7 +76,7 @@ impl Gateway {
         let drained = tokio::time::timeout(self.drain_timeout, self.state.tracker.wait()).await;
         if drained.is_err() {
             tracing::warn!(
-                open = self.state.connections.open(),
+                open = self.state.admission.open(),
                 "drain timeout: closing remaining connections"
             );
         }
@@ -203,47 +90,6 @@ impl Gateway {
 
     pub fn metrics_text(&self) -> String {
         self.state.registry.encode()
-    }
-}
-
-/// Builds the session settings from flags.
-pub fn session_config(args: &GatewayArgs, broker: &BrokerConfig) -> SessionConfig {
-    let (url_user, url_pass) = broker.url_credentials();
-    let service_user = (
-        args.amqp_username.clone().unwrap_or(url_user),
-        args.amqp_password.clone().unwrap_or(url_pass),
-    );
-    SessionConfig {
-        heartbeat_min: HeartBeat {
-            send_ms: args.heartbeat_server_ms,
-            expect_ms: args.heartbeat_client_ms,
-        },
-        server_header: (!args.hide_server_info)
-            .then(|| format!("stompgate/{}", env!("CARGO_PKG_VERSION"))),
-        default_credentials: args
-            .default_login
-            .clone()
-            .zip(args.default_passcode.clone()),
-        forced_credentials: matches!(args.auth_mode, AuthMode::ServiceUser | AuthMode::Jwt)
-            .then_some(service_user),
-        // JWT sessions live in the service user's vhost; the others name theirs in CONNECT.
-        default_vhost: if args.auth_mode == AuthMode::Jwt {
-            broker.uri.vhost.clone()
-        } else {
-            "/".to_string()
-        },
-        login_timeout: Duration::from_secs(args.login_timeout_secs),
-        max_subscriptions: args.max_subscriptions,
-        plan: PlanConfig::default(),
-        jwt: None,
-        error_on_unroutable: args.error_on_unroutable,
-    }
-}
-
-fn jwt_key_files(args: &GatewayArgs) -> KeyFiles {
-    KeyFiles {
-        hs256_secret: args.jwt_hs256_secret_file.clone(),
-        jwks: args.jwt_jwks_file.clone(),
     }
 }
 
@@ -263,34 +109,10 @@ fn spawn_jwt_reloader(
     });
 }
 
-/// The JWT verifier of `--auth-mode jwt`, from its key files.
-pub fn jwt_verifier(args: &GatewayArgs) -> Result<Option<Arc<JwtVerifier>>, ServerError> {
-    if args.auth_mode != AuthMode::Jwt {
-        return Ok(None);
-    }
-    let (hs256_secret, rsa_keys) = jwt_key_files(args).load()?;
-    let settings = JwtSettings {
-        hs256_secret,
-        rsa_keys,
-        issuer: args.jwt_issuer.clone(),
-        audience: args.jwt_audience.clone(),
-        destinations_claim: args.jwt_destinations_claim.clone(),
-    };
-    Ok(Some(Arc::new(JwtVerifier::new(settings)?)))
-}
-
 /// Binds every listener and starts serving. `extra` routes are merged into the HTTP
 /// router (the demo page).
-pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway, ServerError> {
-    args.validate()?;
-    let mut broker_config = BrokerConfig::from_url(&args.amqp_url)?;
-    broker_config.max_channels_per_connection = args.amqp_max_channels_per_connection;
-    if let Some(user) = &args.amqp_username {
-        broker_config.uri.authority.userinfo.username = user.clone();
-    }
-    if let Some(pass) = &args.amqp_password {
-        broker_config.uri.authority.userinfo.password = pass.clone();
-    }
+pub async fn start(args: GatewayConfig, extra: Router<AppState>) -> Result<Gateway, ServerError> {
+    let mut broker_config = args.broker_config()?;
     // Pick the process's rustls backend before anything opens a TLS connection.
     let _ = crate::gateway::tls::provider();
     // Startup errors (unreadable files, bad PEM, a key that does not match) stop here.
@@ -308,7 +130,10 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
         (Some(cert), Some(key)) => Some(ServerTls::load(cert, key)?),
         _ => None,
     };
-    let jwt = jwt_verifier(&args)?;
+    let jwt = match args.jwt_settings()? {
+        Some(settings) => Some(Arc::new(JwtVerifier::new(settings)?)),
+        None => None,
+    };
     let jwt_reload = jwt.clone();
     let metrics = GatewayMetrics::default();
     let registry = SharedRegistry::default();
@@ -329,7 +154,7 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
     let ctx: ConnectionContext = Arc::new(ConnectionSettings {
         session: Arc::new(SessionConfig {
             jwt,
-            ..session_config(&args, &broker_config)
+            ..args.session_config(&broker_config)
         }),
         limits: Limits {
             max_frame_bytes: args.max_frame_bytes,
@@ -358,11 +183,13 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
     });
     let state = AppState {
         ctx,
-        allowed_origins: Arc::new(args.allowed_origins.clone()),
-        connections: ConnectionLimit::new(args.max_connections),
+        admission: Admission::new(
+            args.allowed_origins.clone(),
+            args.max_connections,
+            metrics.clone(),
+        ),
         tracker: TaskTracker::new(),
         registry,
-        draining: Arc::new(AtomicBool::new(false)),
     };
 
     // Reap idle pooled connections until the gateway stops.
@@ -384,23 +211,18 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
     tokio::spawn(broker.clone().monitor(shutdown.clone()));
 
     let mut router = Router::new()
-        .route(&args.ws_path, get(ws_handler))
-        .route(&format!("{}/", args.ws_path), get(ws_handler));
+        .route(&args.ws_path, get(websocket::upgrade))
+        .route(&format!("{}/", args.ws_path), get(websocket::upgrade));
     if args.sockjs_enabled {
         let config = SockJsConfig {
             prefix: args.sockjs_path.clone(),
             max_sessions: args.max_connections,
             max_incoming_message_bytes: args.max_frame_bytes,
             allowed_origins: args.allowed_origins.clone(),
-            sockjs_client_url: SOCKJS_CLIENT_PATH.to_string(),
+            sockjs_client_url: crate::sockjs::CLIENT_PATH.to_string(),
             ..SockJsConfig::default()
         };
-        let handler = StompOverSockJs {
-            state: state.clone(),
-        };
-        router = router
-            .merge(sockjs::try_router(config, handler)?)
-            .route(SOCKJS_CLIENT_PATH, get(sockjs_client));
+        router = router.merge(transport::sockjs::router(&state, config)?);
     }
     let health = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -443,7 +265,7 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
         Some(addr) => {
             let listener = bind(addr).await?;
             let bound = local_addr(&listener, addr)?;
-            servers.push(tokio::spawn(accept_tcp(
+            servers.push(tokio::spawn(tcp::accept(
                 listener,
                 state.clone(),
                 server_tls.as_ref().map(|t| t.stomp.clone()),
@@ -458,7 +280,7 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
     {
         spawn_jwt_reloader(
             verifier.clone(),
-            jwt_key_files(&args),
+            args.jwt_key_files(),
             Duration::from_secs(args.jwt_reload_secs),
             shutdown.clone(),
         );
@@ -477,37 +299,14 @@ pub async fn start(args: GatewayArgs, extra: Router<AppState>) -> Result<Gateway
 }
 
 /// `stompgate gateway`: serve until SIGTERM/SIGINT, then drain.
-pub async fn run(args: GatewayArgs, extra: Router<AppState>) -> Result<(), ServerError> {
+pub async fn run(args: GatewayConfig, extra: Router<AppState>) -> Result<(), ServerError> {
     let gateway = start(args, extra).await?;
-    wait_for_signal().await;
+    crate::runtime::shutdown_signal().await;
     tracing::info!("shutting down: draining sessions");
     gateway.shutdown();
     gateway.wait().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -540,174 +339,8 @@ where
     })
 }
 
-async fn accept_tcp(
-    listener: TcpListener,
-    state: AppState,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) {
-    let shutdown = state.ctx.shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let slot = state.connections.try_acquire();
-        if let Some(acceptor) = &tls {
-            let _ = stream.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let ctx = state.ctx.clone();
-            let full = slot.is_none();
-            if full {
-                count_rejected(&state);
-            }
-            // The handshake runs in the connection's task, bounded, so a client that
-            // never finishes it cannot stall the accept loop.
-            state.tracker.spawn(async move {
-                let plaintext = encode_frame(&error_frame(
-                    "Connection refused",
-                    "This port speaks STOMP over TLS (stomp+ssl).\n",
-                    None,
-                ));
-                let Some(stream) = crate::gateway::tls::accept(&acceptor, stream, &plaintext).await
-                else {
-                    return;
-                };
-                if full {
-                    tcp::refuse(stream, too_many_connections()).await;
-                } else {
-                    tcp::serve_tls(stream, ctx).await;
-                }
-                drop(slot);
-            });
-            continue;
-        }
-        match slot {
-            Some(slot) => {
-                let ctx = state.ctx.clone();
-                state.tracker.spawn(async move {
-                    tcp::serve(stream, ctx).await;
-                    drop(slot);
-                });
-            }
-            None => {
-                count_rejected(&state);
-                tokio::spawn(tcp::refuse(stream, too_many_connections()));
-            }
-        }
-    }
-}
-
-fn count_rejected(state: &AppState) {
-    state
-        .ctx
-        .metrics
-        .rejected_connections
-        .get_or_create(&ReasonLabels {
-            reason: "max_connections".to_string(),
-        })
-        .inc();
-}
-
-fn too_many_connections() -> bytes::Bytes {
-    encode_frame(&error_frame(
-        "Connection refused",
-        "Too many connections to this gateway; try again later.\n",
-        None,
-    ))
-}
-
-async fn ws_handler(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    let metrics = &state.ctx.metrics;
-    let reject = |reason: &str| {
-        metrics
-            .rejected_connections
-            .get_or_create(&ReasonLabels {
-                reason: reason.to_string(),
-            })
-            .inc();
-    };
-    if !origin_allowed(&state.allowed_origins, &headers) {
-        reject("origin");
-        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
-    }
-    if state.draining.load(Ordering::Acquire) {
-        reject("draining");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "gateway is shutting down\n",
-        )
-            .into_response();
-    }
-    let Some(slot) = state.connections.try_acquire() else {
-        reject("max_connections");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many connections to this gateway\n",
-        )
-            .into_response();
-    };
-    let ctx = state.ctx.clone();
-    let tracker = state.tracker.clone();
-    let bearer = ctx
-        .session
-        .jwt
-        .as_ref()
-        .and_then(|_| bearer_token(&headers));
-    let max_message = ctx.limits.max_frame_bytes + 1024;
-    upgrade
-        .protocols(websocket::SUBPROTOCOLS)
-        .read_buffer_size(1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(max_message * 2)
-        .max_message_size(max_message)
-        .max_frame_size(max_message)
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                websocket::serve(socket, ctx, bearer).await;
-                drop(slot);
-            })
-        })
-}
-
-/// The token of an `Authorization: Bearer <token>` header.
-fn bearer_token(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_string())
-        .filter(|t| !t.is_empty())
-}
-
-/// Browsers always send Origin; non-browser clients may not, and are not subject to
-/// cross-site WebSocket hijacking, so a missing Origin is allowed.
-pub fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
-    if allowed.is_empty() || allowed.iter().any(|a| a == "*") {
-        return true;
-    }
-    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        None => true,
-        Some(origin) => allowed
-            .iter()
-            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin)),
-    }
-}
-
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.draining.load(Ordering::Acquire) {
+    if state.admission.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
     let broker = &state.ctx.broker;
@@ -740,12 +373,5 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.registry.encode(),
-    )
-        .into_response()
+    crate::runtime::openmetrics(state.registry.encode())
 }

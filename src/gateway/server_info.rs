@@ -22,7 +22,7 @@ pub struct ServerInfo {
 }
 
 impl ServerInfo {
-    pub fn new(config: BrokerConfig) -> Arc<Self> {
+    pub(crate) fn new(config: BrokerConfig) -> Arc<Self> {
         Arc::new(ServerInfo {
             config,
             learned: OnceCell::new(),
@@ -31,7 +31,7 @@ impl ServerInfo {
     }
 
     /// Starts the probe in the background so that the first CONNECT rarely waits.
-    pub fn learn_in_background(self: &Arc<Self>) {
+    pub(crate) fn learn_in_background(self: &Arc<Self>) {
         let info = self.clone();
         tokio::spawn(async move {
             if let Err(e) = info.learn().await {
@@ -43,7 +43,7 @@ impl ServerInfo {
     /// One probe at a time; a success (with or without a product) is kept for good.
     async fn learn(&self) -> Result<&Option<String>, broker::BrokerError> {
         self.learned
-            .get_or_try_init(|| broker::read_server_product(&self.config))
+            .get_or_try_init(|| broker::product::read_server_product(&self.config))
             .await
     }
 
@@ -51,7 +51,7 @@ impl ServerInfo {
     /// (concurrent callers wait for the same attempt). `None` when the broker names no
     /// product, or (logged once) when it did not answer in time: that CONNECTED then
     /// carries only `stompgate/<version>`, and the next CONNECT asks again.
-    pub async fn product(&self, wait: Duration) -> Option<String> {
+    pub(crate) async fn product(&self, wait: Duration) -> Option<String> {
         match tokio::time::timeout(wait, self.learn()).await {
             Ok(Ok(product)) => product.clone(),
             Ok(Err(e)) => {

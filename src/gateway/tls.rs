@@ -51,7 +51,7 @@ pub enum TlsError {
 
 /// The one crypto backend of the process: both rustls backends may be linked (lapin and
 /// kube pull different ones), and rustls refuses to guess.
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     CryptoProvider::get_default()
         .cloned()
@@ -67,7 +67,7 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// Parses every certificate of a PEM file.
-pub fn load_certs(
+pub(crate) fn load_certs(
     what: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -89,7 +89,10 @@ pub fn load_certs(
 }
 
 /// Parses the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
-pub fn load_key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(
+    what: &'static str,
+    path: &Path,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(what, path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
@@ -105,7 +108,7 @@ pub fn load_key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static
 }
 
 /// Loads a certificate chain and its key, checking that they belong together.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+pub(crate) fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain = load_certs("certificate file", cert)?;
     let private = load_key("key file", key)?;
     CertifiedKey::from_der(chain, private, &provider()).map_err(|source| match source {
@@ -145,7 +148,7 @@ pub struct ServerTls {
 
 impl ServerTls {
     /// Loads and checks the certificate and key; fails with a message naming the file.
-    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+    pub(crate) fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let certified = load_certified_key(cert, key)?;
         let current = Arc::new(CurrentCert(RwLock::new(Arc::new(certified))));
         let config = |alpn: Vec<Vec<u8>>| -> Result<TlsAcceptor, TlsError> {
@@ -171,7 +174,7 @@ impl ServerTls {
     }
 
     /// Re-reads the files; keeps the old certificate when the new pair is unusable.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    pub(crate) fn reload(&self) -> Result<(), TlsError> {
         let certified = load_certified_key(&self.cert_path, &self.key_path)?;
         if let Ok(mut current) = self.current.0.write() {
             *current = Arc::new(certified);
@@ -180,7 +183,7 @@ impl ServerTls {
     }
 
     /// Reloads the certificate whenever its files change (see [`crate::gateway::reload`]).
-    pub fn spawn_reloader(&self, interval: Duration, stop: CancellationToken) {
+    pub(crate) fn spawn_reloader(&self, interval: Duration, stop: CancellationToken) {
         let tls = self.clone();
         crate::gateway::reload::spawn_watch(
             "TLS certificate",
@@ -193,13 +196,13 @@ impl ServerTls {
 }
 
 /// Longest a client may take to finish the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// First byte of a TLS handshake record (a ClientHello).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// What a plaintext HTTP client gets from a TLS port.
-pub fn plaintext_http_answer() -> Vec<u8> {
+pub(crate) fn plaintext_http_answer() -> Vec<u8> {
     let body = "This port speaks TLS: use https:// or wss://.\n";
     format!(
         "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -210,7 +213,7 @@ pub fn plaintext_http_answer() -> Vec<u8> {
 
 /// The server side of a handshake, bounded by [`HANDSHAKE_TIMEOUT`]. A client that speaks
 /// plaintext cannot read a TLS alert, so it gets `plaintext_answer` instead, then the close.
-pub async fn accept(
+pub(crate) async fn accept(
     acceptor: &TlsAcceptor,
     stream: TcpStream,
     plaintext_answer: &[u8],
@@ -248,7 +251,11 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor, stop: CancellationToken) -> Self {
+    pub(crate) fn new(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        stop: CancellationToken,
+    ) -> Self {
         let local = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -322,7 +329,10 @@ impl std::fmt::Debug for AmqpTls {
 }
 
 impl AmqpTls {
-    pub fn load(ca: Option<&Path>, client: Option<(&Path, &Path)>) -> Result<Self, TlsError> {
+    pub(crate) fn load(
+        ca: Option<&Path>,
+        client: Option<(&Path, &Path)>,
+    ) -> Result<Self, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         // A machine without system roots can still trust the given CA.
         let native = rustls_native_certs::load_native_certs();
@@ -374,7 +384,7 @@ impl AmqpTls {
     }
 
     /// Connects and completes a TLS handshake with the broker, checking its name.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         host: &str,
         port: u16,

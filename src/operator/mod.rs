@@ -103,16 +103,8 @@ struct Admin {
     ready: Arc<AtomicBool>,
 }
 
-async fn metrics_handler(
-    State(a): State<Admin>,
-) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        a.metrics.encode(),
-    )
+async fn metrics_handler(State(a): State<Admin>) -> axum::response::Response {
+    crate::runtime::openmetrics(a.metrics.encode())
 }
 
 async fn readyz(State(a): State<Admin>) -> StatusCode {
@@ -134,24 +126,6 @@ pub fn admin_router(metrics: Arc<metrics::Metrics>, ready: Arc<AtomicBool>) -> R
         .with_state(Admin { metrics, ready })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-}
-
 /// The operator's User-Agent, `stompgateway-operator/<version>`: the API server names a
 /// write's field manager after it when the write names none (kube-rs's event recorder).
 pub fn user_agent() -> String {
@@ -168,19 +142,7 @@ pub fn client(mut config: kube::Config) -> Result<Client, kube::Error> {
 
 /// `stompgate operator`.
 pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
-    {
-        use tracing_subscriber::layer::SubscriberExt;
-        use tracing_subscriber::util::SubscriberInitExt;
-        let _ = tracing_subscriber::registry()
-            .with(crate::telemetry::log_filter("info,kube=warn"))
-            .with(crate::telemetry::RedundantChannelCloses)
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-            )
-            .try_init();
-    }
+    crate::runtime::init_operator_logging();
     // Both rustls backends are linked (lapin and kube pull different ones): pick one, or the
     // first TLS handshake panics.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -213,7 +175,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         duration: Duration::from_secs(args.lease_duration_secs.max(2)),
         renew: Duration::from_secs((args.lease_duration_secs / 3).max(1)),
     };
-    let shutdown = shutdown_signal();
+    let shutdown = crate::runtime::shutdown_signal();
     tokio::pin!(shutdown);
     // Ready means "the API answers": a standby waiting for the lease is ready too.
     let wait_for_lease = async {

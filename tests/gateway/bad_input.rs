@@ -861,7 +861,7 @@ async fn ten_thousand_concurrent_connects_from_one_client() {
     // Release everything; a well-behaved client is served again.
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while gw.state.connections.open() > 0 {
+    while gw.state.admission.open() > 0 {
         assert!(Instant::now() < deadline, "slots not released");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

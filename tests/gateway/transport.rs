@@ -244,7 +244,7 @@ async fn sockjs_info_and_client_script_are_served() {
     let (status, script) = http_get(&format!(
         "http://{}{}",
         gw.http_addr,
-        stompgate::gateway::server::SOCKJS_CLIENT_PATH
+        stompgate::sockjs::CLIENT_PATH
     ))
     .await;
     assert_eq!(status, 200);

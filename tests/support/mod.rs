@@ -44,7 +44,7 @@ pub async fn start_gateway(extra: &[&str]) -> Gateway {
 }
 
 pub async fn start_gateway_with(extra: &[&str], router: axum::Router<server::AppState>) -> Gateway {
-    stompgate::telemetry::init_logging(false);
+    stompgate::runtime::init_logging(false);
     let mut argv: Vec<String> = vec![
         "--listen".into(),
         "127.0.0.1:0".into(),

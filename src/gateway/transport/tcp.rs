@@ -1,9 +1,14 @@
 //! Plain STOMP over TCP (RabbitMQ's STOMP plugin port 61613).
 
-use crate::gateway::connection::{self, ConnectionContext, Outbound};
-use bytes::{Bytes, BytesMut};
+use crate::gateway::admission::Refusal;
+use crate::gateway::connection::{self, ConnectionContext, Outbound, encode_frame};
+use crate::gateway::rabbit::error::error_frame;
+use crate::gateway::state::AppState;
+use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio_util::codec::{BytesCodec, Encoder, FramedRead, FramedWrite};
 
 /// Bytes read per syscall; small, because most STOMP frames are.
@@ -26,7 +31,70 @@ impl Encoder<Outbound> for OutboundEncoder {
     }
 }
 
-pub async fn serve(stream: tokio::net::TcpStream, ctx: ConnectionContext) {
+/// The `--stomp-listen` accept loop (STOMP over TLS when `tls` is given), until shutdown.
+pub(crate) async fn accept(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let shutdown = state.ctx.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let admitted = state.admission.admit(None);
+        if let Some(acceptor) = &tls {
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let ctx = state.ctx.clone();
+            // The handshake runs in the connection's task, bounded, so a client that
+            // never finishes it cannot stall the accept loop.
+            state.tracker.spawn(async move {
+                let plaintext = encode_frame(&error_frame(
+                    "Connection refused",
+                    "This port speaks STOMP over TLS (stomp+ssl).\n",
+                    None,
+                ));
+                let Some(stream) = crate::gateway::tls::accept(&acceptor, stream, &plaintext).await
+                else {
+                    return;
+                };
+                match admitted {
+                    Ok(slot) => {
+                        serve_tls(stream, ctx).await;
+                        drop(slot);
+                    }
+                    Err(refusal) => refuse(stream, refusal).await,
+                }
+            });
+            continue;
+        }
+        match admitted {
+            Ok(slot) => {
+                let ctx = state.ctx.clone();
+                state.tracker.spawn(async move {
+                    serve(stream, ctx).await;
+                    drop(slot);
+                });
+            }
+            Err(refusal) => {
+                tokio::spawn(refuse(stream, refusal));
+            }
+        }
+    }
+}
+
+async fn serve(stream: tokio::net::TcpStream, ctx: ConnectionContext) {
     let _ = stream.set_nodelay(true);
     // Owned halves: no lock between reader and writer.
     let (read, write) = stream.into_split();
@@ -34,7 +102,7 @@ pub async fn serve(stream: tokio::net::TcpStream, ctx: ConnectionContext) {
 }
 
 /// STOMP over TLS (`stomp+ssl`).
-pub async fn serve_tls<S>(stream: S, ctx: ConnectionContext)
+async fn serve_tls<S>(stream: S, ctx: ConnectionContext)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -64,8 +132,14 @@ where
     .await;
 }
 
-/// Answers a connection refused before a session starts (limit reached) and closes it.
-pub async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, error: Bytes) {
+/// Answers a connection refused before a session starts with an ERROR frame, and closes it.
+async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, refusal: Refusal) {
+    let detail = match refusal {
+        Refusal::Full => "Too many connections to this gateway; try again later.\n",
+        Refusal::Draining => "This gateway is shutting down; try again later.\n",
+        Refusal::Origin => "Origin not allowed.\n",
+    };
+    let error = encode_frame(&error_frame("Connection refused", detail, None));
     let _ = stream.write_all(&error).await;
     let _ = stream.shutdown().await;
 }

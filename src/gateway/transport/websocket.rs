@@ -1,10 +1,15 @@
 //! STOMP over WebSocket (RabbitMQ Web-STOMP's `/ws`): each text or binary message is a
 //! chunk of the STOMP byte stream; each outgoing frame is one message.
 
+use crate::gateway::admission::Refusal;
 use crate::gateway::connection::{
     self, CloseCode, ConnectionContext, Outbound, TransportViolation,
 };
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use crate::gateway::state::AppState;
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use std::sync::Arc;
@@ -13,11 +18,61 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 /// Subprotocols we accept, in order of preference (Web-STOMP offers the same three).
-pub const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
+const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
+
+/// The `--ws-path` handler: admission, then the upgrade with the frame limits, then a session.
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let slot = match state.admission.admit(origin) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let status = match refusal {
+                Refusal::Origin => StatusCode::FORBIDDEN,
+                Refusal::Draining | Refusal::Full => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return (status, format!("{}\n", refusal.text())).into_response();
+        }
+    };
+    let ctx = state.ctx.clone();
+    let tracker = state.tracker.clone();
+    let bearer = ctx
+        .session
+        .jwt
+        .as_ref()
+        .and_then(|_| bearer_token(&headers));
+    let max_message = ctx.limits.max_frame_bytes + 1024;
+    upgrade
+        .protocols(SUBPROTOCOLS)
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_message * 2)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                serve(socket, ctx, bearer).await;
+                drop(slot);
+            })
+        })
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
 
 /// Runs a session over an upgraded WebSocket; `bearer` is the upgrade request's
 /// `Authorization: Bearer` token (JWT auth mode).
-pub async fn serve(socket: WebSocket, ctx: ConnectionContext, bearer: Option<String>) {
+async fn serve(socket: WebSocket, ctx: ConnectionContext, bearer: Option<String>) {
     let (sink, stream) = socket.split();
     // Set when reading failed (protocol or size violation): the rest of the client's bytes
     // can no longer be read and drained.

@@ -17,70 +17,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::frame::{self, HttpFraming};
-use super::session::{Attach, Attachment, Full, Limits, ReceiverId, Registry, Session, Take};
-use super::{CLOSE_MESSAGE_TOO_BIG, SessionHandler, SockJsConfig, ws};
+use super::server::{Server, text, too_many_sessions};
+use super::session::{Attach, Attachment, ReceiverId, Session, Take};
+use super::{CLOSE_MESSAGE_TOO_BIG, SessionHandler, ws};
 
 const ONE_YEAR_SECS: u64 = 365 * 24 * 60 * 60;
 const NO_CACHE: &str = "no-store, no-cache, must-revalidate, max-age=0";
-
-pub(crate) struct Server<H> {
-    pub cfg: SockJsConfig,
-    pub handler: H,
-    pub registry: Arc<Registry>,
-    pub limits: Limits,
-    /// Largest request body / WebSocket message accepted before decoding: JSON escaping can
-    /// double a message, and clients batch several messages in one `xhr_send`.
-    pub raw_limit: usize,
-    iframe: (String, String),
-}
-
-impl<H: SessionHandler> Server<H> {
-    pub(crate) fn new(mut cfg: SockJsConfig, handler: H) -> Self {
-        cfg.prefix = cfg.prefix.trim_end_matches('/').to_owned();
-        cfg.allowed_origins = cfg
-            .allowed_origins
-            .iter()
-            .map(|o| o.trim_end_matches('/').to_owned())
-            .collect();
-        let iframe = frame::iframe_page(&cfg.sockjs_client_url);
-        Self {
-            registry: Arc::new(Registry::new(cfg.max_sessions)),
-            limits: Limits {
-                max_queued_bytes: cfg.max_queued_bytes,
-                disconnect_delay: cfg.disconnect_delay,
-            },
-            raw_limit: cfg
-                .max_incoming_message_bytes
-                .saturating_mul(2)
-                .saturating_add(64 * 1024),
-            iframe,
-            handler,
-            cfg,
-        }
-    }
-
-    fn session(&self, key: &str) -> Result<Arc<Session>, Full> {
-        let (session, unstarted) = self.registry.get_or_create(key, self.limits)?;
-        if let Some(unstarted) = unstarted {
-            unstarted.start(&self.handler, &self.registry);
-        }
-        Ok(session)
-    }
-
-    fn origin_allowed(&self, headers: &HeaderMap) -> bool {
-        if self.cfg.allowed_origins.is_empty() {
-            return true;
-        }
-        let Some(origin) = headers.get(header::ORIGIN) else {
-            return true;
-        };
-        let origin = origin.to_str().unwrap_or_default();
-        self.cfg
-            .allowed_origins
-            .iter()
-            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    }
-}
 
 /// Routes for `prefix`, `prefix/` and everything below (dispatched by hand to follow SockJS's URL
 /// rules exactly: optional trailing slash, no dots in ids, 404 vs 405).
@@ -209,25 +151,8 @@ fn parse_route(rest: &str) -> Option<Route<'_>> {
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
-        body,
-    )
-        .into_response()
-}
-
 pub(crate) fn not_found() -> Response {
     text(StatusCode::NOT_FOUND, "404 Error: Page not found\n")
-}
-
-pub(crate) fn too_many_sessions() -> Response {
-    tracing::info!("SockJS max_sessions reached, answering 503");
-    text(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Too many SockJS sessions.\n",
-    )
 }
 
 pub(crate) fn forbidden_origin() -> Response {

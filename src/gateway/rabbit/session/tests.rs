@@ -1,6 +1,7 @@
 //! The session state machine without any IO: frames and fake broker results in, actions out.
 
 use super::*;
+use lapin::BasicProperties;
 
 use crate::stomp::Headers;
 

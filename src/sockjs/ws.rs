@@ -15,7 +15,7 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 
 use super::frame;
-use super::http::{Server, too_many_sessions};
+use super::server::{Server, too_many_sessions};
 use super::session::{Attach, Attachment, Permit, ReceiverId, Session, Take};
 use super::{CLOSE_INTERRUPTED, CLOSE_MESSAGE_TOO_BIG, SessionHandler};
 use tokio_tungstenite::tungstenite::Error as WsError;

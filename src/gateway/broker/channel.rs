@@ -1,0 +1,275 @@
+//! A session's channel: the AMQP operations behind each session request.
+
+use super::*;
+
+impl SessionChannel {
+    /// Watches this session's AMQP connection.
+    pub(crate) fn link(&self) -> BrokerLink {
+        BrokerLink {
+            pooled: self.pooled.clone(),
+        }
+    }
+
+    /// The credentials this channel was opened with.
+    pub(crate) fn credentials(&self) -> &PoolKey {
+        &self.key
+    }
+
+    /// The vhost of this channel.
+    pub(crate) fn vhost(&self) -> &str {
+        &self.key.vhost
+    }
+
+    /// Another channel for the same credentials (same user, same permissions), e.g. for a
+    /// shared fan-out queue that outlives this session: on this session's connection, or on
+    /// another pooled connection of the same credentials. None when none of them has room (all
+    /// full, or retired after using every channel id): the caller then does without sharing.
+    pub(crate) async fn sibling(&self) -> Result<Option<SessionChannel>, BrokerFailure> {
+        let metrics = &self.broker.inner.metrics;
+        let placed = match self.pooled.admit(metrics) {
+            Some(reservation) => Some((self.pooled.clone(), reservation)),
+            None => self
+                .slot
+                .lock()
+                .await
+                .iter()
+                .find_map(|c| c.admit(metrics).map(|r| (c.clone(), r))),
+        };
+        let Some((pooled, reservation)) = placed else {
+            return Ok(None);
+        };
+        let mut sibling = SessionChannel {
+            channel: None,
+            reservation: Some(reservation),
+            key: self.key.clone(),
+            pooled,
+            slot: self.slot.clone(),
+            confirms_enabled: false,
+            confirmed_routes: HashSet::new(),
+            broker: self.broker.clone(),
+        };
+        sibling.channel().await?;
+        Ok(Some(sibling))
+    }
+
+    /// The session's channel, opened now if this is its first use.
+    pub(crate) async fn channel(&mut self) -> Result<&Channel, BrokerFailure> {
+        if self.channel.is_none() {
+            if !self.pooled.usable() {
+                return Err(BrokerFailure::connection_lost(
+                    "The AMQP connection is closed.\n",
+                ));
+            }
+            let Some(reservation) = self.reservation.take() else {
+                return Err(internal_failure("the session's channel was already used"));
+            };
+            let channel = self.broker.open_reserved(&self.pooled, reservation).await?;
+            self.channel = Some(channel);
+        }
+        self.channel
+            .as_ref()
+            .ok_or_else(|| internal_failure("no channel"))
+    }
+
+    /// Closes the channel (DISCONNECT), if it was ever opened.
+    pub(crate) async fn close(&mut self) {
+        if let Some(channel) = self.channel.take() {
+            self.broker.inner.metrics.broker_channels.dec();
+            amqp::close_channel(&channel, "DISCONNECT").await;
+        }
+    }
+
+    /// Declares, binds and consumes as planned (declare, qos, bind, consume); a generated
+    /// subscription queue is deleted again when a later step fails.
+    pub(crate) async fn subscribe(
+        &mut self,
+        plan: &SubscribePlan,
+    ) -> Result<Consumer, BrokerFailure> {
+        let ch = self.channel().await?;
+        let queue = match &plan.declare {
+            Some(declare) => declare_queue(ch, declare).await?,
+            None => plan.queue.clone(),
+        };
+        let result = async {
+            if let Some(prefetch) = plan.prefetch_count {
+                ch.basic_qos(prefetch, BasicQosOptions::default())
+                    .await
+                    .map_err(to_failure)?;
+            }
+            if let Some(binding) = &plan.binding {
+                ch.queue_bind(
+                    queue.as_str().into(),
+                    binding.exchange.as_str().into(),
+                    binding.routing_key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(to_failure)?;
+            }
+            ch.basic_consume(
+                queue.as_str().into(),
+                plan.consumer_tag.as_str().into(),
+                BasicConsumeOptions {
+                    no_ack: plan.ack.no_ack(),
+                    ..BasicConsumeOptions::default()
+                },
+                plan.consumer_arguments.clone(),
+            )
+            .await
+            .map_err(to_failure)
+        }
+        .await;
+        if result.is_err() && plan.delete_queue_on_failure && ch.status().connected() {
+            let _ = ch
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        result
+    }
+
+    pub(crate) async fn unsubscribe(
+        &mut self,
+        consumer_tag: &str,
+        delete_queue: Option<&str>,
+    ) -> Result<(), BrokerFailure> {
+        let ch = self.channel().await?;
+        ch.basic_cancel(consumer_tag.into(), BasicCancelOptions::default())
+            .await
+            .map_err(to_failure)?;
+        if let Some(queue) = delete_queue {
+            ch.queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await
+                .map_err(to_failure)?;
+        }
+        Ok(())
+    }
+
+    /// Declares the server-named reply queue of a `/temp-queue/` and consumes it.
+    pub(crate) async fn create_temp_queue(
+        &mut self,
+        plan: &TempQueuePlan,
+    ) -> Result<(String, Consumer), BrokerFailure> {
+        let ch = self.channel().await?;
+        let name = declare_queue(ch, &plan.declare).await?;
+        let consumer = ch
+            .basic_consume(
+                name.as_str().into(),
+                plan.consumer_tag.as_str().into(),
+                BasicConsumeOptions {
+                    no_ack: plan.no_ack,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(to_failure)?;
+        Ok((name, consumer))
+    }
+
+    /// Publishes; returns the confirm future (confirm mode is enabled on first publish so
+    /// that broker nacks and channel errors are observed even without receipts).
+    ///
+    /// The first publish to each exchange and routing key (other than the default exchange,
+    /// which takes any) is confirmed before this returns. RabbitMQ refuses a publish to a
+    /// missing exchange, or one the user may not write to, by closing the channel
+    /// asynchronously; lapin answers that close with close-ok ahead of a publish of the same
+    /// channel still queued (publishes wait in a lower-priority queue), and RabbitMQ takes
+    /// that late publish on a channel it has forgotten as a connection error
+    /// (`CHANNEL_ERROR - expected 'channel.open'`) that would end every session on the
+    /// pooled connection. Once a route has been confirmed, later publishes on it need no wait.
+    pub(crate) async fn publish(
+        &mut self,
+        request: &PublishRequest,
+    ) -> Result<Confirm, BrokerFailure> {
+        let confirms_enabled = self.confirms_enabled;
+        let ch = self.channel().await?;
+        if !confirms_enabled {
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(to_failure)?;
+        }
+        if let Some(declare) = &request.declare_queue {
+            declare_queue(ch, declare).await?;
+        }
+        let confirm = ch
+            .basic_publish(
+                request.route.exchange.as_str().into(),
+                request.route.routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: request.mandatory,
+                    ..BasicPublishOptions::default()
+                },
+                &request.body,
+                request.properties.clone(),
+            )
+            .await
+            .map_err(to_failure)?;
+        self.confirms_enabled = true;
+        let route = (
+            request.route.exchange.clone(),
+            request.route.routing_key.clone(),
+        );
+        if route.0.is_empty() || self.confirmed_routes.contains(&route) {
+            return Ok(futures::FutureExt::boxed(confirm));
+        }
+        let confirmation = confirm.await;
+        if confirmation.is_ok() {
+            // Bounded: a client that publishes to ever new keys pays a round trip each time.
+            if self.confirmed_routes.len() >= MAX_CONFIRMED_ROUTES {
+                self.confirmed_routes.clear();
+            }
+            self.confirmed_routes.insert(route);
+        }
+        Ok(futures::FutureExt::boxed(futures::future::ready(
+            confirmation,
+        )))
+    }
+
+    pub(crate) async fn ack(
+        &mut self,
+        delivery_tag: u64,
+        multiple: bool,
+    ) -> Result<(), BrokerFailure> {
+        self.channel()
+            .await?
+            .basic_ack(delivery_tag, BasicAckOptions { multiple })
+            .await
+            .map_err(to_failure)
+    }
+
+    pub(crate) async fn nack(
+        &mut self,
+        delivery_tag: u64,
+        multiple: bool,
+        requeue: bool,
+    ) -> Result<(), BrokerFailure> {
+        self.channel()
+            .await?
+            .basic_nack(delivery_tag, BasicNackOptions { multiple, requeue })
+            .await
+            .map_err(to_failure)
+    }
+}
+
+pub(super) async fn declare_queue(
+    ch: &Channel,
+    declare: &QueueDeclare,
+) -> Result<String, BrokerFailure> {
+    let queue = ch
+        .queue_declare(
+            ShortString::from(declare.queue.as_str()),
+            // Always wait for declare-ok so errors are reported against this frame.
+            QueueDeclareOptions {
+                passive: declare.passive,
+                durable: declare.durable,
+                exclusive: declare.exclusive,
+                auto_delete: declare.auto_delete,
+                nowait: false,
+            },
+            declare.arguments.clone(),
+        )
+        .await
+        .map_err(to_failure)?;
+    Ok(queue.name().to_string())
+}

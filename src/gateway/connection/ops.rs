@@ -1,0 +1,165 @@
+//! The broker side of a connection: one request of the session at a time, run as a future
+//! the driver polls, and publisher confirms.
+
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+
+use super::context::ConnectionContext;
+use crate::gateway::broker::SessionChannel;
+use crate::gateway::fanout::{Fanout, Membership};
+use crate::gateway::rabbit::session::{BrokerFailure, BrokerRequest, ChannelOp, ConnectFailure};
+
+/// The session's channel, shared with the operation in flight and the drain's cancels.
+pub(super) type SharedChannel = Arc<tokio::sync::Mutex<SessionChannel>>;
+
+/// Publisher confirms outstanding, with the session's confirm id (None: no receipt wanted).
+pub(super) type Confirms =
+    FuturesUnordered<BoxFuture<'static, (Option<u64>, lapin::Result<lapin::Confirmation>)>>;
+
+/// Result of one broker operation, carried back into the loop.
+pub(super) enum OpResult {
+    /// The session's channel, and RabbitMQ's product for the `server` header.
+    Connected(Result<(Box<SessionChannel>, Option<String>), ConnectFailure>),
+    Subscribed(String, Result<lapin::Consumer, BrokerFailure>),
+    Joined(String, Result<Membership, BrokerFailure>),
+    TempQueue(String, Result<(String, lapin::Consumer), BrokerFailure>),
+    Published(
+        Option<u64>,
+        Result<crate::gateway::broker::Confirm, BrokerFailure>,
+    ),
+    Done(Result<(), BrokerFailure>),
+}
+
+/// Starts the future for one session request. Returns None for Flush (handled in the loop).
+pub(super) fn start_request(
+    request: BrokerRequest,
+    ctx: &ConnectionContext,
+    channel: Option<SharedChannel>,
+    confirms: &Confirms,
+    flush_deadline: &mut Option<tokio::time::Instant>,
+) -> Option<BoxFuture<'static, OpResult>> {
+    match request {
+        BrokerRequest::Connect {
+            login,
+            passcode,
+            vhost,
+        } => {
+            let broker = ctx.broker.clone();
+            let server_info = ctx.server_info.clone();
+            // Half the login timeout: a CONNECTED that waited longer would come too late.
+            let product_wait = ctx
+                .session
+                .server_header
+                .as_ref()
+                .map(|_| ctx.session.login_timeout / 2);
+            Some(
+                async move {
+                    // `passcode` is zeroed when this future completes.
+                    let opened = broker.open_channel(&login, passcode.as_str(), &vhost).await;
+                    drop(passcode);
+                    let result = match opened {
+                        Ok(channel) => {
+                            // The same `server` header from the first CONNECTED on.
+                            let product = match product_wait {
+                                Some(wait) => server_info.product(wait).await,
+                                None => None,
+                            };
+                            Ok((Box::new(channel), product))
+                        }
+                        Err(failure) => Err(failure),
+                    };
+                    OpResult::Connected(result)
+                }
+                .boxed(),
+            )
+        }
+        BrokerRequest::Flush => {
+            if !confirms.is_empty() {
+                *flush_deadline = Some(tokio::time::Instant::now() + ctx.flush_timeout);
+            }
+            None
+        }
+        BrokerRequest::Channel(ChannelOp::Subscribe(plan))
+            if ctx.fanout.is_some() && Fanout::shareable(&plan) =>
+        {
+            let fanout = ctx.fanout.clone()?;
+            Some(
+                async move {
+                    let Some(channel) = channel else {
+                        return OpResult::Joined(plan.consumer_tag, Err(no_channel()));
+                    };
+                    let mut channel = channel.lock().await;
+                    match fanout.join(&mut channel, &plan).await {
+                        Ok(Some(membership)) => OpResult::Joined(plan.consumer_tag, Ok(membership)),
+                        // No room for a shared queue's channel: an unshared subscription.
+                        Ok(None) => {
+                            let result = channel.subscribe(&plan).await;
+                            OpResult::Subscribed(plan.consumer_tag, result)
+                        }
+                        Err(failure) => OpResult::Joined(plan.consumer_tag, Err(failure)),
+                    }
+                }
+                .boxed(),
+            )
+        }
+        BrokerRequest::Channel(op) => Some(channel_op(channel, op).boxed()),
+    }
+}
+
+/// Last step of DISCONNECT: close the channel before the RECEIPT, so that once the client
+/// has its RECEIPT no consumer of its session takes (and auto-acks) another message.
+pub(super) fn close_channel(channel: Option<SharedChannel>) -> BoxFuture<'static, OpResult> {
+    async move {
+        if let Some(channel) = channel {
+            channel.lock().await.close().await;
+        }
+        OpResult::Done(Ok(()))
+    }
+    .boxed()
+}
+
+pub(super) fn no_channel() -> BrokerFailure {
+    BrokerFailure::connection_lost("The session has no broker channel.\n")
+}
+
+/// Runs one operation on the session's channel.
+async fn channel_op(channel: Option<SharedChannel>, op: ChannelOp) -> OpResult {
+    let Some(channel) = channel else {
+        return OpResult::Done(Err(no_channel()));
+    };
+    let mut channel = channel.lock().await;
+    match op {
+        ChannelOp::Subscribe(plan) => {
+            let result = channel.subscribe(&plan).await;
+            OpResult::Subscribed(plan.consumer_tag, result)
+        }
+        ChannelOp::Unsubscribe {
+            consumer_tag,
+            delete_queue,
+        } => OpResult::Done(
+            channel
+                .unsubscribe(&consumer_tag, delete_queue.as_deref())
+                .await,
+        ),
+        ChannelOp::Publish(publish) => {
+            let result = channel.publish(&publish).await;
+            OpResult::Published(publish.confirm_id, result)
+        }
+        ChannelOp::CreateTempQueue(plan) => {
+            let result = channel.create_temp_queue(&plan).await;
+            OpResult::TempQueue(plan.consumer_tag, result)
+        }
+        ChannelOp::Ack {
+            delivery_tag,
+            multiple,
+        } => OpResult::Done(channel.ack(delivery_tag, multiple).await),
+        ChannelOp::Nack {
+            delivery_tag,
+            multiple,
+            requeue,
+        } => OpResult::Done(channel.nack(delivery_tag, multiple, requeue).await),
+    }
+}

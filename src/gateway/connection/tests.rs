@@ -1,0 +1,220 @@
+//! The driver on a fake socket: a scripted inbound stream and a channel (or a sink that never
+//! accepts) as the outbound side; the broker is unreachable, so these cover everything up to
+//! and around CONNECT without RabbitMQ.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::channel::mpsc;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+
+use super::*;
+use crate::stomp::Command;
+use crate::stomp::codec::{Decoded, Decoder, Limits};
+use crate::telemetry::{ReasonLabels, TransportLabels};
+
+/// What the driver wrote, decoded.
+#[derive(Debug, PartialEq)]
+enum Wrote {
+    Frame(Command, Option<String>),
+    Heartbeat,
+    Close(CloseCode),
+}
+
+fn settings() -> ConnectionSettings {
+    unreachable_broker_settings()
+}
+
+/// Runs a session over `inbound` to its end; what it wrote.
+async fn drive<I>(ctx: ConnectionContext, inbound: I) -> Vec<Wrote>
+where
+    I: Stream<Item = std::io::Result<Bytes>> + Unpin,
+{
+    let (tx, rx) = mpsc::unbounded::<Outbound>();
+    let outbound = tx.sink_map_err(|_| ());
+    run(ctx, "test", inbound, outbound).await;
+    let items: Vec<Outbound> = rx.collect().await;
+    let mut decoder = Decoder::new(Limits::default());
+    let mut out = Vec::new();
+    for item in items {
+        match item {
+            Outbound::Frame(bytes) => {
+                decoder.feed(&bytes);
+                match decoder.decode() {
+                    Ok(Some(Decoded::Frame(frame))) => out.push(Wrote::Frame(
+                        frame.command.clone(),
+                        frame.get("message").map(str::to_string),
+                    )),
+                    other => panic!("not one frame: {other:?}"),
+                }
+            }
+            Outbound::Heartbeat => out.push(Wrote::Heartbeat),
+            Outbound::Close(code, _) => out.push(Wrote::Close(code)),
+        }
+    }
+    out
+}
+
+fn bytes(frame: &str) -> std::io::Result<Bytes> {
+    Ok(Bytes::copy_from_slice(frame.as_bytes()))
+}
+
+fn closes(ctx: &ConnectionContext, reason: &str) -> u64 {
+    ctx.metrics
+        .closes
+        .get_or_create(&ReasonLabels {
+            reason: reason.to_string(),
+        })
+        .get()
+}
+
+fn open_connections(ctx: &ConnectionContext) -> i64 {
+    ctx.metrics
+        .connections
+        .get_or_create(&TransportLabels {
+            transport: "test".to_string(),
+        })
+        .get()
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_before_connect_is_counted_as_gone() {
+    let ctx = Arc::new(settings());
+    let wrote = drive(ctx.clone(), futures::stream::empty()).await;
+    assert_eq!(wrote, []);
+    assert_eq!(closes(&ctx, "client_gone"), 1);
+    assert_eq!(open_connections(&ctx), 0);
+}
+
+#[tokio::test]
+async fn undecodable_input_gets_an_error_and_a_protocol_error_close() {
+    let ctx = Arc::new(settings());
+    // A header line without a colon.
+    let inbound = futures::stream::iter([bytes("CONNECT\nno-colon\n\n\0")]);
+    let wrote = drive(ctx.clone(), inbound).await;
+    assert!(
+        matches!(
+            wrote.as_slice(),
+            [
+                Wrote::Frame(Command::Error, Some(_)),
+                Wrote::Close(CloseCode::ProtocolError)
+            ]
+        ),
+        "{wrote:?}"
+    );
+    assert_eq!(closes(&ctx, "protocol_error"), 1);
+    assert_eq!(open_connections(&ctx), 0);
+}
+
+#[tokio::test]
+async fn frames_split_across_reads_are_reassembled() {
+    let ctx = Arc::new(settings());
+    // The same bad frame in three pieces gets the same answer as in one.
+    let inbound = futures::stream::iter([bytes("CONN"), bytes("ECT\nno-co"), bytes("lon\n\n\0")]);
+    let wrote = drive(ctx, inbound).await;
+    assert!(
+        matches!(
+            wrote.as_slice(),
+            [
+                Wrote::Frame(Command::Error, Some(_)),
+                Wrote::Close(CloseCode::ProtocolError)
+            ]
+        ),
+        "{wrote:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_transport_violation_closes_with_the_transports_code() {
+    let ctx = Arc::new(settings());
+    let violation: std::io::Error = TransportViolation {
+        close: CloseCode::MessageTooBig,
+        close_text: "message too big",
+        summary: "Frame too large",
+        detail: "WebSocket message over the size limit".to_string(),
+    }
+    .into();
+    let inbound = futures::stream::iter([Err(violation)]);
+    let wrote = drive(ctx.clone(), inbound).await;
+    assert_eq!(
+        wrote,
+        [
+            Wrote::Frame(Command::Error, Some("Frame too large".to_string())),
+            Wrote::Close(CloseCode::MessageTooBig),
+        ]
+    );
+    assert_eq!(closes(&ctx, "protocol_error"), 1);
+}
+
+#[tokio::test]
+async fn a_draining_gateway_tells_an_idle_client_to_reconnect() {
+    let ctx = Arc::new(settings());
+    ctx.shutdown.cancel();
+    // The client never sends anything and never goes away.
+    let wrote = drive(ctx.clone(), futures::stream::pending()).await;
+    assert_eq!(
+        wrote,
+        [
+            Wrote::Frame(Command::Error, Some("Server shutting down".to_string())),
+            Wrote::Close(CloseCode::GoingAway),
+        ]
+    );
+    assert_eq!(closes(&ctx, "shutdown"), 1);
+}
+
+/// A client that stopped reading: every write stays pending.
+struct Blocked;
+
+impl Sink<Outbound> for Blocked {
+    type Error = ();
+
+    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        Poll::Pending
+    }
+
+    fn start_send(self: Pin<&mut Self>, _: Outbound) -> Result<(), ()> {
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        Poll::Pending
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        Poll::Pending
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_as_a_slow_consumer() {
+    let ctx = Arc::new(ConnectionSettings {
+        write_timeout: Duration::from_millis(20),
+        ..settings()
+    });
+    // An ERROR is due, and it can never be written.
+    let inbound = futures::stream::iter([bytes("CONNECT\nno-colon\n\n\0")]);
+    run(ctx.clone(), "test", inbound, Blocked).await;
+    assert_eq!(closes(&ctx, "slow_consumer"), 1);
+    assert_eq!(ctx.metrics.slow_consumers.get(), 1);
+    assert_eq!(open_connections(&ctx), 0);
+}
+
+#[tokio::test]
+async fn connect_to_an_unreachable_broker_answers_an_error_and_closes() {
+    let ctx = Arc::new(settings());
+    let connect = "CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0";
+    // The client stays until the gateway closes.
+    let inbound = futures::stream::iter([bytes(connect)]).chain(futures::stream::pending());
+    let wrote = drive(ctx.clone(), inbound).await;
+    assert!(
+        matches!(
+            wrote.as_slice(),
+            [Wrote::Frame(Command::Error, Some(_)), Wrote::Close(_)]
+        ),
+        "{wrote:?}"
+    );
+    assert_eq!(open_connections(&ctx), 0);
+}
