@@ -525,7 +525,7 @@ pub fn pass(st: &mut State) -> bool {
         .get(&key)
         .map(|m| m.values().cloned().collect())
         .unwrap_or_default();
-    let live: Vec<String> = deployments
+    let live: std::collections::HashSet<String> = deployments
         .iter()
         .filter_map(|d| meta_str(d, "uid").map(str::to_string))
         .collect();

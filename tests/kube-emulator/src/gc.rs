@@ -1,6 +1,7 @@
 //! The controllers the API server itself relies on for deletion: ownerReference garbage
 //! collection (background, foreground, orphan), namespace termination and CRD cleanup.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -47,6 +48,30 @@ fn deleting(v: &Value) -> bool {
     v.pointer("/metadata/deletionTimestamp").is_some()
 }
 
+/// Whether a pass could act: every rule starts from an object being deleted or an owner
+/// reference to an object that is not there. Checked without copying anything, because the
+/// controllers run after every write (thousands of objects make a full pass expensive).
+fn anything_to_do(st: &State) -> bool {
+    let values = || st.objects.values().flat_map(|m| m.values());
+    let mut uids = HashSet::new();
+    for v in values() {
+        if deleting(v) {
+            return true;
+        }
+        if let Some(uid) = meta_str(v, "uid") {
+            uids.insert(uid);
+        }
+    }
+    values().any(|v| {
+        v.pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .is_some_and(|refs| {
+                refs.iter()
+                    .any(|r| !uids.contains(r.get("uid").and_then(Value::as_str).unwrap_or("")))
+            })
+    })
+}
+
 fn owner_refs(v: &Value) -> Vec<Value> {
     v.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
@@ -83,11 +108,16 @@ pub const NAMESPACE: &str = "namespace-controller";
 
 /// One pass; returns whether it changed anything (the caller repeats until quiet).
 pub fn pass(st: &mut State) -> bool {
+    if !anything_to_do(st) {
+        return false;
+    }
     let objs = all_objects(st);
     let collect_garbage = st.controller_enabled(GARBAGE_COLLECTOR);
-    let lookup = |uid: &str| -> Option<&Obj> {
-        objs.iter().find(|o| meta_str(&o.value, "uid") == Some(uid))
-    };
+    let by_uid: HashMap<&str, &Obj> = objs
+        .iter()
+        .filter_map(|o| Some((meta_str(&o.value, "uid")?, o)))
+        .collect();
+    let lookup = |uid: &str| -> Option<&Obj> { by_uid.get(uid).copied() };
     // Dependents of owners that are gone or deleting.
     for o in objs.iter().filter(|_| collect_garbage) {
         let refs = owner_refs(&o.value);
