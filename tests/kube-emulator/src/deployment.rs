@@ -19,7 +19,7 @@
 //! Not emulated: ReplicaSets and revision history, `spec.paused` (a paused Deployment is
 //! reconciled like any other), pod deletion grace periods.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -135,7 +135,8 @@ struct Pods {
 }
 
 /// Live pods by the uid of their controlling owner, in one scan of the pods.
-fn pods_by_owner(st: &State) -> HashMap<String, Vec<Value>> {
+/// The live Pods controlled by the Deployments in `owners`, by owner uid.
+fn pods_by_owner(st: &State, owners: &HashSet<String>) -> HashMap<String, Vec<Value>> {
     let mut out: HashMap<String, Vec<Value>> = HashMap::new();
     let key = (String::new(), "pods".to_string());
     for p in st.objects.get(&key).into_iter().flat_map(|m| m.values()) {
@@ -147,7 +148,9 @@ fn pods_by_owner(st: &State) -> HashMap<String, Vec<Value>> {
             .and_then(Value::as_array)
             .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
             .and_then(|r| r["uid"].as_str());
-        if let Some(uid) = owner {
+        if let Some(uid) = owner
+            && owners.contains(uid)
+        {
             out.entry(uid.to_string()).or_default().push(p.clone());
         }
     }
@@ -493,7 +496,11 @@ fn sync(
     }
     let scaled = scale(st, d, &ns, &hash, &pods, desired);
     let pods = if scaled {
-        split(pods_by_owner(st).remove(&uid).unwrap_or_default(), &hash)
+        let only = HashSet::from([uid.clone()]);
+        split(
+            pods_by_owner(st, &only).remove(&uid).unwrap_or_default(),
+            &hash,
+        )
     } else {
         pods
     };
@@ -520,29 +527,68 @@ pub fn pass(st: &mut State) -> bool {
         return false;
     };
     let key = ("apps".to_string(), "deployments".to_string());
-    let deployments: Vec<Value> = st
+    // What each Deployment's sync depends on: its own and its Pods' resourceVersions. Read
+    // without copying: this runs after every write, and thousands of settled Deployments
+    // must not make every write slow.
+    let mut pod_versions: HashMap<&str, Vec<&str>> = HashMap::new();
+    let pod_key = (String::new(), "pods".to_string());
+    for p in st
         .objects
-        .get(&key)
-        .map(|m| m.values().cloned().collect())
-        .unwrap_or_default();
-    let live: std::collections::HashSet<String> = deployments
-        .iter()
-        .filter_map(|d| meta_str(d, "uid").map(str::to_string))
-        .collect();
+        .get(&pod_key)
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
+        let owner = p
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+            .and_then(|r| r["uid"].as_str());
+        if let Some(uid) = owner {
+            pod_versions
+                .entry(uid)
+                .or_default()
+                .push(meta_str(p, "resourceVersion").unwrap_or(""));
+        }
+    }
+    let mut live = HashSet::new();
+    let mut due: Vec<(Value, String)> = Vec::new();
+    for d in st.objects.get(&key).into_iter().flat_map(|m| m.values()) {
+        let uid = meta_str(d, "uid").unwrap_or("");
+        live.insert(uid.to_string());
+        let mut versions = pod_versions.remove(uid).unwrap_or_default();
+        versions.sort_unstable();
+        let seen = format!(
+            "{}/{}",
+            meta_str(d, "resourceVersion").unwrap_or(""),
+            versions.join(",")
+        );
+        if st.deployment_settled.get(uid) != Some(&seen) {
+            due.push((d.clone(), seen));
+        }
+    }
     st.deployment_hashes.retain(|uid, _| live.contains(uid));
-    let mut pods = pods_by_owner(st);
+    st.deployment_settled.retain(|uid, _| live.contains(uid));
+    let due_uids: HashSet<String> = due
+        .iter()
+        .filter_map(|(d, _)| meta_str(d, "uid").map(str::to_string))
+        .collect();
+    let mut pods = pods_by_owner(st, &due_uids);
     let mut wrote = false;
     let mut soonest: Option<i64> = None;
-    for d in deployments {
+    for (d, seen) in due {
         // A Deployment being deleted is left to the garbage collector.
         if d.pointer("/metadata/deletionTimestamp").is_some() {
             continue;
         }
-        let own = meta_str(&d, "uid")
-            .and_then(|uid| pods.remove(uid))
-            .unwrap_or_default();
+        let uid = meta_str(&d, "uid").unwrap_or("").to_string();
+        let own = pods.remove(&uid).unwrap_or_default();
         let (w, next) = sync(st, &res, &d, own);
         wrote |= w;
+        if !w && next.is_none() {
+            st.deployment_settled.insert(uid, seen);
+        } else {
+            st.deployment_settled.remove(&uid);
+        }
         if let Some(n) = next {
             soonest = Some(soonest.map_or(n, |s| s.min(n)));
         }

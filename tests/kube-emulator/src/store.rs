@@ -148,6 +148,9 @@ pub struct State {
     pub server_address: String,
     /// The pod-template-hash each Deployment (by uid) last rolled out.
     pub deployment_hashes: HashMap<String, String>,
+    /// Deployments (by uid) whose last sync changed nothing and asked for no wake-up, with
+    /// the resourceVersions (Deployment and its Pods) it saw: skipped until one changes.
+    pub deployment_settled: HashMap<String, String>,
     /// When time alone may next change a Deployment's status (None: only changes will).
     pub deployment_wakeup: Option<std::time::Instant>,
     /// Controllers switched off (kube-controller-manager's `--controllers=-name`).
@@ -179,6 +182,7 @@ impl State {
             gc_notify: Arc::new(tokio::sync::Notify::new()),
             server_address: String::new(),
             deployment_hashes: HashMap::new(),
+            deployment_settled: HashMap::new(),
             deployment_wakeup: None,
             controllers_off: Default::default(),
             owner_reference_rules: None,
