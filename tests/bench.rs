@@ -93,3 +93,47 @@ async fn fanout_and_echo_through_the_gateway() {
     gateway.shutdown();
     gateway.wait().await;
 }
+
+/// `stompgate bench operator` at a small N (not timed): the API emulator in-process, the
+/// operator binary as a child process, the real RabbitMQ. Whatever the machine's speed, the
+/// run must show no false errors, no writes and no events while idle or after a restart,
+/// every created exchange owned, and nothing left in RabbitMQ after deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_bench_finds_no_false_errors_idle_writes_or_leaks() {
+    use stompgate::bench::operator::{self, OperatorBenchArgs};
+    let emulator = kube_emulator::Emulator::start()
+        .await
+        .expect("API emulator");
+    let dir = std::env::temp_dir().join(support::unique("bench-operator"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubeconfig = dir.join("kubeconfig");
+    emulator.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let args = OperatorBenchArgs::try_parse_from([
+        "operator",
+        "--objects",
+        "100",
+        "--namespaces",
+        "4",
+        "--kubeconfig",
+        &kubeconfig.to_string_lossy(),
+        "--operator-bin",
+        env!("CARGO_BIN_EXE_stompgate"),
+        "--amqp-url",
+        &support::amqp_url(),
+        "--idle-secs",
+        "10",
+        "--edits",
+        "5",
+    ])
+    .expect("bench args");
+    let report = operator::run(&args).await.expect("bench operator runs");
+    eprintln!("{}", report.human());
+    assert_eq!(report.reconciles_error, 0.0, "{report:?}");
+    assert!(report.errors_by_reason.is_empty(), "{report:?}");
+    assert_eq!(report.created_but_not_owned, 0, "{report:?}");
+    assert_eq!(report.idle_object_writes, 0, "{report:?}");
+    assert_eq!(report.idle_events, 0, "{report:?}");
+    assert_eq!(report.restart_object_writes, 0, "{report:?}");
+    assert!(report.leaked_exchanges.is_empty(), "{report:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

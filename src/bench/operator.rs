@@ -8,7 +8,7 @@
 
 use crate::crd::StompGateway;
 use anyhow::{Context, anyhow, bail};
-use clap::Args;
+use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
@@ -27,7 +27,7 @@ use tokio::process::{Child, Command};
 /// Field manager of the bench's own writes.
 const MANAGER: &str = "stompgate-bench";
 
-#[derive(Args, Debug, Clone)]
+#[derive(Parser, Debug, Clone)]
 pub struct OperatorBenchArgs {
     /// StompGateways to create.
     #[arg(long, default_value_t = 1000)]
