@@ -562,7 +562,13 @@ pub fn pass(st: &mut State) -> bool {
             meta_str(d, "resourceVersion").unwrap_or(""),
             versions.join(",")
         );
-        if st.deployment_settled.get(uid) != Some(&seen) {
+        let settled = st
+            .deployment_settled
+            .get(uid)
+            .is_some_and(|(versions, wake)| {
+                *versions == seen && wake.is_none_or(|t| std::time::Instant::now() < t)
+            });
+        if !settled {
             due.push((d.clone(), seen));
         }
     }
@@ -584,17 +590,27 @@ pub fn pass(st: &mut State) -> bool {
         let own = pods.remove(&uid).unwrap_or_default();
         let (w, next) = sync(st, &res, &d, own);
         wrote |= w;
-        if !w && next.is_none() {
-            st.deployment_settled.insert(uid, seen);
-        } else {
+        if w {
             st.deployment_settled.remove(&uid);
+        } else {
+            let wake = next.map(|secs| {
+                std::time::Instant::now() + std::time::Duration::from_secs(secs.max(0) as u64)
+            });
+            st.deployment_settled.insert(uid, (seen, wake));
         }
         if let Some(n) = next {
             soonest = Some(soonest.map_or(n, |s| s.min(n)));
         }
     }
-    st.deployment_wakeup = soonest
+    let due_wake = soonest
         .map(|secs| std::time::Instant::now() + std::time::Duration::from_secs(secs.max(0) as u64));
+    // Settled Deployments that wait for a time count too.
+    st.deployment_wakeup = st
+        .deployment_settled
+        .values()
+        .filter_map(|(_, wake)| *wake)
+        .chain(due_wake)
+        .min();
     wrote
 }
 

@@ -148,9 +148,10 @@ pub struct State {
     pub server_address: String,
     /// The pod-template-hash each Deployment (by uid) last rolled out.
     pub deployment_hashes: HashMap<String, String>,
-    /// Deployments (by uid) whose last sync changed nothing and asked for no wake-up, with
-    /// the resourceVersions (Deployment and its Pods) it saw: skipped until one changes.
-    pub deployment_settled: HashMap<String, String>,
+    /// Deployments (by uid) whose last sync changed nothing, with the resourceVersions
+    /// (Deployment and its Pods) it saw and the time it asked to be woken at, if any: skipped
+    /// until one of those versions changes or that time comes.
+    pub deployment_settled: HashMap<String, (String, Option<std::time::Instant>)>,
     /// When time alone may next change a Deployment's status (None: only changes will).
     pub deployment_wakeup: Option<std::time::Instant>,
     /// Controllers switched off (kube-controller-manager's `--controllers=-name`).
