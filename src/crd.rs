@@ -62,6 +62,27 @@ pub const VERSION: &str = "v1alpha1";
         json_path = ".status.endpoints.external.webSocket"
     ),
     printcolumn(
+        name = "Conns/Pod",
+        type_ = "string",
+        description = "Average open client connections per gateway pod, as the HorizontalPodAutoscaler last read them (spec.autoscaling.targetConnectionsPerPod)",
+        json_path = ".status.autoscaling.currentConnectionsPerPod",
+        priority = 1
+    ),
+    printcolumn(
+        name = "HPA-Current",
+        type_ = "integer",
+        description = "Gateway pods the HorizontalPodAutoscaler sees (spec.autoscaling)",
+        json_path = ".status.autoscaling.currentReplicas",
+        priority = 1
+    ),
+    printcolumn(
+        name = "HPA-Desired",
+        type_ = "integer",
+        description = "Gateway pods the HorizontalPodAutoscaler wants (spec.autoscaling)",
+        json_path = ".status.autoscaling.desiredReplicas",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -82,7 +103,9 @@ pub const VERSION: &str = "v1alpha1";
     validation = Rule::new("!has(self.ingress) || (self.webSocket.path.startsWith(self.ingress.path) && (!self.webSocket.sockJs.enabled || self.webSocket.sockJs.path.startsWith(self.ingress.path)))")
         .message("spec.webSocket.path and spec.webSocket.sockJs.path must be under spec.ingress.path (the Ingress routes them as they are, without rewriting)"),
     validation = Rule::new("!has(self.route) || (self.webSocket.path.startsWith(self.route.path) && (!self.webSocket.sockJs.enabled || self.webSocket.sockJs.path.startsWith(self.route.path)))")
-        .message("spec.webSocket.path and spec.webSocket.sockJs.path must be under spec.route.path (the HTTPRoute routes them as they are, without rewriting)")
+        .message("spec.webSocket.path and spec.webSocket.sockJs.path must be under spec.route.path (the HTTPRoute routes them as they are, without rewriting)"),
+    validation = Rule::new("!has(self.autoscaling) || !has(self.replicas)")
+        .message("spec.replicas and spec.autoscaling exclude each other: the HorizontalPodAutoscaler sets the replica count; remove spec.replicas")
 )]
 pub struct StompGatewaySpec {
     /// Where the gateways and the operator connect.
@@ -145,6 +168,44 @@ pub struct StompGatewaySpec {
     /// A NetworkPolicy for the gateway pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<NetworkPolicySpec>,
+    /// An autoscaling/v2 HorizontalPodAutoscaler for the gateway pods; it, not the operator,
+    /// then sets the replica count (spec.replicas must be unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+}
+
+/// The gateway's HorizontalPodAutoscaler.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
+    .message("spec.autoscaling.minReplicas must not exceed spec.autoscaling.maxReplicas"))]
+pub struct AutoscalingSpec {
+    /// Fewest gateway pods.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Most gateway pods.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Average CPU utilization (percent of the CPU request) to keep; 80 when neither target is
+    /// set. The gateway container needs a CPU request (spec.podTemplate) for it to work.
+    #[serde(
+        default,
+        rename = "targetCPUUtilizationPercentage",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_cpu_utilization_percentage: Option<i32>,
+    /// Average open client connections per pod to keep: a Pods metric named
+    /// stompgate_connections (the gateway's gauge, summed over its transport label), which a
+    /// Prometheus adapter or KEDA must serve through the custom metrics API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub target_connections_per_pod: Option<i32>,
+}
+
+fn default_min_replicas() -> i32 {
+    1
 }
 
 /// The Ingress in front of the gateway.
@@ -995,6 +1056,27 @@ pub struct StompGatewayStatus {
     /// What exists in RabbitMQ, and whether this StompGateway created it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology: Option<TopologyStatus>,
+    /// What the HorizontalPodAutoscaler of spec.autoscaling last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
+}
+
+/// The HorizontalPodAutoscaler's view, copied from its status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// Name of the HorizontalPodAutoscaler.
+    pub name: String,
+    /// Gateway pods it last saw.
+    #[serde(default)]
+    pub current_replicas: i32,
+    /// Gateway pods it last asked for.
+    #[serde(default)]
+    pub desired_replicas: i32,
+    /// Average open connections per pod it last read (a Kubernetes quantity; absent without
+    /// targetConnectionsPerPod or before the metric is served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_connections_per_pod: Option<String>,
 }
 
 /// In-cluster URLs.

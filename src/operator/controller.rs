@@ -12,6 +12,7 @@ use futures::StreamExt;
 use futures::TryStreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -469,6 +470,11 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
             Err(e) if going_away(&e) => return Err(e.into()),
             Err(e) => return apply_failed(gw, ctx, &api, &deployments, &name, obs, e).await,
         }
+        match apply_autoscaler(ctx, &ns, gw, &children, &gate).await {
+            Ok(a) => obs.autoscaling = Some(a),
+            Err(e) if going_away(&e) => return Err(e.into()),
+            Err(e) => return apply_failed(gw, ctx, &api, &deployments, &name, obs, e).await,
+        }
     } else {
         obs.deployment = deployments.get_opt(&name).await?;
         // Paused: the last verdicts stay as they were.
@@ -772,6 +778,51 @@ async fn apply_exposure(
         None => {}
     }
     Ok(conds)
+}
+
+/// `spec.autoscaling`: the HorizontalPodAutoscaler applied (and its view for the status), or
+/// removed with the field.
+async fn apply_autoscaler(
+    ctx: &Context,
+    ns: &str,
+    gw: &StompGateway,
+    c: &resources::Children,
+    gate: &NamespaceGate<'_>,
+) -> Result<Option<crate::crd::AutoscalingStatus>, kube::Error> {
+    let api = ns_api::<HorizontalPodAutoscaler>(ctx, ns);
+    let name = gw.name_any();
+    match &c.hpa {
+        Some(h) => Ok(apply_one(&api, h, gate, &ctx.own_writes)
+            .await?
+            .map(|live| autoscaling_status(&name, &live))),
+        None => {
+            if gw.status.as_ref().is_some_and(|s| s.autoscaling.is_some()) {
+                delete_ours(&api, &name).await?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// The HPA's view: replica counts and the connections metric it last read.
+pub fn autoscaling_status(
+    name: &str,
+    hpa: &HorizontalPodAutoscaler,
+) -> crate::crd::AutoscalingStatus {
+    let st = hpa.status.clone().unwrap_or_default();
+    let connections = st.current_metrics.iter().flatten().find_map(|m| {
+        m.pods
+            .as_ref()
+            .filter(|p| p.metric.name == resources::CONNECTIONS_METRIC)
+            .and_then(|p| p.current.average_value.as_ref())
+            .map(|q| q.0.clone())
+    });
+    crate::crd::AutoscalingStatus {
+        name: name.to_string(),
+        current_replicas: st.current_replicas.unwrap_or(0),
+        desired_replicas: st.desired_replicas,
+        current_connections_per_pod: connections,
+    }
 }
 
 /// Carries the exposure conditions of the last pass over to one that did not look at those
@@ -1208,7 +1259,7 @@ where
         {
             return Ok(Some(live));
         }
-        Some(_) => {}
+        Some(live) => hand_over_replicas(api, obj, &live).await?,
         None if gate.closed().await => return Ok(None),
         None => {}
     }
@@ -1223,6 +1274,46 @@ where
     own.record(&written);
     drop(writing);
     Ok(Some(written))
+}
+
+/// Field manager that keeps a Deployment's replica count when the operator stops setting it.
+pub const HANDOVER_MANAGER: &str = "stompgateway-operator-handover";
+
+/// Before an apply that no longer sets `spec.replicas` (autoscaling switched on) while the
+/// operator's earlier apply owns it: the API server would remove the field (the Deployment
+/// falls back to 1 pod) instead of leaving it to the autoscaler. A second manager first
+/// applies the live count, so the field stays, owned by it until the HPA changes it (as the
+/// Kubernetes docs' "transferring ownership" does).
+async fn hand_over_replicas<K>(api: &Api<K>, want: &K, live: &K) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let (Ok(w), Ok(l)) = (serde_json::to_value(want), serde_json::to_value(live)) else {
+        return Ok(());
+    };
+    let Some(replicas) = l.pointer("/spec/replicas") else {
+        return Ok(());
+    };
+    if w.pointer("/spec/replicas").is_some()
+        || w.pointer("/spec").is_none()
+        || !managed_fields::applies_field(live.meta(), FIELD_MANAGER, &["spec", "replicas"])
+    {
+        return Ok(());
+    }
+    let name = live.meta().name.clone().unwrap_or_default();
+    let patch = json!({
+        "apiVersion": w["apiVersion"], "kind": w["kind"],
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas},
+    });
+    api.patch(
+        &name,
+        &PatchParams::apply(HANDOVER_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    tracing::info!(%name, %replicas, "the replica count is left to the autoscaler");
+    Ok(())
 }
 
 fn ns_api<K>(ctx: &Context, ns: &str) -> Api<K>
@@ -1740,6 +1831,12 @@ pub async fn run(
         ))
         .owns_stream(children(
             api::<PartialObjectMeta<NetworkPolicy>>(&client, &namespace),
+            owned.clone(),
+            own.clone(),
+        ))
+        // Its status changes too: status.autoscaling follows them.
+        .owns_stream(children(
+            api::<PartialObjectMeta<HorizontalPodAutoscaler>>(&client, &namespace),
             owned,
             own.clone(),
         ))

@@ -230,6 +230,9 @@ pub struct Observation {
     pub selector: String,
     /// IngressReady, RouteReady, CertificateReady: one per configured exposure child.
     pub exposure: Vec<Cond>,
+    /// status.autoscaling: None = not looked at (the last value stays), Some(None) = no
+    /// autoscaling, Some(Some(_)) = the HPA's view.
+    pub autoscaling: Option<Option<crate::crd::AutoscalingStatus>>,
 }
 
 /// How far the gateway Deployment's rollout is, by kstatus's rules for Deployments
@@ -547,6 +550,10 @@ pub fn build(prev: Option<&StompGatewayStatus>, obs: &Observation) -> StompGatew
             .ledger
             .clone()
             .or_else(|| prev.and_then(|p| p.topology.clone())),
+        autoscaling: match &obs.autoscaling {
+            Some(a) => a.clone(),
+            None => prev.and_then(|p| p.autoscaling.clone()),
+        },
     }
 }
 

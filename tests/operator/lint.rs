@@ -342,6 +342,30 @@ spec:
             "spec.networkPolicy.broker[0]",
             "need podSelector, namespaceSelector or ipBlock",
         ),
+        (
+            "autoscaling-min-above-max",
+            "autoscaling: {minReplicas: 5, maxReplicas: 2}",
+            "spec.autoscaling",
+            "minReplicas must not exceed spec.autoscaling.maxReplicas",
+        ),
+        (
+            "autoscaling-and-replicas",
+            "replicas: 3\n  autoscaling: {maxReplicas: 4}",
+            "spec",
+            "spec.replicas and spec.autoscaling exclude each other",
+        ),
+        (
+            "autoscaling-no-max",
+            "autoscaling: {minReplicas: 2}",
+            "spec.autoscaling.maxReplicas",
+            "required",
+        ),
+        (
+            "autoscaling-zero-connections",
+            "autoscaling: {maxReplicas: 4, targetConnectionsPerPod: 0}",
+            "spec.autoscaling.targetConnectionsPerPod",
+            "minimum",
+        ),
     ];
     for (name, extra, path, text) in cases {
         let yaml = format!("{}  {extra}\n", base.replace("NAME", name));

@@ -9,6 +9,7 @@ mod proxy;
 mod support;
 
 mod apiserver;
+mod autoscaling;
 mod controller;
 mod crd;
 mod exposure;

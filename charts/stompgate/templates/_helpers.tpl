@@ -65,6 +65,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses", "networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# spec.autoscaling: the HorizontalPodAutoscaler, applied, watched, removed with its field.
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Whether spec.ingress.className exists (cluster-scoped: not granted by a Role, then unchecked).
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingressclasses"]
