@@ -90,7 +90,7 @@ pub const VERSION: &str = "v1alpha1";
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self.auth.mode != 'ServiceUser' || has(self.rabbitmq.credentialsSecretRef) || has(self.rabbitmq.uriSecretRef)")
+    validation = Rule::new("self.auth.mode != 'ServiceUser' || has(self.rabbitmq.credentialsSecretRef) || has(self.rabbitmq.uriSecretRef) || has(self.rabbitmq.clusterRef)")
         .message("spec.auth.mode ServiceUser needs broker credentials: set spec.rabbitmq.credentialsSecretRef (or put them in spec.rabbitmq.uriSecretRef)"),
     validation = Rule::new("!self.stomp.enabled || self.stomp.port != self.webSocket.port")
         .message("spec.stomp.port must differ from spec.webSocket.port; pick another port for plain STOMP"),
@@ -98,7 +98,7 @@ pub const VERSION: &str = "v1alpha1";
         .message("spec.auth.mode JWT needs spec.auth.jwt (jwksSecretRef or hs256SecretRef, issuer, audience)"),
     validation = Rule::new("!has(self.auth.jwt) || self.auth.mode == 'JWT'")
         .message("spec.auth.jwt is used only with spec.auth.mode JWT; set the mode or remove spec.auth.jwt"),
-    validation = Rule::new("self.auth.mode != 'JWT' || has(self.rabbitmq.credentialsSecretRef) || has(self.rabbitmq.uriSecretRef)")
+    validation = Rule::new("self.auth.mode != 'JWT' || has(self.rabbitmq.credentialsSecretRef) || has(self.rabbitmq.uriSecretRef) || has(self.rabbitmq.clusterRef)")
         .message("spec.auth.mode JWT needs the service user's broker credentials: set spec.rabbitmq.credentialsSecretRef (or put them in spec.rabbitmq.uriSecretRef)"),
     validation = Rule::new("!has(self.ingress) || (self.webSocket.path.startsWith(self.ingress.path) && (!self.webSocket.sockJs.enabled || self.webSocket.sockJs.path.startsWith(self.ingress.path)))")
         .message("spec.webSocket.path and spec.webSocket.sockJs.path must be under spec.ingress.path (the Ingress routes them as they are, without rewriting)"),
@@ -490,9 +490,17 @@ fn default_drain_timeout() -> i32 {
 /// Broker connection.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.host) != has(self.uriSecretRef)")
-    .message("spec.rabbitmq needs exactly one of host or uriSecretRef; remove one of them"))]
+#[x_kube(
+    validation = Rule::new("has(self.clusterRef) || has(self.host) != has(self.uriSecretRef)")
+        .message("spec.rabbitmq needs exactly one of host or uriSecretRef (or clusterRef alone); remove one of them"),
+    validation = Rule::new("!has(self.clusterRef) || (!has(self.host) && !has(self.uriSecretRef) && !has(self.credentialsSecretRef) && !has(self.tls))")
+        .message("spec.rabbitmq.clusterRef takes the address, credentials and TLS from the RabbitmqCluster: remove host, uriSecretRef, credentialsSecretRef and tls")
+)]
 pub struct RabbitmqSpec {
+    /// A RabbitmqCluster of the RabbitMQ Cluster Operator (rabbitmq.com/v1beta1) instead of
+    /// host and Secrets: address, default user and TLS come from its status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_ref: Option<ClusterRef>,
     /// Broker host name, e.g. rabbitmq.messaging.svc.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
@@ -519,6 +527,19 @@ pub struct RabbitmqSpec {
     /// TLS to the broker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+}
+
+/// A RabbitmqCluster by name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ClusterRef {
+    /// RabbitmqCluster name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Its namespace; only the StompGateway's own is supported (the gateway pods read the
+    /// cluster's default-user Secret, which Kubernetes gives only to pods of its namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
 }
 
 fn default_amqp_port() -> i32 {

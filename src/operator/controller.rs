@@ -406,6 +406,29 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
         return Ok(Action::requeue(resync(gw)));
     }
 
+    // spec.rabbitmq.clusterRef: the RabbitmqCluster's address and default user, as an
+    // ordinary spec.rabbitmq for everything below.
+    let resolved;
+    let gw = match &gw.spec.rabbitmq.cluster_ref {
+        None => gw,
+        Some(r) => match resolve_cluster_ref(gw, ctx, &ns, r).await? {
+            Ok(spec) => {
+                let mut g = gw.clone();
+                g.spec.rabbitmq = spec;
+                resolved = g;
+                &resolved
+            }
+            Err(p) => {
+                obs.blocked = Some(p);
+                obs.deployment = deployments.get_opt(&name).await?;
+                write_status(gw, ctx, &api, &obs).await?;
+                // Looked at again at the unhurried poll period: the cluster appears or becomes
+                // ready on its own time, and a retry storm would not hasten it.
+                return Ok(Action::requeue(ctx.settings.exposure_poll));
+            }
+        },
+    };
+
     // read referenced Secrets
     let secrets = match read_secrets(gw, ctx, &ns).await? {
         Ok(s) => s,
@@ -1056,6 +1079,63 @@ fn broker_problem(e: &TopologyError) -> Problem {
         TopologyError::Refused { .. } => Reason::BrokerRefused,
     };
     Problem::new(reason, e.to_string())
+}
+
+/// `spec.rabbitmq.clusterRef` as a plain `spec.rabbitmq` (host, default-user Secret, TLS), or
+/// why the cluster cannot be used yet (`BrokerConnected=False` with that reason).
+async fn resolve_cluster_ref(
+    gw: &StompGateway,
+    ctx: &Context,
+    ns: &str,
+    r: &crate::crd::ClusterRef,
+) -> Result<Result<crate::crd::RabbitmqSpec, Problem>, Error> {
+    use super::cluster_ref::{self, ClusterRefError};
+    let problem = |e: ClusterRefError| {
+        let reason = match &e {
+            ClusterRefError::OtherNamespace { .. } => Reason::InvalidSpec,
+            ClusterRefError::NotReady { .. } => Reason::RabbitmqClusterNotReady,
+            ClusterRefError::MissingKey { .. } => Reason::SecretKeyMissing,
+            ClusterRefError::BadPort { .. } => Reason::SecretInvalid,
+        };
+        Problem::new(reason, e.to_string())
+    };
+    if let Some(other) = r.namespace.as_deref().filter(|o| *o != ns) {
+        return Ok(Err(problem(ClusterRefError::OtherNamespace {
+            found: other.into(),
+            own: ns.into(),
+        })));
+    }
+    let ar = cluster_ref::rabbitmq_cluster_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+    let Some(cluster) = api.get_opt(&r.name).await? else {
+        // A kind that is not served answers 404 too: tell the two apart for the message.
+        let msg = if served(&ctx.client, &ar).await? {
+            format!(
+                "RabbitmqCluster {ns}/{} (spec.rabbitmq.clusterRef) not found; create it or fix the name (the operator looks again every 30 s)",
+                r.name
+            )
+        } else {
+            format!(
+                "spec.rabbitmq.clusterRef names a RabbitmqCluster ({}), which this cluster does not serve; install the RabbitMQ Cluster Operator, or use spec.rabbitmq.host",
+                ar.api_version
+            )
+        };
+        return Ok(Err(Problem::new(Reason::RabbitmqClusterNotFound, msg)));
+    };
+    let value = serde_json::to_value(&cluster).unwrap_or_default();
+    let secret = match cluster_ref::binding_secret(&value, ns) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(problem(e))),
+    };
+    let field = format!("status.binding of RabbitmqCluster {}", r.name);
+    let s = match get_secret(ctx, ns, &secret, &field).await? {
+        Ok(s) => s,
+        Err(p) => return Ok(Err(p)),
+    };
+    Ok(
+        cluster_ref::effective_rabbitmq(&value, &gw.spec.rabbitmq.vhost, &secret, &data_of(&s))
+            .map_err(problem),
+    )
 }
 
 /// What the referenced Secrets yield.

@@ -87,6 +87,10 @@ pub enum Reason {
     IngressClassNotFound,
     /// The child object is applied.
     Applied,
+    /// spec.rabbitmq.clusterRef names no RabbitmqCluster.
+    RabbitmqClusterNotFound,
+    /// The RabbitmqCluster has not published its default user or is not available.
+    RabbitmqClusterNotReady,
 }
 
 impl Reason {
@@ -119,6 +123,8 @@ impl Reason {
             Self::KindNotServed => "KindNotServed",
             Self::IngressClassNotFound => "IngressClassNotFound",
             Self::Applied => "Applied",
+            Self::RabbitmqClusterNotFound => "RabbitmqClusterNotFound",
+            Self::RabbitmqClusterNotReady => "RabbitmqClusterNotReady",
         }
     }
 }

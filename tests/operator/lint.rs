@@ -382,3 +382,28 @@ spec:
         );
     }
 }
+
+#[test]
+fn a_cluster_ref_excludes_host_and_secrets_and_stands_for_the_credentials() {
+    let doc = |rabbitmq: &str| {
+        format!(
+            "apiVersion: stompgate.io/v1alpha1\nkind: StompGateway\nmetadata: {{name: g, namespace: ns1}}\nspec:\n  auth: {{mode: ServiceUser}}\n  rabbitmq: {rabbitmq}\n"
+        )
+    };
+    let results = lint_docs(
+        &docs(&doc(
+            "{clusterRef: {name: r}, host: rabbitmq, credentialsSecretRef: {name: c}}",
+        )),
+        &[],
+    );
+    let findings = &results.first().expect("flagged").1;
+    assert!(
+        findings.iter().any(|f| f.path == "spec.rabbitmq"
+            && f.message
+                .contains("clusterRef takes the address, credentials and TLS")),
+        "{findings:?}"
+    );
+    // ServiceUser needs no credentialsSecretRef with a clusterRef: the default user serves.
+    let results = lint_docs(&docs(&doc("{clusterRef: {name: r}}")), &[]);
+    assert!(results.is_empty(), "{results:?}");
+}

@@ -10,6 +10,7 @@ mod support;
 
 mod apiserver;
 mod autoscaling;
+mod cluster_ref;
 mod controller;
 mod crd;
 mod exposure;

@@ -891,3 +891,27 @@ fn the_status_copies_the_hpa_view() {
     assert_eq!((st.current_replicas, st.desired_replicas), (0, 0));
     assert!(st.current_connections_per_pod.is_none());
 }
+
+#[test]
+fn render_fills_a_cluster_ref_with_the_cluster_operators_names() {
+    use stompgate::operator::cli::{Doc, render_docs};
+    let v = serde_json::json!({"apiVersion": "stompgate.io/v1alpha1", "kind": "StompGateway",
+        "metadata": {"name": "gw", "namespace": "apps"},
+        "spec": {"rabbitmq": {"clusterRef": {"name": "rabbit"}, "vhost": "chat"},
+                 "auth": {"mode": "ServiceUser"}}});
+    let out = render_docs(
+        &[Doc {
+            path: "x".into(),
+            index: 1,
+            value: v,
+        }],
+        "default",
+        "img:1",
+    )
+    .expect("render");
+    assert!(
+        out.contains("amqp-url: amqp://rabbit.apps.svc:5672/chat"),
+        "{out}"
+    );
+    assert!(out.contains("name: rabbit-default-user"), "{out}");
+}
