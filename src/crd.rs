@@ -62,6 +62,27 @@ pub const VERSION: &str = "v1alpha1";
         json_path = ".status.endpoints.external.webSocket"
     ),
     printcolumn(
+        name = "Conns/Pod",
+        type_ = "string",
+        description = "Average open client connections per gateway pod, as the HorizontalPodAutoscaler last read them (spec.autoscaling.targetConnectionsPerPod)",
+        json_path = ".status.autoscaling.currentConnectionsPerPod",
+        priority = 1
+    ),
+    printcolumn(
+        name = "HPA-Current",
+        type_ = "integer",
+        description = "Gateway pods the HorizontalPodAutoscaler sees (spec.autoscaling)",
+        json_path = ".status.autoscaling.currentReplicas",
+        priority = 1
+    ),
+    printcolumn(
+        name = "HPA-Desired",
+        type_ = "integer",
+        description = "Gateway pods the HorizontalPodAutoscaler wants (spec.autoscaling)",
+        json_path = ".status.autoscaling.desiredReplicas",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -69,7 +90,7 @@ pub const VERSION: &str = "v1alpha1";
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self.auth.mode != 'ServiceUser' || has(self.rabbitmq.credentialsSecretRef) || has(self.rabbitmq.uriSecretRef)")
+    validation = Rule::new("self.auth.mode != 'ServiceUser' || has(self.rabbitmq.credentialsSecretRef) || has(self.rabbitmq.uriSecretRef) || has(self.rabbitmq.clusterRef)")
         .message("spec.auth.mode ServiceUser needs broker credentials: set spec.rabbitmq.credentialsSecretRef (or put them in spec.rabbitmq.uriSecretRef)"),
     validation = Rule::new("!self.stomp.enabled || self.stomp.port != self.webSocket.port")
         .message("spec.stomp.port must differ from spec.webSocket.port; pick another port for plain STOMP"),
@@ -77,12 +98,14 @@ pub const VERSION: &str = "v1alpha1";
         .message("spec.auth.mode JWT needs spec.auth.jwt (jwksSecretRef or hs256SecretRef, issuer, audience)"),
     validation = Rule::new("!has(self.auth.jwt) || self.auth.mode == 'JWT'")
         .message("spec.auth.jwt is used only with spec.auth.mode JWT; set the mode or remove spec.auth.jwt"),
-    validation = Rule::new("self.auth.mode != 'JWT' || has(self.rabbitmq.credentialsSecretRef) || has(self.rabbitmq.uriSecretRef)")
+    validation = Rule::new("self.auth.mode != 'JWT' || has(self.rabbitmq.credentialsSecretRef) || has(self.rabbitmq.uriSecretRef) || has(self.rabbitmq.clusterRef)")
         .message("spec.auth.mode JWT needs the service user's broker credentials: set spec.rabbitmq.credentialsSecretRef (or put them in spec.rabbitmq.uriSecretRef)"),
     validation = Rule::new("!has(self.ingress) || (self.webSocket.path.startsWith(self.ingress.path) && (!self.webSocket.sockJs.enabled || self.webSocket.sockJs.path.startsWith(self.ingress.path)))")
         .message("spec.webSocket.path and spec.webSocket.sockJs.path must be under spec.ingress.path (the Ingress routes them as they are, without rewriting)"),
     validation = Rule::new("!has(self.route) || (self.webSocket.path.startsWith(self.route.path) && (!self.webSocket.sockJs.enabled || self.webSocket.sockJs.path.startsWith(self.route.path)))")
-        .message("spec.webSocket.path and spec.webSocket.sockJs.path must be under spec.route.path (the HTTPRoute routes them as they are, without rewriting)")
+        .message("spec.webSocket.path and spec.webSocket.sockJs.path must be under spec.route.path (the HTTPRoute routes them as they are, without rewriting)"),
+    validation = Rule::new("!has(self.autoscaling) || !has(self.replicas)")
+        .message("spec.replicas and spec.autoscaling exclude each other: the HorizontalPodAutoscaler sets the replica count; remove spec.replicas")
 )]
 pub struct StompGatewaySpec {
     /// Where the gateways and the operator connect.
@@ -145,6 +168,44 @@ pub struct StompGatewaySpec {
     /// A NetworkPolicy for the gateway pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<NetworkPolicySpec>,
+    /// An autoscaling/v2 HorizontalPodAutoscaler for the gateway pods; it, not the operator,
+    /// then sets the replica count (spec.replicas must be unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+}
+
+/// The gateway's HorizontalPodAutoscaler.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
+    .message("spec.autoscaling.minReplicas must not exceed spec.autoscaling.maxReplicas"))]
+pub struct AutoscalingSpec {
+    /// Fewest gateway pods.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Most gateway pods.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Average CPU utilization (percent of the CPU request) to keep; 80 when neither target is
+    /// set. The gateway container needs a CPU request (spec.podTemplate) for it to work.
+    #[serde(
+        default,
+        rename = "targetCPUUtilizationPercentage",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_cpu_utilization_percentage: Option<i32>,
+    /// Average open client connections per pod to keep: a Pods metric named
+    /// stompgate_connections (the gateway's gauge, summed over its transport label), which a
+    /// Prometheus adapter or KEDA must serve through the custom metrics API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub target_connections_per_pod: Option<i32>,
+}
+
+fn default_min_replicas() -> i32 {
+    1
 }
 
 /// The Ingress in front of the gateway.
@@ -429,9 +490,17 @@ fn default_drain_timeout() -> i32 {
 /// Broker connection.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.host) != has(self.uriSecretRef)")
-    .message("spec.rabbitmq needs exactly one of host or uriSecretRef; remove one of them"))]
+#[x_kube(
+    validation = Rule::new("has(self.clusterRef) || has(self.host) != has(self.uriSecretRef)")
+        .message("spec.rabbitmq needs exactly one of host or uriSecretRef (or clusterRef alone); remove one of them"),
+    validation = Rule::new("!has(self.clusterRef) || (!has(self.host) && !has(self.uriSecretRef) && !has(self.credentialsSecretRef) && !has(self.tls))")
+        .message("spec.rabbitmq.clusterRef takes the address, credentials and TLS from the RabbitmqCluster: remove host, uriSecretRef, credentialsSecretRef and tls")
+)]
 pub struct RabbitmqSpec {
+    /// A RabbitmqCluster of the RabbitMQ Cluster Operator (rabbitmq.com/v1beta1) instead of
+    /// host and Secrets: address, default user and TLS come from its status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_ref: Option<ClusterRef>,
     /// Broker host name, e.g. rabbitmq.messaging.svc.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
@@ -458,6 +527,19 @@ pub struct RabbitmqSpec {
     /// TLS to the broker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+}
+
+/// A RabbitmqCluster by name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ClusterRef {
+    /// RabbitmqCluster name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Its namespace; only the StompGateway's own is supported (the gateway pods read the
+    /// cluster's default-user Secret, which Kubernetes gives only to pods of its namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
 }
 
 fn default_amqp_port() -> i32 {
@@ -995,6 +1077,27 @@ pub struct StompGatewayStatus {
     /// What exists in RabbitMQ, and whether this StompGateway created it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology: Option<TopologyStatus>,
+    /// What the HorizontalPodAutoscaler of spec.autoscaling last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
+}
+
+/// The HorizontalPodAutoscaler's view, copied from its status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// Name of the HorizontalPodAutoscaler.
+    pub name: String,
+    /// Gateway pods it last saw.
+    #[serde(default)]
+    pub current_replicas: i32,
+    /// Gateway pods it last asked for.
+    #[serde(default)]
+    pub desired_replicas: i32,
+    /// Average open connections per pod it last read (a Kubernetes quantity; absent without
+    /// targetConnectionsPerPod or before the metric is served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_connections_per_pod: Option<String>,
 }
 
 /// In-cluster URLs.

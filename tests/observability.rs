@@ -215,6 +215,11 @@ fn referenced_metrics() -> BTreeMap<String, BTreeSet<String>> {
             ));
         }
     }
+    // The HPA of spec.autoscaling asks the custom metrics API for the gateway's gauge by name.
+    exprs.push((
+        "the HPA Pods metric of spec.autoscaling.targetConnectionsPerPod".into(),
+        stompgate::operator::resources::CONNECTIONS_METRIC.into(),
+    ));
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut bad = Vec::new();
     for (place, expr) in exprs {

@@ -197,6 +197,20 @@ pub fn render_docs(docs: &[Doc], namespace: &str, gateway_image: &str) -> Result
         if gw.metadata.namespace.is_none() {
             gw.metadata.namespace = Some(namespace.to_string());
         }
+        if let Some(r) = gw.spec.rabbitmq.cluster_ref.clone() {
+            // Offline there is no cluster status to read: the Cluster Operator's naming
+            // conventions stand in for it (what the controller reads may differ, e.g. TLS).
+            let ns = gw.metadata.namespace.clone().unwrap_or_default();
+            gw.spec.rabbitmq = crate::operator::cluster_ref::conventional_rabbitmq(
+                &r.name,
+                &ns,
+                &gw.spec.rabbitmq.vhost,
+            );
+            eprintln!(
+                "{} (document {}): spec.rabbitmq.clusterRef rendered with the RabbitMQ Cluster Operator's defaults (Service {}, Secret {}-default-user, no TLS); the operator reads the cluster's status instead",
+                d.path, d.index, r.name, r.name
+            );
+        }
         let children = resources::build(&gw, &inputs)?;
         for v in resources::to_values(&children).map_err(|e| CliError::Print(e.to_string()))? {
             out.push_str("---\n");

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use futures::TryStreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -405,6 +406,29 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
         return Ok(Action::requeue(resync(gw)));
     }
 
+    // spec.rabbitmq.clusterRef: the RabbitmqCluster's address and default user, as an
+    // ordinary spec.rabbitmq for everything below.
+    let resolved;
+    let gw = match &gw.spec.rabbitmq.cluster_ref {
+        None => gw,
+        Some(r) => match resolve_cluster_ref(gw, ctx, &ns, r).await? {
+            Ok(spec) => {
+                let mut g = gw.clone();
+                g.spec.rabbitmq = spec;
+                resolved = g;
+                &resolved
+            }
+            Err(p) => {
+                obs.blocked = Some(p);
+                obs.deployment = deployments.get_opt(&name).await?;
+                write_status(gw, ctx, &api, &obs).await?;
+                // Looked at again at the unhurried poll period: the cluster appears or becomes
+                // ready on its own time, and a retry storm would not hasten it.
+                return Ok(Action::requeue(ctx.settings.exposure_poll));
+            }
+        },
+    };
+
     // read referenced Secrets
     let secrets = match read_secrets(gw, ctx, &ns).await? {
         Ok(s) => s,
@@ -466,6 +490,11 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
         let gate = NamespaceGate::new(&ctx.client, &ns);
         match apply_exposure(ctx, &ns, gw, &children, &gate).await {
             Ok(c) => obs.exposure.extend(c),
+            Err(e) if going_away(&e) => return Err(e.into()),
+            Err(e) => return apply_failed(gw, ctx, &api, &deployments, &name, obs, e).await,
+        }
+        match apply_autoscaler(ctx, &ns, gw, &children, &gate).await {
+            Ok(a) => obs.autoscaling = Some(a),
             Err(e) if going_away(&e) => return Err(e.into()),
             Err(e) => return apply_failed(gw, ctx, &api, &deployments, &name, obs, e).await,
         }
@@ -774,6 +803,51 @@ async fn apply_exposure(
     Ok(conds)
 }
 
+/// `spec.autoscaling`: the HorizontalPodAutoscaler applied (and its view for the status), or
+/// removed with the field.
+async fn apply_autoscaler(
+    ctx: &Context,
+    ns: &str,
+    gw: &StompGateway,
+    c: &resources::Children,
+    gate: &NamespaceGate<'_>,
+) -> Result<Option<crate::crd::AutoscalingStatus>, kube::Error> {
+    let api = ns_api::<HorizontalPodAutoscaler>(ctx, ns);
+    let name = gw.name_any();
+    match &c.hpa {
+        Some(h) => Ok(apply_one(&api, h, gate, &ctx.own_writes)
+            .await?
+            .map(|live| autoscaling_status(&name, &live))),
+        None => {
+            if gw.status.as_ref().is_some_and(|s| s.autoscaling.is_some()) {
+                delete_ours(&api, &name).await?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// The HPA's view: replica counts and the connections metric it last read.
+pub fn autoscaling_status(
+    name: &str,
+    hpa: &HorizontalPodAutoscaler,
+) -> crate::crd::AutoscalingStatus {
+    let st = hpa.status.clone().unwrap_or_default();
+    let connections = st.current_metrics.iter().flatten().find_map(|m| {
+        m.pods
+            .as_ref()
+            .filter(|p| p.metric.name == resources::CONNECTIONS_METRIC)
+            .and_then(|p| p.current.average_value.as_ref())
+            .map(|q| q.0.clone())
+    });
+    crate::crd::AutoscalingStatus {
+        name: name.to_string(),
+        current_replicas: st.current_replicas.unwrap_or(0),
+        desired_replicas: st.desired_replicas,
+        current_connections_per_pod: connections,
+    }
+}
+
 /// Carries the exposure conditions of the last pass over to one that did not look at those
 /// children (paused: with reason Paused), so that what exists is still known (and removed
 /// when its field goes).
@@ -1007,6 +1081,63 @@ fn broker_problem(e: &TopologyError) -> Problem {
     Problem::new(reason, e.to_string())
 }
 
+/// `spec.rabbitmq.clusterRef` as a plain `spec.rabbitmq` (host, default-user Secret, TLS), or
+/// why the cluster cannot be used yet (`BrokerConnected=False` with that reason).
+async fn resolve_cluster_ref(
+    gw: &StompGateway,
+    ctx: &Context,
+    ns: &str,
+    r: &crate::crd::ClusterRef,
+) -> Result<Result<crate::crd::RabbitmqSpec, Problem>, Error> {
+    use super::cluster_ref::{self, ClusterRefError};
+    let problem = |e: ClusterRefError| {
+        let reason = match &e {
+            ClusterRefError::OtherNamespace { .. } => Reason::InvalidSpec,
+            ClusterRefError::NotReady { .. } => Reason::RabbitmqClusterNotReady,
+            ClusterRefError::MissingKey { .. } => Reason::SecretKeyMissing,
+            ClusterRefError::BadPort { .. } => Reason::SecretInvalid,
+        };
+        Problem::new(reason, e.to_string())
+    };
+    if let Some(other) = r.namespace.as_deref().filter(|o| *o != ns) {
+        return Ok(Err(problem(ClusterRefError::OtherNamespace {
+            found: other.into(),
+            own: ns.into(),
+        })));
+    }
+    let ar = cluster_ref::rabbitmq_cluster_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+    let Some(cluster) = api.get_opt(&r.name).await? else {
+        // A kind that is not served answers 404 too: tell the two apart for the message.
+        let msg = if served(&ctx.client, &ar).await? {
+            format!(
+                "RabbitmqCluster {ns}/{} (spec.rabbitmq.clusterRef) not found; create it or fix the name (the operator looks again every 30 s)",
+                r.name
+            )
+        } else {
+            format!(
+                "spec.rabbitmq.clusterRef names a RabbitmqCluster ({}), which this cluster does not serve; install the RabbitMQ Cluster Operator, or use spec.rabbitmq.host",
+                ar.api_version
+            )
+        };
+        return Ok(Err(Problem::new(Reason::RabbitmqClusterNotFound, msg)));
+    };
+    let value = serde_json::to_value(&cluster).unwrap_or_default();
+    let secret = match cluster_ref::binding_secret(&value, ns) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(problem(e))),
+    };
+    let field = format!("status.binding of RabbitmqCluster {}", r.name);
+    let s = match get_secret(ctx, ns, &secret, &field).await? {
+        Ok(s) => s,
+        Err(p) => return Ok(Err(p)),
+    };
+    Ok(
+        cluster_ref::effective_rabbitmq(&value, &gw.spec.rabbitmq.vhost, &secret, &data_of(&s))
+            .map_err(problem),
+    )
+}
+
 /// What the referenced Secrets yield.
 struct SecretInputs {
     target: BrokerTarget,
@@ -1208,7 +1339,7 @@ where
         {
             return Ok(Some(live));
         }
-        Some(_) => {}
+        Some(live) => hand_over_replicas(api, obj, &live).await?,
         None if gate.closed().await => return Ok(None),
         None => {}
     }
@@ -1223,6 +1354,46 @@ where
     own.record(&written);
     drop(writing);
     Ok(Some(written))
+}
+
+/// Field manager that keeps a Deployment's replica count when the operator stops setting it.
+pub const HANDOVER_MANAGER: &str = "stompgateway-operator-handover";
+
+/// Before an apply that no longer sets `spec.replicas` (autoscaling switched on) while the
+/// operator's earlier apply owns it: the API server would remove the field (the Deployment
+/// falls back to 1 pod) instead of leaving it to the autoscaler. A second manager first
+/// applies the live count, so the field stays, owned by it until the HPA changes it (as the
+/// Kubernetes docs' "transferring ownership" does).
+async fn hand_over_replicas<K>(api: &Api<K>, want: &K, live: &K) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let (Ok(w), Ok(l)) = (serde_json::to_value(want), serde_json::to_value(live)) else {
+        return Ok(());
+    };
+    let Some(replicas) = l.pointer("/spec/replicas") else {
+        return Ok(());
+    };
+    if w.pointer("/spec/replicas").is_some()
+        || w.pointer("/spec").is_none()
+        || !managed_fields::applies_field(live.meta(), FIELD_MANAGER, &["spec", "replicas"])
+    {
+        return Ok(());
+    }
+    let name = live.meta().name.clone().unwrap_or_default();
+    let patch = json!({
+        "apiVersion": w["apiVersion"], "kind": w["kind"],
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas},
+    });
+    api.patch(
+        &name,
+        &PatchParams::apply(HANDOVER_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    tracing::info!(%name, %replicas, "the replica count is left to the autoscaler");
+    Ok(())
 }
 
 fn ns_api<K>(ctx: &Context, ns: &str) -> Api<K>
@@ -1740,6 +1911,12 @@ pub async fn run(
         ))
         .owns_stream(children(
             api::<PartialObjectMeta<NetworkPolicy>>(&client, &namespace),
+            owned.clone(),
+            own.clone(),
+        ))
+        // Its status changes too: status.autoscaling follows them.
+        .owns_stream(children(
+            api::<PartialObjectMeta<HorizontalPodAutoscaler>>(&client, &namespace),
             owned,
             own.clone(),
         ))

@@ -64,6 +64,22 @@ pub fn fold_status_updates(meta: &ObjectMeta, manager: &str) -> Option<Vec<Manag
     Some(out)
 }
 
+/// Whether `manager` owns the field at `path` (e.g. `["spec", "replicas"]`) of the main
+/// resource through an `Apply` entry: if its next apply leaves the field out, the API server
+/// removes it unless another manager owns it too.
+pub fn applies_field(meta: &ObjectMeta, manager: &str, path: &[&str]) -> bool {
+    meta.managed_fields.iter().flatten().any(|e| {
+        e.manager.as_deref() == Some(manager)
+            && e.operation.as_deref() == Some("Apply")
+            && e.subresource.as_deref().unwrap_or_default().is_empty()
+            && e.fields_v1.as_ref().is_some_and(|f| {
+                path.iter()
+                    .try_fold(&f.0, |v, k| v.get(format!("f:{k}")))
+                    .is_some()
+            })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +127,23 @@ mod tests {
         let out = fold_status_updates(&m, "op").expect("folded");
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].operation.as_deref(), Some("Apply"));
+    }
+
+    #[test]
+    fn applies_field_reads_the_apply_entry_of_the_main_resource() {
+        let meta: ObjectMeta = serde_json::from_value(json!({"managedFields": [
+            {"manager": "op", "operation": "Apply", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {}}}},
+            {"manager": "hpa", "operation": "Update", "subresource": "scale", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+            {"manager": "st", "operation": "Apply", "subresource": "status", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+        ]}))
+        .expect("meta");
+        assert!(applies_field(&meta, "op", &["spec", "replicas"]));
+        assert!(!applies_field(&meta, "op", &["spec", "paused"]));
+        assert!(!applies_field(&meta, "hpa", &["spec", "replicas"]));
+        assert!(!applies_field(&meta, "st", &["spec", "replicas"]));
+        assert!(!applies_field(&ObjectMeta::default(), "op", &["spec"]));
     }
 }

@@ -4,6 +4,7 @@
 //! It is a plain kube-rs client: `KUBECONFIG` or the in-cluster service account.
 
 pub mod cli;
+pub mod cluster_ref;
 pub mod controller;
 pub mod leader;
 pub mod listener;

@@ -87,6 +87,10 @@ pub enum Reason {
     IngressClassNotFound,
     /// The child object is applied.
     Applied,
+    /// spec.rabbitmq.clusterRef names no RabbitmqCluster.
+    RabbitmqClusterNotFound,
+    /// The RabbitmqCluster has not published its default user or is not available.
+    RabbitmqClusterNotReady,
 }
 
 impl Reason {
@@ -119,6 +123,8 @@ impl Reason {
             Self::KindNotServed => "KindNotServed",
             Self::IngressClassNotFound => "IngressClassNotFound",
             Self::Applied => "Applied",
+            Self::RabbitmqClusterNotFound => "RabbitmqClusterNotFound",
+            Self::RabbitmqClusterNotReady => "RabbitmqClusterNotReady",
         }
     }
 }
@@ -230,6 +236,9 @@ pub struct Observation {
     pub selector: String,
     /// IngressReady, RouteReady, CertificateReady: one per configured exposure child.
     pub exposure: Vec<Cond>,
+    /// status.autoscaling: None = not looked at (the last value stays), Some(None) = no
+    /// autoscaling, Some(Some(_)) = the HPA's view.
+    pub autoscaling: Option<Option<crate::crd::AutoscalingStatus>>,
 }
 
 /// How far the gateway Deployment's rollout is, by kstatus's rules for Deployments
@@ -547,6 +556,10 @@ pub fn build(prev: Option<&StompGatewayStatus>, obs: &Observation) -> StompGatew
             .ledger
             .clone()
             .or_else(|| prev.and_then(|p| p.topology.clone())),
+        autoscaling: match &obs.autoscaling {
+            Some(a) => a.clone(),
+            None => prev.and_then(|p| p.autoscaling.clone()),
+        },
     }
 }
 

@@ -236,7 +236,31 @@ fn crd_does_not_panic_and_names_are_right() {
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(cols, ["Ready", "Replicas", "Endpoint", "External", "Age"]);
+    assert_eq!(
+        cols,
+        [
+            "Ready",
+            "Replicas",
+            "Endpoint",
+            "External",
+            "Conns/Pod",
+            "HPA-Current",
+            "HPA-Desired",
+            "Age"
+        ]
+    );
+    // The autoscaling columns are for `-o wide` only.
+    for c in v.additional_printer_columns.iter().flatten() {
+        let wide = c.name.starts_with("HPA-") || c.name == "Conns/Pod";
+        assert_eq!(c.priority, wide.then_some(1), "{}", c.name);
+        if wide {
+            assert!(
+                c.json_path.starts_with(".status.autoscaling."),
+                "{}",
+                c.json_path
+            );
+        }
+    }
 }
 
 #[test]

@@ -342,6 +342,30 @@ spec:
             "spec.networkPolicy.broker[0]",
             "need podSelector, namespaceSelector or ipBlock",
         ),
+        (
+            "autoscaling-min-above-max",
+            "autoscaling: {minReplicas: 5, maxReplicas: 2}",
+            "spec.autoscaling",
+            "minReplicas must not exceed spec.autoscaling.maxReplicas",
+        ),
+        (
+            "autoscaling-and-replicas",
+            "replicas: 3\n  autoscaling: {maxReplicas: 4}",
+            "spec",
+            "spec.replicas and spec.autoscaling exclude each other",
+        ),
+        (
+            "autoscaling-no-max",
+            "autoscaling: {minReplicas: 2}",
+            "spec.autoscaling.maxReplicas",
+            "required",
+        ),
+        (
+            "autoscaling-zero-connections",
+            "autoscaling: {maxReplicas: 4, targetConnectionsPerPod: 0}",
+            "spec.autoscaling.targetConnectionsPerPod",
+            "minimum",
+        ),
     ];
     for (name, extra, path, text) in cases {
         let yaml = format!("{}  {extra}\n", base.replace("NAME", name));
@@ -357,4 +381,29 @@ spec:
             "{name}: wanted {path}: ...{text}..., got {findings:?}"
         );
     }
+}
+
+#[test]
+fn a_cluster_ref_excludes_host_and_secrets_and_stands_for_the_credentials() {
+    let doc = |rabbitmq: &str| {
+        format!(
+            "apiVersion: stompgate.io/v1alpha1\nkind: StompGateway\nmetadata: {{name: g, namespace: ns1}}\nspec:\n  auth: {{mode: ServiceUser}}\n  rabbitmq: {rabbitmq}\n"
+        )
+    };
+    let results = lint_docs(
+        &docs(&doc(
+            "{clusterRef: {name: r}, host: rabbitmq, credentialsSecretRef: {name: c}}",
+        )),
+        &[],
+    );
+    let findings = &results.first().expect("flagged").1;
+    assert!(
+        findings.iter().any(|f| f.path == "spec.rabbitmq"
+            && f.message
+                .contains("clusterRef takes the address, credentials and TLS")),
+        "{findings:?}"
+    );
+    // ServiceUser needs no credentialsSecretRef with a clusterRef: the default user serves.
+    let results = lint_docs(&docs(&doc("{clusterRef: {name: r}}")), &[]);
+    assert!(results.is_empty(), "{results:?}");
 }

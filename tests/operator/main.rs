@@ -9,6 +9,8 @@ mod proxy;
 mod support;
 
 mod apiserver;
+mod autoscaling;
+mod cluster_ref;
 mod controller;
 mod crd;
 mod exposure;

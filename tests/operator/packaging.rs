@@ -414,6 +414,14 @@ fn roles_have_no_wildcards_and_secrets_are_read_only() {
             "networkpolicies",
             &["get", "list", "watch", "create", "patch", "delete"],
         ),
+        // spec.autoscaling: applied, watched, removed with its field.
+        (
+            "autoscaling",
+            "horizontalpodautoscalers",
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        // spec.rabbitmq.clusterRef: the cluster's status (not watched).
+        ("rabbitmq.com", "rabbitmqclusters", &["get"]),
         // Does spec.ingress.className exist?
         ("networking.k8s.io", "ingressclasses", &["get"]),
         // spec.route and spec.tls.issuerRef: not watched (the kinds may not be served).
@@ -486,6 +494,7 @@ fn roles_have_no_wildcards_and_secrets_are_read_only() {
                         "configmaps",
                         "ingresses",
                         "networkpolicies",
+                        "horizontalpodautoscalers",
                         "httproutes",
                         "certificates"
                     ]

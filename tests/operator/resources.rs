@@ -704,6 +704,7 @@ fn without_the_new_fields_nothing_new_is_built() {
     let c = build(&gw, &inputs()).expect("build");
     assert!(c.ingress.is_none() && c.route.is_none());
     assert!(c.certificate.is_none() && c.network_policy.is_none());
+    assert!(c.hpa.is_none());
     let ep = resources::endpoints(&gw);
     assert!(ep.web_socket.starts_with("ws://") && ep.external.is_none());
 }
@@ -784,4 +785,133 @@ fn render_quotes_strings_a_yaml_1_1_reader_would_take_for_booleans() {
             "{quoted}"
         );
     }
+}
+
+fn autoscaled(a: serde_json::Value) -> stompgate::crd::StompGateway {
+    let mut gw = gateway(&fixture("minimal.yaml"));
+    gw.spec.replicas = None;
+    gw.spec.autoscaling = Some(serde_json::from_value(a).expect("autoscaling"));
+    gw
+}
+
+#[test]
+fn autoscaling_builds_an_hpa_on_the_deployment_and_leaves_replicas_out() {
+    let gw = autoscaled(serde_json::json!({"minReplicas": 2, "maxReplicas": 10,
+        "targetCPUUtilizationPercentage": 60, "targetConnectionsPerPod": 2000}));
+    let c = build(&gw, &inputs()).expect("build");
+    assert_eq!(c.deployment.spec.as_ref().and_then(|s| s.replicas), None);
+    let hpa = c.hpa.as_ref().expect("hpa");
+    assert_eq!(hpa.metadata.name.as_deref(), Some("gw"));
+    assert_eq!(
+        hpa.metadata.owner_references.as_ref().expect("owner")[0].kind,
+        "StompGateway"
+    );
+    assert!(
+        hpa.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(resources::APPLIED_HASH_ANNOTATION))
+    );
+    assert_eq!(
+        value(&hpa.spec),
+        serde_json::json!({
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gw"},
+            "minReplicas": 2, "maxReplicas": 10,
+            "metrics": [
+                {"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 60}}},
+                {"type": "Pods", "pods": {"metric": {"name": "stompgate_connections"},
+                    "target": {"type": "AverageValue", "averageValue": "2000"}}}
+            ]
+        })
+    );
+    // render lists it after the Deployment's companions.
+    let kinds: Vec<String> = resources::to_values(&c)
+        .expect("values")
+        .iter()
+        .map(|v| v["kind"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        kinds.contains(&"HorizontalPodAutoscaler".to_string()),
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn autoscaling_targets_cpu_80_when_none_is_named_and_connections_alone_when_only_they_are() {
+    let c = build(
+        &autoscaled(serde_json::json!({"maxReplicas": 3})),
+        &inputs(),
+    )
+    .expect("build");
+    let spec = value(&c.hpa.expect("hpa").spec);
+    assert_eq!(spec["minReplicas"], 1);
+    assert_eq!(
+        spec["metrics"],
+        serde_json::json!([{"type": "Resource", "resource": {"name": "cpu",
+            "target": {"type": "Utilization", "averageUtilization": 80}}}])
+    );
+    let c = build(
+        &autoscaled(serde_json::json!({"maxReplicas": 3, "targetConnectionsPerPod": 700})),
+        &inputs(),
+    )
+    .expect("build");
+    let spec = value(&c.hpa.expect("hpa").spec);
+    assert_eq!(spec["metrics"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        spec["metrics"][0]["pods"]["metric"]["name"],
+        resources::CONNECTIONS_METRIC
+    );
+}
+
+#[test]
+fn the_status_copies_the_hpa_view() {
+    let hpa: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "gw"},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "gw"}, "maxReplicas": 4},
+            "status": {"currentReplicas": 2, "desiredReplicas": 3, "currentMetrics": [
+                {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 40}}},
+                {"type": "Pods", "pods": {"metric": {"name": "stompgate_connections"},
+                                          "current": {"averageValue": "1500m"}}}]}
+        }))
+        .expect("hpa");
+    let st = stompgate::operator::controller::autoscaling_status("gw", &hpa);
+    assert_eq!(
+        value(&st),
+        serde_json::json!({"name": "gw", "currentReplicas": 2, "desiredReplicas": 3,
+                           "currentConnectionsPerPod": "1500m"})
+    );
+    // Before the HPA's first pass: zeros, no figure.
+    let fresh: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "gw"},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "gw"}, "maxReplicas": 4}}))
+        .expect("hpa");
+    let st = stompgate::operator::controller::autoscaling_status("gw", &fresh);
+    assert_eq!((st.current_replicas, st.desired_replicas), (0, 0));
+    assert!(st.current_connections_per_pod.is_none());
+}
+
+#[test]
+fn render_fills_a_cluster_ref_with_the_cluster_operators_names() {
+    use stompgate::operator::cli::{Doc, render_docs};
+    let v = serde_json::json!({"apiVersion": "stompgate.io/v1alpha1", "kind": "StompGateway",
+        "metadata": {"name": "gw", "namespace": "apps"},
+        "spec": {"rabbitmq": {"clusterRef": {"name": "rabbit"}, "vhost": "chat"},
+                 "auth": {"mode": "ServiceUser"}}});
+    let out = render_docs(
+        &[Doc {
+            path: "x".into(),
+            index: 1,
+            value: v,
+        }],
+        "default",
+        "img:1",
+    )
+    .expect("render");
+    assert!(
+        out.contains("amqp-url: amqp://rabbit.apps.svc:5672/chat"),
+        "{out}"
+    );
+    assert!(out.contains("name: rabbit-default-user"), "{out}");
 }

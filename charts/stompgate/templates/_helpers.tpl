@@ -65,6 +65,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses", "networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# spec.autoscaling: the HorizontalPodAutoscaler, applied, watched, removed with its field.
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# spec.rabbitmq.clusterRef: the RabbitmqCluster's status (read each reconcile, not watched);
+# its default-user Secret is read with the Secret rule below.
+- apiGroups: ["rabbitmq.com"]
+  resources: ["rabbitmqclusters"]
+  verbs: ["get"]
 # Whether spec.ingress.className exists (cluster-scoped: not granted by a Role, then unchecked).
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingressclasses"]

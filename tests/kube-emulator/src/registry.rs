@@ -36,6 +36,8 @@ pub enum Builtin {
     IngressClass,
     /// networking.k8s.io/v1 NetworkPolicy (stored and validated; nothing enforces it).
     NetworkPolicy,
+    /// autoscaling/v2 HorizontalPodAutoscaler (stored; no controller: a test plays the HPA).
+    Hpa,
 }
 
 /// The scale subresource's paths.
@@ -218,6 +220,7 @@ fn builtin(
         Builtin::Crd => (true, None, true, &["api-extensions"]),
         Builtin::Ingress => (true, None, true, &[]),
         Builtin::IngressClass | Builtin::NetworkPolicy => (false, None, true, &[]),
+        Builtin::Hpa => (true, None, true, &["all"]),
         _ => (false, None, false, &[]),
     };
     ResourceDef {
@@ -346,6 +349,15 @@ pub fn builtins() -> Vec<ResourceDef> {
             true,
             &["netpol"],
             NetworkPolicy,
+        ),
+        builtin(
+            "autoscaling",
+            "v2",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            true,
+            &["hpa"],
+            Hpa,
         ),
     ]
 }

@@ -264,6 +264,21 @@ pub fn columns(res: &ResourceDef, version: &str) -> Vec<Value> {
             ),
             age_col,
         ],
+        // kubectl's columns, less the metric targets (only read by people).
+        Some(Builtin::Hpa) => vec![
+            name,
+            col(
+                "Reference",
+                "string",
+                "",
+                0,
+                "The scale target (kind/name).",
+            ),
+            col("MinPods", "string", "", 0, "Lower limit of replicas."),
+            col("MaxPods", "string", "", 0, "Upper limit of replicas."),
+            col("Replicas", "string", "", 0, "Current replicas."),
+            age_col,
+        ],
     }
 }
 
@@ -502,6 +517,27 @@ pub fn cells(res: &ResourceDef, version: &str, v: &Value) -> Vec<Value> {
                 .filter(|x| !x.is_empty())
                 .unwrap_or_else(|| "<none>".into());
             vec![name, json!(sel), age(v)]
+        }
+        Some(Builtin::Hpa) => {
+            let target = format!(
+                "{}/{}",
+                s(v, "/spec/scaleTargetRef/kind"),
+                s(v, "/spec/scaleTargetRef/name")
+            );
+            let num = |p: &str| {
+                v.pointer(p)
+                    .and_then(Value::as_i64)
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "<unset>".into())
+            };
+            vec![
+                name,
+                json!(target),
+                json!(num("/spec/minReplicas")),
+                json!(num("/spec/maxReplicas")),
+                json!(num("/status/currentReplicas")),
+                age(v),
+            ]
         }
     }
 }
