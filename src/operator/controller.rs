@@ -350,16 +350,26 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
     // apply first, or the ledger's dropped items would wedge every status write.
     let repaired;
     let gw = match managed_fields::fold_status_updates(&gw.metadata, FIELD_MANAGER) {
-        Some(entries) => {
-            let patch = json!({"metadata": {"managedFields": entries,
-                                            "resourceVersion": gw.resource_version()}});
-            let pp = PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PatchParams::default()
+        Some(_) => {
+            // The cache keeps only the operator's own entries (`trim_for_cache`): fold them
+            // on the object as stored, or the patch would drop every other manager's.
+            let stored = api.get(&name).await?;
+            ctx.note_version(&stored);
+            repaired = match managed_fields::fold_status_updates(&stored.metadata, FIELD_MANAGER) {
+                Some(entries) => {
+                    let patch = json!({"metadata": {"managedFields": entries,
+                                                    "resourceVersion": stored.resource_version()}});
+                    let pp = PatchParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..PatchParams::default()
+                    };
+                    let patched = api.patch(&name, &pp, &Patch::Merge(&patch)).await?;
+                    ctx.note_version(&patched);
+                    tracing::info!(%ns, %name, "status ownership of an older operator version moved to its apply");
+                    patched
+                }
+                None => stored,
             };
-            repaired = api.patch(&name, &pp, &Patch::Merge(&patch)).await?;
-            ctx.note_version(&repaired);
-            tracing::info!(%ns, %name, "status ownership of an older operator version moved to its apply");
             &repaired
         }
         None => gw,
@@ -1772,6 +1782,23 @@ async fn report_unreadable(invalid: &InvalidObject, ctx: &Context) -> Result<(),
     Ok(())
 }
 
+/// What the controller's cache keeps of an object's managedFields: only the operator's own
+/// `Update` entries, which a reconcile folds into its `Apply` entry (see `managed_fields`).
+/// Every other entry is never read, and at a thousand StompGateways they are a large share
+/// of the cache.
+fn trim_for_cache(g: &mut Guarded) {
+    if let Ok(gw) = &mut g.0
+        && let Some(entries) = &mut gw.metadata.managed_fields
+    {
+        entries.retain(|e| {
+            e.manager.as_deref() == Some(FIELD_MANAGER) && e.operation.as_deref() == Some("Update")
+        });
+        if entries.is_empty() {
+            gw.metadata.managed_fields = None;
+        }
+    }
+}
+
 /// Maps a Secret event to the StompGateways (from the controller's cache) that reference it.
 fn gateways_for_secret(
     store: &kube::runtime::reflector::Store<Guarded>,
@@ -1839,7 +1866,8 @@ pub async fn run(
     let (reader, writer) = reflector::store();
     let gateways = reflector(
         writer,
-        watcher(gws, watcher::Config::default().any_semantic().page_size(50)),
+        watcher(gws, watcher::Config::default().any_semantic().page_size(50))
+            .modify(trim_for_cache),
     )
     .applied_objects()
     .predicate_filter(
