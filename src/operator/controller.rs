@@ -1644,9 +1644,11 @@ async fn cleanup(
             }
         }
     };
-    // One attempt may not outlive the deadline either (a broker that never answers).
+    // One attempt may not outlive the deadline either (a broker that never answers), but an
+    // object first reached after its deadline (a long queue behind a slow API server) still
+    // gets one real attempt: a token one would leave its exchanges behind for nothing.
     let attempt: Result<Vec<String>, Problem> =
-        match tokio::time::timeout(time_left.max(Duration::from_millis(100)), attempt).await {
+        match tokio::time::timeout(time_left.max(LAST_CLEANUP_ATTEMPT), attempt).await {
             Ok(r) => r,
             Err(_) => Err(Problem::new(
                 Reason::BrokerUnreachable,
@@ -1781,6 +1783,9 @@ async fn report_unreadable(invalid: &InvalidObject, ctx: &Context) -> Result<(),
     apply_status(&api, name, &current).await?;
     Ok(())
 }
+
+/// The least time a broker cleanup gets, even past the finalizer deadline.
+const LAST_CLEANUP_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// What the controller's cache keeps of an object's managedFields: only the operator's own
 /// `Update` entries, which a reconcile folds into its `Apply` entry (see `managed_fields`).
