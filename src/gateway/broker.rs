@@ -485,7 +485,7 @@ impl Broker {
                 let events = conn.events_listener();
                 let broker = self.clone();
                 tokio::spawn(async move {
-                    watch_connection(events, metrics, lost, closing).await;
+                    watch_connection(events, &broker, metrics, lost, closing).await;
                     // Probe now: /readyz should not wait for the next tick to turn 503.
                     broker.inner.health.recheck.notify_one();
                 });
@@ -521,6 +521,11 @@ impl Broker {
                 let failure = to_failure(e);
                 if refused {
                     self.set_channel_trouble(Some(failure.text.trim_end().to_string()));
+                } else {
+                    // The connection ended under the open: its watcher reads RabbitMQ's
+                    // reason (and marks a channel refusal for /readyz) before it cancels
+                    // `lost`; answer the session after that.
+                    let _ = tokio::time::timeout(LOST_VERDICT_WAIT, pooled.lost.cancelled()).await;
                 }
                 Err(failure)
             }
@@ -663,10 +668,17 @@ impl Broker {
     }
 }
 
+/// Whether a connection error is RabbitMQ refusing channels (`530 NOT_ALLOWED`).
+fn refuses_channels(e: &lapin::Error) -> bool {
+    matches!(e.kind(), ErrorKind::ProtocolError(amqp)
+        if amqp.kind() == &lapin::protocol::AMQPErrorKind::Hard(lapin::protocol::AMQPHardError::NOTALLOWED))
+}
+
 /// Cancels `lost` when the connection fails (or its event stream ends: the connection is
 /// gone either way).
 async fn watch_connection(
     events: impl futures::Stream<Item = lapin::Event> + Send + 'static,
+    broker: &Broker,
     metrics: GatewayMetrics,
     lost: CancellationToken,
     closing: Arc<AtomicBool>,
@@ -686,11 +698,19 @@ async fn watch_connection(
             tracing::warn!(error = %describe_error(&e), "AMQP connection lost");
             metrics.broker_connection_errors.inc();
         }
+        // RabbitMQ refusing a channel open can close the whole connection (NOT_ALLOWED,
+        // e.g. a per-user channel limit): readiness learns it before the sessions do (see
+        // `open_reserved`), whichever of lapin's futures saw the error first.
+        if refuses_channels(&e) {
+            broker.set_channel_trouble(Some(describe_error(&e)));
+        }
         break;
     }
     lost.cancel();
 }
 
+/// How long a failed channel open waits for its connection's watcher to report the loss.
+const LOST_VERDICT_WAIT: Duration = Duration::from_secs(2);
 /// Connect timeout while the monitor reports RabbitMQ down.
 const DOWN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// AMQP heart-beat interval asked for when the URL sets none.
