@@ -309,9 +309,11 @@ pub struct SessionChannel {
     /// The other connections for the same credentials (for shared-queue channels).
     slot: PoolSlot,
     confirms_enabled: bool,
-    /// (exchange, routing key) pairs this channel has published to with the broker's
-    /// confirm; see [`SessionChannel::publish`].
-    confirmed_routes: HashSet<(String, String)>,
+    /// Routing keys, by exchange, this channel has published to with the broker's confirm;
+    /// see [`SessionChannel::publish`].
+    confirmed_routes: HashMap<String, HashSet<String>>,
+    /// Routes in `confirmed_routes`.
+    confirmed_route_count: usize,
     broker: Broker,
 }
 
@@ -409,7 +411,8 @@ impl Broker {
             pooled,
             slot,
             confirms_enabled: false,
-            confirmed_routes: HashSet::new(),
+            confirmed_routes: HashMap::new(),
+            confirmed_route_count: 0,
             broker: self.clone(),
         })
     }

@@ -45,7 +45,8 @@ impl SessionChannel {
             pooled,
             slot: self.slot.clone(),
             confirms_enabled: false,
-            confirmed_routes: HashSet::new(),
+            confirmed_routes: HashMap::new(),
+            confirmed_route_count: 0,
             broker: self.broker.clone(),
         };
         sibling.channel().await?;
@@ -206,20 +207,27 @@ impl SessionChannel {
             .await
             .map_err(to_failure)?;
         self.confirms_enabled = true;
-        let route = (
-            request.route.exchange.clone(),
-            request.route.routing_key.clone(),
-        );
-        if route.0.is_empty() || self.confirmed_routes.contains(&route) {
+        let (exchange, key) = (&request.route.exchange, &request.route.routing_key);
+        // Looked up by reference: this runs for every SEND.
+        let confirmed = self
+            .confirmed_routes
+            .get(exchange.as_str())
+            .is_some_and(|keys| keys.contains(key.as_str()));
+        if exchange.is_empty() || confirmed {
             return Ok(futures::FutureExt::boxed(confirm));
         }
         let confirmation = confirm.await;
         if confirmation.is_ok() {
             // Bounded: a client that publishes to ever new keys pays a round trip each time.
-            if self.confirmed_routes.len() >= MAX_CONFIRMED_ROUTES {
+            if self.confirmed_route_count >= MAX_CONFIRMED_ROUTES {
                 self.confirmed_routes.clear();
+                self.confirmed_route_count = 0;
             }
-            self.confirmed_routes.insert(route);
+            self.confirmed_routes
+                .entry(exchange.clone())
+                .or_default()
+                .insert(key.clone());
+            self.confirmed_route_count += 1;
         }
         Ok(futures::FutureExt::boxed(futures::future::ready(
             confirmation,
