@@ -355,16 +355,7 @@ async fn namespace_deleted_with_the_broker_up_removes_the_owned_topology() {
 
     // The namespace goes: its Secret is deleted with everything else, before the finalizer runs.
     op.step("namespace deleted");
-    let t0 = Instant::now();
-    op.delete(&format!("/api/v1/namespaces/{ns}"));
-    wait_for("the namespace is gone", 30, || {
-        op.emu
-            .get(&format!("/api/v1/namespaces/{ns}"))
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    let took = t0.elapsed();
+    let took = op.delete_namespace(ns).await;
     assert!(
         took < Duration::from_secs(10),
         "cleanup with the broker up is immediate, not the 30 s bound: {took:?}"
@@ -473,16 +464,7 @@ async fn deletion_with_the_broker_gone_completes_at_the_cleanup_bound() {
     let exchange = converged_with_owned_topology(&op, ns, proxy.port(), &q).await;
     op.step("broker stops; namespace deleted");
     proxy.stop();
-    let t0 = Instant::now();
-    op.delete(&format!("/api/v1/namespaces/{ns}"));
-    wait_for("the namespace is gone", 30, || {
-        op.emu
-            .get(&format!("/api/v1/namespaces/{ns}"))
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    let took = t0.elapsed();
+    let took = op.delete_namespace(ns).await;
     assert!(
         took >= bound - Duration::from_millis(1100) && took < bound + Duration::from_secs(3),
         "namespace deletion took {took:?}; the bound is {bound:?}"

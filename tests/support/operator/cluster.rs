@@ -134,6 +134,19 @@ impl Op {
         assert!(code == 200 || code == 202, "DELETE {path}: {code} {body}");
     }
 
+    /// Deletes namespace `ns` and waits (up to 30 s) until the API server no longer has it;
+    /// returns how long that took from the DELETE.
+    pub async fn delete_namespace(&self, ns: &str) -> Duration {
+        let path = format!("/api/v1/namespaces/{ns}");
+        let t0 = Instant::now();
+        self.delete(&path);
+        wait_for("the namespace is gone", 30, || {
+            self.emu.get(&path).is_none().then_some(())
+        })
+        .await;
+        t0.elapsed()
+    }
+
     /// JSON merge patch, asserting 200.
     pub fn merge_patch(&self, path: &str, patch: Value) -> Value {
         let (code, body) = self.emu.call("PATCH", path, Some(&patch));
