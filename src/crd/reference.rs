@@ -4,7 +4,7 @@
 //! checked-in file differs.
 //!
 //! It reads only the CustomResourceDefinition (as JSON), so a new field, default, enum value or
-//! CEL rule in `crd.rs` shows up here without touching this file.
+//! CEL rule in `src/crd/` shows up here without touching this file.
 
 use kube::CustomResourceExt;
 use serde_json::Value;
@@ -43,7 +43,7 @@ pub fn markdown_for(crd: &Value) -> Result<String, ReferenceError> {
     let mut out = String::new();
     out.push_str(&format!("# {kind} API reference\n\n"));
     out.push_str(&format!(
-        "<!-- Generated from the CRD schema (src/crd.rs) by `{REGENERATE}`.\n     \
+        "<!-- Generated from the CRD schema (src/crd/) by `{REGENERATE}`.\n     \
          Do not edit: tests/docs.rs fails when this file is out of date. -->\n\n"
     ));
     let short = list_of(&names["shortNames"]);
