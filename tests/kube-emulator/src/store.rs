@@ -149,10 +149,11 @@ pub struct State {
     pub server_address: String,
     /// The pod-template-hash each Deployment (by uid) last rolled out.
     pub deployment_hashes: HashMap<String, String>,
-    /// Deployments (by uid) whose last sync changed nothing, with the resourceVersions
-    /// (Deployment and its Pods) it saw and the time it asked to be woken at, if any: skipped
-    /// until one of those versions changes or that time comes.
-    pub deployment_settled: HashMap<String, (String, Option<std::time::Instant>)>,
+    /// Deployments (by uid) whose last sync changed nothing, with the time it asked to be
+    /// woken at, if any: skipped until they or their Pods change or that time comes.
+    pub deployment_settled: HashMap<String, Option<std::time::Instant>>,
+    /// Deployments (by uid) changed, or whose Pods changed, since the controller's last pass.
+    pub deployment_dirty: std::collections::HashSet<String>,
     /// When time alone may next change a Deployment's status (None: only changes will).
     pub deployment_wakeup: Option<std::time::Instant>,
     /// Controllers switched off (kube-controller-manager's `--controllers=-name`).
@@ -200,6 +201,7 @@ impl State {
             server_address: String::new(),
             deployment_hashes: HashMap::new(),
             deployment_settled: HashMap::new(),
+            deployment_dirty: Default::default(),
             deployment_wakeup: None,
             controllers_off: Default::default(),
             owner_reference_rules: None,
@@ -278,6 +280,7 @@ impl State {
             prev.as_ref(),
             (kind != ChangeKind::Deleted).then_some(&obj),
         );
+        self.mark_deployments(&storage, kind, prev.as_ref(), &obj);
         if let Some(uid) = meta_str(&obj, "uid") {
             if kind == ChangeKind::Deleted {
                 self.uids.remove(uid);
@@ -348,6 +351,42 @@ impl State {
                     .or_default()
                     .insert(entry());
             }
+        }
+    }
+
+    /// Marks the Deployments a change concerns for the Deployment controller: a Deployment
+    /// itself, or the controllers of a Pod before and after. A deleted Deployment is forgotten.
+    fn mark_deployments(
+        &mut self,
+        storage: &StorageKey,
+        kind: ChangeKind,
+        old: Option<&Value>,
+        new: &Value,
+    ) {
+        match (storage.0.as_str(), storage.1.as_str()) {
+            ("apps", "deployments") => {
+                let uid = meta_str(new, "uid").unwrap_or("").to_string();
+                if kind == ChangeKind::Deleted {
+                    self.deployment_hashes.remove(&uid);
+                    self.deployment_settled.remove(&uid);
+                    self.deployment_dirty.remove(&uid);
+                } else {
+                    self.deployment_dirty.insert(uid);
+                }
+            }
+            ("", "pods") => {
+                for pod in old.into_iter().chain([new]) {
+                    let controller = pod
+                        .pointer("/metadata/ownerReferences")
+                        .and_then(Value::as_array)
+                        .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+                        .and_then(|r| r["uid"].as_str());
+                    if let Some(uid) = controller {
+                        self.deployment_dirty.insert(uid.to_string());
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
