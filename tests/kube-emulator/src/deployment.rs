@@ -134,24 +134,31 @@ struct Pods {
     old: Vec<Value>,
 }
 
-/// Live pods by the uid of their controlling owner, in one scan of the pods.
-/// The live Pods controlled by the Deployments in `owners`, by owner uid.
+/// The live Pods controlled by the Deployments in `owners`, by owner uid: read through the
+/// store's index of dependents by owner, not by a scan of every Pod.
 fn pods_by_owner(st: &State, owners: &HashSet<String>) -> HashMap<String, Vec<Value>> {
     let mut out: HashMap<String, Vec<Value>> = HashMap::new();
     let key = (String::new(), "pods".to_string());
-    for p in st.objects.get(&key).into_iter().flat_map(|m| m.values()) {
-        if p.pointer("/metadata/deletionTimestamp").is_some() {
-            continue;
-        }
-        let owner = p
-            .pointer("/metadata/ownerReferences")
-            .and_then(Value::as_array)
-            .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
-            .and_then(|r| r["uid"].as_str());
-        if let Some(uid) = owner
-            && owners.contains(uid)
-        {
-            out.entry(uid.to_string()).or_default().push(p.clone());
+    let Some(pods) = st.objects.get(&key) else {
+        return out;
+    };
+    for uid in owners {
+        for (storage, pod_key) in st.dependents.get(uid).into_iter().flatten() {
+            if *storage != key {
+                continue;
+            }
+            let Some(p) = pods.get(pod_key) else { continue };
+            if p.pointer("/metadata/deletionTimestamp").is_some() {
+                continue;
+            }
+            let controller = p
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+                .and_then(|r| r["uid"].as_str());
+            if controller == Some(uid.as_str()) {
+                out.entry(uid.clone()).or_default().push(p.clone());
+            }
         }
     }
     out
@@ -527,61 +534,32 @@ pub fn pass(st: &mut State) -> bool {
         return false;
     };
     let key = ("apps".to_string(), "deployments".to_string());
-    // What each Deployment's sync depends on: its own and its Pods' resourceVersions. Read
-    // without copying: this runs after every write, and thousands of settled Deployments
-    // must not make every write slow.
-    let mut pod_versions: HashMap<&str, Vec<&str>> = HashMap::new();
-    let pod_key = (String::new(), "pods".to_string());
-    for p in st
-        .objects
-        .get(&pod_key)
-        .into_iter()
-        .flat_map(|m| m.values())
-    {
-        let owner = p
-            .pointer("/metadata/ownerReferences")
-            .and_then(Value::as_array)
-            .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
-            .and_then(|r| r["uid"].as_str());
-        if let Some(uid) = owner {
-            pod_versions
-                .entry(uid)
-                .or_default()
-                .push(meta_str(p, "resourceVersion").unwrap_or(""));
-        }
-    }
-    let mut live = HashSet::new();
-    let mut due: Vec<(Value, String)> = Vec::new();
+    // Only the Deployments that changed, or whose Pods did (the store marks them on every
+    // commit), or whose wake-up time came, are synced: this runs after every write, and
+    // thousands of settled Deployments must not make every write slow.
+    let now = std::time::Instant::now();
+    let mut due: Vec<Value> = Vec::new();
     for d in st.objects.get(&key).into_iter().flat_map(|m| m.values()) {
         let uid = meta_str(d, "uid").unwrap_or("");
-        live.insert(uid.to_string());
-        let mut versions = pod_versions.remove(uid).unwrap_or_default();
-        versions.sort_unstable();
-        let seen = format!(
-            "{}/{}",
-            meta_str(d, "resourceVersion").unwrap_or(""),
-            versions.join(",")
-        );
-        let settled = st
-            .deployment_settled
-            .get(uid)
-            .is_some_and(|(versions, wake)| {
-                *versions == seen && wake.is_none_or(|t| std::time::Instant::now() < t)
-            });
+        let settled = !st.deployment_dirty.contains(uid)
+            && st
+                .deployment_settled
+                .get(uid)
+                .is_some_and(|wake| wake.is_none_or(|t| now < t));
         if !settled {
-            due.push((d.clone(), seen));
+            due.push(d.clone());
         }
     }
-    st.deployment_hashes.retain(|uid, _| live.contains(uid));
-    st.deployment_settled.retain(|uid, _| live.contains(uid));
+    // Writes from here on (the syncs' own) mark their Deployments for the next pass.
+    st.deployment_dirty.clear();
     let due_uids: HashSet<String> = due
         .iter()
-        .filter_map(|(d, _)| meta_str(d, "uid").map(str::to_string))
+        .filter_map(|d| meta_str(d, "uid").map(str::to_string))
         .collect();
     let mut pods = pods_by_owner(st, &due_uids);
     let mut wrote = false;
     let mut soonest: Option<i64> = None;
-    for (d, seen) in due {
+    for d in due {
         // A Deployment being deleted is left to the garbage collector.
         if d.pointer("/metadata/deletionTimestamp").is_some() {
             continue;
@@ -596,7 +574,7 @@ pub fn pass(st: &mut State) -> bool {
             let wake = next.map(|secs| {
                 std::time::Instant::now() + std::time::Duration::from_secs(secs.max(0) as u64)
             });
-            st.deployment_settled.insert(uid, (seen, wake));
+            st.deployment_settled.insert(uid, wake);
         }
         if let Some(n) = next {
             soonest = Some(soonest.map_or(n, |s| s.min(n)));
@@ -608,7 +586,7 @@ pub fn pass(st: &mut State) -> bool {
     st.deployment_wakeup = st
         .deployment_settled
         .values()
-        .filter_map(|(_, wake)| *wake)
+        .filter_map(|wake| *wake)
         .chain(due_wake)
         .min();
     wrote

@@ -962,7 +962,9 @@ async fn watch_response(app: App, inc: Incoming, rr: ResourceRoute) -> Response<
                     ))
                 }
                 Ok(n) => {
-                    for c in st.history.iter().filter(|c| c.rv > n) {
+                    // The history is in resourceVersion order.
+                    let from = st.history.partition_point(|c| c.rv <= n);
+                    for c in st.history.range(from..) {
                         if let Some(ev) = filter.event(c) {
                             initial.push(ev);
                         }

@@ -73,6 +73,8 @@ pub struct VersionDef {
     pub name: String,
     /// openAPIV3Schema (custom resources).
     pub schema: Option<Value>,
+    /// Its CEL rules, compiled once when the CRD is read (not on every write).
+    pub cel: Option<Arc<kube::core::cel::CompiledSchema>>,
     /// status subresource.
     pub status: bool,
     /// scale subresource.
@@ -234,6 +236,7 @@ fn builtin(
         versions: vec![VersionDef {
             name: version.into(),
             schema: None,
+            cel: None,
             status,
             scale,
             columns: Vec::new(),
@@ -446,6 +449,9 @@ pub fn from_crd(crd: &Value) -> Option<ResourceDef> {
         versions.push(VersionDef {
             name,
             schema: v.pointer("/schema/openAPIV3Schema").cloned(),
+            cel: v
+                .pointer("/schema/openAPIV3Schema")
+                .map(|s| Arc::new(kube::core::cel::compile_schema(s))),
             status: sub.and_then(|s| s.get("status")).is_some(),
             scale,
             columns,

@@ -370,13 +370,13 @@ pub fn validate(schema: &Value, v: &Value, path: &str, out: &mut Vec<Cause>) {
             ));
         }
         if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
-            match regex::Regex::new(p) {
-                Ok(re) if !re.is_match(s) => out.push(Cause::new(
+            match pattern_matches(p, s) {
+                Ok(false) => out.push(Cause::new(
                     "FieldValueInvalid",
                     path,
                     format!("{path}: Invalid value: {s:?}: {path} in body should match '{p}'"),
                 )),
-                Ok(_) => {}
+                Ok(true) => {}
                 Err(e) => out.push(Cause::new(
                     "FieldValueInvalid",
                     path,
@@ -559,8 +559,36 @@ fn num(f: f64) -> String {
 
 /// Runs the CEL rules of `schema` on the object (`old` for transition rules).
 pub fn validate_cel(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
-    let validator = kube::core::cel::Validator::new();
-    match validator.validate(schema, obj, old) {
+    validate_cel_compiled(&kube::core::cel::compile_schema(schema), obj, old)
+}
+
+thread_local! {
+    /// A validator has every Kubernetes CEL function registered: made once per thread, not
+    /// once per request.
+    static VALIDATOR: kube::core::cel::Validator = kube::core::cel::Validator::new();
+    /// Compiled `pattern`s.
+    static PATTERNS: std::cell::RefCell<std::collections::HashMap<String, Result<regex::Regex, String>>> =
+        Default::default();
+}
+
+/// A schema's `pattern`, compiled once.
+fn pattern_matches(pattern: &str, s: &str) -> Result<bool, String> {
+    PATTERNS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let re = cache
+            .entry(pattern.to_string())
+            .or_insert_with(|| regex::Regex::new(pattern).map_err(|e| e.to_string()));
+        re.as_ref().map(|re| re.is_match(s)).map_err(Clone::clone)
+    })
+}
+
+/// [`validate_cel`] with the rules compiled beforehand ([`kube::core::cel::compile_schema`]).
+pub fn validate_cel_compiled(
+    compiled: &kube::core::cel::CompiledSchema,
+    obj: &Value,
+    old: Option<&Value>,
+) -> Vec<Cause> {
+    match VALIDATOR.with(|v| v.validate_compiled(compiled, obj, old)) {
         Ok(()) => Vec::new(),
         Err(errs) => errs
             .iter()

@@ -2,6 +2,7 @@
 //! consistent paging, create/update/patch/delete with the API server's rules.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -148,16 +149,32 @@ pub struct State {
     pub server_address: String,
     /// The pod-template-hash each Deployment (by uid) last rolled out.
     pub deployment_hashes: HashMap<String, String>,
-    /// Deployments (by uid) whose last sync changed nothing, with the resourceVersions
-    /// (Deployment and its Pods) it saw and the time it asked to be woken at, if any: skipped
-    /// until one of those versions changes or that time comes.
-    pub deployment_settled: HashMap<String, (String, Option<std::time::Instant>)>,
+    /// Deployments (by uid) whose last sync changed nothing, with the time it asked to be
+    /// woken at, if any: skipped until they or their Pods change or that time comes.
+    pub deployment_settled: HashMap<String, Option<std::time::Instant>>,
+    /// Deployments (by uid) changed, or whose Pods changed, since the controller's last pass.
+    pub deployment_dirty: std::collections::HashSet<String>,
     /// When time alone may next change a Deployment's status (None: only changes will).
     pub deployment_wakeup: Option<std::time::Instant>,
     /// Controllers switched off (kube-controller-manager's `--controllers=-name`).
     pub controllers_off: std::collections::BTreeSet<String>,
     /// RBAC rules of remote clients when OwnerReferencesPermissionEnforcement is on.
     pub owner_reference_rules: Option<Vec<Value>>,
+    /// The objects being deleted (with a deletionTimestamp): where the garbage collector's
+    /// work starts, kept with every commit so that it never scans the whole store.
+    pub deleting: std::collections::BTreeSet<(StorageKey, ObjKey)>,
+    /// Owner uid -> the objects whose ownerReferences name it (an empty uid for a reference
+    /// without one), kept with every commit.
+    pub dependents: HashMap<String, std::collections::BTreeSet<(StorageKey, ObjKey)>>,
+}
+
+/// The owner uids an object's ownerReferences name.
+pub fn owner_uids(obj: &Value) -> impl Iterator<Item = &str> {
+    obj.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|r| r.get("uid").and_then(Value::as_str).unwrap_or(""))
 }
 
 fn sk(res: &ResourceDef) -> StorageKey {
@@ -184,9 +201,12 @@ impl State {
             server_address: String::new(),
             deployment_hashes: HashMap::new(),
             deployment_settled: HashMap::new(),
+            deployment_dirty: Default::default(),
             deployment_wakeup: None,
             controllers_off: Default::default(),
             owner_reference_rules: None,
+            deleting: Default::default(),
+            dependents: HashMap::new(),
         };
         let ns_res = st
             .registry
@@ -254,6 +274,13 @@ impl State {
             ChangeKind::Deleted => map.remove(&key),
             _ => map.insert(key.clone(), obj.clone()),
         };
+        self.index(
+            &storage,
+            &key,
+            prev.as_ref(),
+            (kind != ChangeKind::Deleted).then_some(&obj),
+        );
+        self.mark_deployments(&storage, kind, prev.as_ref(), &obj);
         if let Some(uid) = meta_str(&obj, "uid") {
             if kind == ChangeKind::Deleted {
                 self.uids.remove(uid);
@@ -284,6 +311,85 @@ impl State {
         obj
     }
 
+    /// Keeps [`State::deleting`] and [`State::dependents`] up to date with one change.
+    fn index(
+        &mut self,
+        storage: &StorageKey,
+        key: &ObjKey,
+        old: Option<&Value>,
+        new: Option<&Value>,
+    ) {
+        let deleting = |v: Option<&Value>| {
+            v.is_some_and(|v| v.pointer("/metadata/deletionTimestamp").is_some())
+        };
+        let entry = || (storage.clone(), key.clone());
+        match (deleting(old), deleting(new)) {
+            (false, true) => {
+                self.deleting.insert(entry());
+            }
+            (true, false) => {
+                self.deleting.remove(&entry());
+            }
+            _ => {}
+        }
+        let old_owners: Vec<&str> = old.into_iter().flat_map(owner_uids).collect();
+        let new_owners: Vec<&str> = new.into_iter().flat_map(owner_uids).collect();
+        for uid in &old_owners {
+            if !new_owners.contains(uid)
+                && let Some(set) = self.dependents.get_mut(*uid)
+            {
+                set.remove(&entry());
+                if set.is_empty() {
+                    self.dependents.remove(*uid);
+                }
+            }
+        }
+        for uid in &new_owners {
+            if !old_owners.contains(uid) {
+                self.dependents
+                    .entry(uid.to_string())
+                    .or_default()
+                    .insert(entry());
+            }
+        }
+    }
+
+    /// Marks the Deployments a change concerns for the Deployment controller: a Deployment
+    /// itself, or the controllers of a Pod before and after. A deleted Deployment is forgotten.
+    fn mark_deployments(
+        &mut self,
+        storage: &StorageKey,
+        kind: ChangeKind,
+        old: Option<&Value>,
+        new: &Value,
+    ) {
+        match (storage.0.as_str(), storage.1.as_str()) {
+            ("apps", "deployments") => {
+                let uid = meta_str(new, "uid").unwrap_or("").to_string();
+                if kind == ChangeKind::Deleted {
+                    self.deployment_hashes.remove(&uid);
+                    self.deployment_settled.remove(&uid);
+                    self.deployment_dirty.remove(&uid);
+                } else {
+                    self.deployment_dirty.insert(uid);
+                }
+            }
+            ("", "pods") => {
+                for pod in old.into_iter().chain([new]) {
+                    let controller = pod
+                        .pointer("/metadata/ownerReferences")
+                        .and_then(Value::as_array)
+                        .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+                        .and_then(|r| r["uid"].as_str());
+                    if let Some(uid) = controller {
+                        self.deployment_dirty.insert(uid.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Forgets all history so far, like an etcd compaction: older resourceVersions answer 410.
     pub fn compact(&mut self) {
         self.history.clear();
@@ -304,34 +410,65 @@ impl State {
 
     /// Objects of a resource as of `rv` (must be >= `compacted`).
     pub fn snapshot(&self, storage: &StorageKey, rv: u64) -> ApiResult<BTreeMap<ObjKey, Value>> {
-        let mut map = self.objects.get(storage).cloned().unwrap_or_default();
-        if rv >= self.rv {
-            return Ok(map);
-        }
-        if rv < self.compacted {
+        Ok(self
+            .snapshot_refs(storage, rv, None, None)?
+            .into_iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    /// The objects of a resource as of `rv` (must be >= `compacted`), in key order, borrowed:
+    /// only those in namespace `ns` when given, only those after `after` when given. A list
+    /// of the present copies nothing and reads only the namespace asked for; an older `rv`
+    /// undoes the changes made since from the history.
+    fn snapshot_refs<'a>(
+        &'a self,
+        storage: &StorageKey,
+        rv: u64,
+        ns: Option<&str>,
+        after: Option<&ObjKey>,
+    ) -> ApiResult<Vec<(&'a ObjKey, &'a Value)>> {
+        if rv < self.rv && rv < self.compacted {
             return Err(ApiError::gone(format!(
                 "too old resource version: {rv} ({})",
                 self.compacted + 1
             )));
         }
+        let in_range = |k: &ObjKey| ns.is_none_or(|ns| k.0 == ns) && after.is_none_or(|a| k > a);
+        let start: Bound<ObjKey> = match (ns, after) {
+            (_, Some(a)) if ns.is_none_or(|ns| a.0.as_str() >= ns) => Bound::Excluded(a.clone()),
+            (Some(ns), _) => Bound::Included((ns.to_string(), String::new())),
+            (None, _) => Bound::Unbounded,
+        };
+        let current = self
+            .objects
+            .get(storage)
+            .into_iter()
+            .flat_map(|m| m.range((start.clone(), Bound::Unbounded)))
+            .take_while(|(k, _)| ns.is_none_or(|ns| k.0 == ns));
+        if rv >= self.rv {
+            return Ok(current.collect());
+        }
+        // The state at `rv` of what changed since: the oldest change after it decides.
+        let mut then: BTreeMap<&ObjKey, Option<&Value>> = BTreeMap::new();
         for c in self.history.iter().rev() {
             if c.rv <= rv {
                 break;
             }
-            if &c.storage != storage {
+            if &c.storage != storage || !in_range(&c.key) {
                 continue;
             }
-            match (&c.kind, &c.prev) {
-                (ChangeKind::Added, _) => {
-                    map.remove(&c.key);
-                }
-                (_, Some(p)) => {
-                    map.insert(c.key.clone(), (**p).clone());
-                }
-                (_, None) => {}
-            }
+            let before = match (&c.kind, &c.prev) {
+                (ChangeKind::Added, _) => None,
+                (_, Some(p)) => Some(&**p),
+                (_, None) => continue,
+            };
+            then.insert(&c.key, before);
         }
-        Ok(map)
+        let mut out: BTreeMap<&ObjKey, &Value> =
+            current.filter(|(k, _)| !then.contains_key(k)).collect();
+        out.extend(then.into_iter().filter_map(|(k, v)| Some((k, v?))));
+        Ok(out.into_iter().collect())
     }
 
     // ---------------------------------------------------------------- views
@@ -459,32 +596,37 @@ impl State {
                 None,
             ),
         };
-        let snap = self.snapshot(&sk(&req.res), rv)?;
+        let ns = req.namespace.as_deref().filter(|_| req.res.namespaced);
+        let snap = self.snapshot_refs(&sk(&req.res), rv, ns, after.as_ref())?;
+        // Selectors read labels and metadata, the same in every view, except for events.k8s.io
+        // Events, whose fields are named differently from the stored core Events.
+        let needs_view = req.res.builtin == Some(Builtin::EventV1);
+        let selected = |obj: &Value| {
+            if needs_view {
+                let v = Self::view(&req.res, &req.version, obj);
+                opts.labels.matches(&v) && opts.fields.matches(&v)
+            } else {
+                opts.labels.matches(obj) && opts.fields.matches(obj)
+            }
+        };
+        let selectors = !opts.labels.is_empty() || !opts.fields.is_empty();
         let mut items = Vec::new();
         let mut remaining = 0usize;
         let mut last: Option<ObjKey> = None;
-        for (key, obj) in &snap {
-            if let Some(a) = &after
-                && key <= a
-            {
-                continue;
-            }
-            if req.res.namespaced
-                && let Some(ns) = &req.namespace
-                && &key.0 != ns
-            {
-                continue;
-            }
-            let v = Self::view(&req.res, &req.version, obj);
-            if !opts.labels.matches(&v) || !opts.fields.matches(&v) {
+        for (key, obj) in snap {
+            if selectors && !selected(obj) {
                 continue;
             }
             if opts.limit > 0 && items.len() >= opts.limit {
                 remaining += 1;
+                if selectors {
+                    // Without selectors the count is reported; with them, one is enough.
+                    break;
+                }
                 continue;
             }
             last = Some(key.clone());
-            items.push(v);
+            items.push(Self::view(&req.res, &req.version, obj));
         }
         let mut meta = json!({"resourceVersion": rv.to_string()});
         if remaining > 0
@@ -579,7 +721,7 @@ impl State {
     }
 
     fn list_fn(
-        res: &ResourceDef,
+        res: &Arc<ResourceDef>,
         version: &str,
     ) -> impl Fn(&[String]) -> registry::ListType + use<> {
         let res = res.clone();
@@ -1536,7 +1678,9 @@ impl State {
         validate_labels(obj, &mut causes);
         match req.res.builtin {
             None => {
-                if let Some(schema) = req.res.version(&req.version).and_then(|v| v.schema.clone()) {
+                let res = req.res.clone();
+                let vdef = res.version(&req.version);
+                if let Some(schema) = vdef.and_then(|v| v.schema.as_ref()) {
                     let mut unknown = Vec::new();
                     let mut top = obj.clone();
                     if let Some(m) = top.as_object_mut() {
@@ -1544,7 +1688,7 @@ impl State {
                         m.remove("apiVersion");
                         m.remove("kind");
                     }
-                    schema::prune(&schema, &mut top, "", &mut unknown);
+                    schema::prune(schema, &mut top, "", &mut unknown);
                     if !unknown.is_empty() {
                         match req.validation {
                             FieldValidation::Strict => {
@@ -1565,8 +1709,8 @@ impl State {
                             FieldValidation::Ignore => {}
                         }
                     }
-                    schema::apply_defaults(&schema, &mut top);
-                    schema::validate(&schema, &top, "", &mut causes);
+                    schema::apply_defaults(schema, &mut top);
+                    schema::validate(schema, &top, "", &mut causes);
                     // Only the part the request may change is judged by CEL transition rules.
                     let old_top = old.map(|o| {
                         let mut t = o.clone();
@@ -1590,7 +1734,12 @@ impl State {
                     } else {
                         let mut with_meta = top.clone();
                         with_meta["metadata"] = obj.get("metadata").cloned().unwrap_or_default();
-                        causes.extend(schema::validate_cel(&schema, &with_meta, old_top.as_ref()));
+                        causes.extend(match vdef.and_then(|v| v.cel.as_deref()) {
+                            Some(cel) => {
+                                schema::validate_cel_compiled(cel, &with_meta, old_top.as_ref())
+                            }
+                            None => schema::validate_cel(schema, &with_meta, old_top.as_ref()),
+                        });
                     }
                     let meta = obj.get("metadata").cloned();
                     let (av, kind) = (obj.get("apiVersion").cloned(), obj.get("kind").cloned());

@@ -238,6 +238,169 @@ async fn paging_is_a_consistent_snapshot() {
 }
 
 #[tokio::test]
+async fn paging_within_a_namespace_and_with_selectors_is_a_consistent_snapshot() {
+    let emu = Emulator::start().await.unwrap();
+    let nss: Api<Namespace> = Api::all(emu.client());
+    for ns in ["n1", "n2", "n3"] {
+        nss.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let in_ns = |ns: &str| -> Api<ConfigMap> { Api::namespaced(emu.client(), ns) };
+    for ns in ["n1", "n2", "n3"] {
+        for (n, team) in [("a", "x"), ("b", "y"), ("c", "x"), ("d", "x")] {
+            in_ns(ns)
+                .create(&PostParams::default(), &cm(n, json!({"team": team})))
+                .await
+                .unwrap();
+        }
+    }
+    let names = |l: &kube::core::ObjectList<ConfigMap>| -> Vec<String> {
+        l.items
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}/{}",
+                    c.metadata.namespace.clone().unwrap(),
+                    c.metadata.name.clone().unwrap()
+                )
+            })
+            .collect()
+    };
+    // One namespace, paged, while the others and this one change.
+    let n2 = in_ns("n2");
+    let p1 = n2.list(&ListParams::default().limit(3)).await.unwrap();
+    assert_eq!(names(&p1), ["n2/a", "n2/b", "n2/c"]);
+    assert_eq!(p1.metadata.remaining_item_count, Some(1));
+    n2.delete("d", &DeleteParams::default()).await.unwrap();
+    n2.create(&PostParams::default(), &cm("e", json!({"team": "x"})))
+        .await
+        .unwrap();
+    in_ns("n3")
+        .delete("a", &DeleteParams::default())
+        .await
+        .unwrap();
+    let tok = p1.metadata.continue_.clone().unwrap();
+    let p2 = n2
+        .list(&ListParams::default().limit(3).continue_token(&tok))
+        .await
+        .unwrap();
+    assert_eq!(names(&p2), ["n2/d"], "as of the first page");
+    assert_eq!(p2.metadata.continue_, None);
+    // With a selector: a continue token while more match, no count.
+    let x = ListParams::default().labels("team=x").limit(2);
+    let s1 = n2.list(&x).await.unwrap();
+    assert_eq!(names(&s1), ["n2/a", "n2/c"]);
+    assert_eq!(s1.metadata.remaining_item_count, None);
+    let tok = s1.metadata.continue_.clone().expect("more match");
+    let s2 = n2.list(&x.clone().continue_token(&tok)).await.unwrap();
+    assert_eq!(names(&s2), ["n2/e"]);
+    assert_eq!(s2.metadata.continue_, None);
+    // Every namespace, paged across namespace boundaries, at a past resourceVersion.
+    let all: Api<ConfigMap> = Api::all(emu.client());
+    let mut seen = Vec::new();
+    let mut page = all.list(&ListParams::default().limit(4)).await.unwrap();
+    in_ns("n1")
+        .delete("b", &DeleteParams::default())
+        .await
+        .unwrap();
+    in_ns("n3")
+        .create(&PostParams::default(), &cm("a", json!({})))
+        .await
+        .unwrap();
+    loop {
+        seen.extend(names(&page));
+        let Some(tok) = page.metadata.continue_.clone() else {
+            break;
+        };
+        page = all
+            .list(&ListParams::default().limit(4).continue_token(&tok))
+            .await
+            .unwrap();
+    }
+    let ours: Vec<&String> = seen.iter().filter(|n| n.starts_with('n')).collect();
+    assert_eq!(
+        ours,
+        [
+            "n1/a", "n1/b", "n1/c", "n1/d", "n2/a", "n2/b", "n2/c", "n2/e", "n3/b", "n3/c", "n3/d"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn owner_references_are_followed_through_adoption_and_dangling_owners() {
+    let emu = Emulator::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(emu.client(), "default");
+    let owner = |c: &ConfigMap| json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": c.metadata.name, "uid": c.metadata.uid}]);
+    let a = cms
+        .create(&PostParams::default(), &cm("a", json!({})))
+        .await
+        .unwrap();
+    let b = cms
+        .create(&PostParams::default(), &cm("b", json!({})))
+        .await
+        .unwrap();
+    let mut child = cm("child", json!({}));
+    child.metadata.owner_references = Some(serde_json::from_value(owner(&a)).unwrap());
+    cms.create(&PostParams::default(), &child).await.unwrap();
+    // Adopted by b: deleting a leaves it.
+    cms.patch(
+        "child",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"ownerReferences": owner(&b)}})),
+    )
+    .await
+    .unwrap();
+    cms.delete("a", &DeleteParams::default()).await.unwrap();
+    // A marker created after a's deletion and collected with its (gone) owner: once it is
+    // gone, the collector has seen a's deletion.
+    let mut marker = cm("marker", json!({}));
+    marker.metadata.owner_references = Some(serde_json::from_value(owner(&a)).unwrap());
+    cms.create(&PostParams::default(), &marker).await.unwrap();
+    wait_gone(&cms, "marker").await;
+    assert!(cms.get_opt("child").await.unwrap().is_some(), "b owns it");
+    // Two owners, one gone: the reference to it is dropped, the object stays.
+    let c = cms
+        .create(&PostParams::default(), &cm("c", json!({})))
+        .await
+        .unwrap();
+    let mut refs = owner(&b);
+    refs.as_array_mut()
+        .unwrap()
+        .extend(owner(&c).as_array().unwrap().clone());
+    cms.patch(
+        "child",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"ownerReferences": refs}})),
+    )
+    .await
+    .unwrap();
+    cms.delete("c", &DeleteParams::default()).await.unwrap();
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = cms
+            .get("child")
+            .await
+            .unwrap()
+            .metadata
+            .owner_references
+            .unwrap_or_default();
+        if left.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].uid, b.metadata.uid.clone().unwrap());
+    // The last owner goes: so does the child.
+    cms.delete("b", &DeleteParams::default()).await.unwrap();
+    wait_gone(&cms, "child").await;
+}
+
+#[tokio::test]
 async fn stale_resource_version_is_a_409_conflict() {
     let emu = Emulator::start().await.unwrap();
     let api: Api<ConfigMap> = Api::namespaced(emu.client(), "default");
