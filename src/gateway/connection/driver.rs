@@ -2,12 +2,14 @@
 //! performs the session's actions, feeds it client bytes, broker results and deliveries,
 //! and waits for the next [`Event`].
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use tokio::time::Sleep;
 
 use super::context::ConnectionContext;
 use super::deliveries::{ConsumerItem, Deliveries, Pending, SharedItem};
@@ -34,6 +36,30 @@ struct BrokerSide {
     confirms: Confirms,
     /// Set while a DISCONNECT or drain waits for outstanding confirms.
     flush_deadline: Option<tokio::time::Instant>,
+}
+
+/// The session's one timer, re-armed in place for whichever deadline comes first (drain,
+/// flush, login, heart-beat, token expiry). Registering a fresh timer per deadline on every
+/// loop turn, and cancelling it when input came first, was most of an idle heart-beat's cost.
+/// Boxed and created on first use: a session with no deadline carries no timer.
+#[derive(Default)]
+struct SessionTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl SessionTimer {
+    /// Makes the timer fire no later than `deadline`. A later deadline than the armed one
+    /// (traffic moved a heart-beat on) keeps the earlier one: the timer then fires early,
+    /// the loop finds nothing due and re-arms, once per period instead of once per event.
+    fn arm(&mut self, deadline: tokio::time::Instant) -> Pin<&mut Sleep> {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if deadline < sleep.deadline() || sleep.is_elapsed() {
+            sleep.as_mut().reset(deadline);
+        }
+        sleep.as_mut()
+    }
 }
 
 /// What woke the driver.
@@ -79,6 +105,7 @@ pub(super) struct Driver<I, O> {
     close_override: Option<(CloseCode, &'static str)>,
     session_labels: Option<SessionLabels>,
     subscriptions_counted: usize,
+    timer: SessionTimer,
 }
 
 impl<I, O> Driver<I, O>
@@ -117,6 +144,7 @@ where
             close_override: None,
             session_labels: None,
             subscriptions_counted: 0,
+            timer: SessionTimer::default(),
         }
     }
 
@@ -175,6 +203,7 @@ where
             return Flow::Stop;
         }
         // 3. Wait for the next event.
+        self.session.release_idle_buffers();
         let event = self.next_event(shutdown_signal).await;
         self.handle(event)
     }
@@ -343,38 +372,59 @@ where
         &mut self,
         shutdown_signal: &mut std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
     ) -> Event {
-        let timeout = self
-            .session
-            .next_timeout()
-            .map(tokio::time::Instant::from_std);
         let draining = self.drain_deadline;
         let wants_input = self.session.wants_input() && self.input_open && draining.is_none();
         let live = !self.session.is_closed() && self.close_reason.is_none();
+        let deadline = self.next_deadline(live);
         let BrokerSide {
             link_lost,
             op,
             confirms,
-            flush_deadline,
             ..
         } = &mut self.broker;
         let Deliveries {
             consumers, shared, ..
         } = &mut self.deliveries;
         let inbound = &mut self.inbound;
+        // Lazy: no timer at all while nothing has a deadline.
+        let timer = deadline.map(|d| self.timer.arm(d));
         tokio::select! {
             biased;
             _ = shutdown_signal.as_mut(), if live && draining.is_none() => Event::Shutdown,
-            _ = async { tokio::time::sleep_until(draining.expect("guarded")).await }, if live && draining.is_some() => Event::DrainDeadline,
             _ = async { link_lost.as_mut().expect("guarded").await }, if live && link_lost.is_some() => Event::LinkLost,
             result = async { op.as_mut().expect("guarded").await }, if op.is_some() => Event::Op(result),
             Some((confirm_id, result)) = confirms.next(), if !confirms.is_empty() => Event::Confirm(confirm_id, result),
-            _ = async { tokio::time::sleep_until(flush_deadline.expect("guarded")).await }, if flush_deadline.is_some() => Event::FlushDeadline,
             Some(item) = consumers.next(), if !consumers.is_empty() => Event::Consumer(item),
             Some(item) = shared.next(), if !shared.is_empty() => Event::Shared(item),
             data = inbound.next(), if wants_input => Event::Input(data),
-            // Lazy: no timer at all while the session has no deadline.
-            _ = async { tokio::time::sleep_until(timeout.expect("guarded")).await }, if timeout.is_some() => Event::Timeout,
+            _ = async { timer.expect("guarded").await }, if deadline.is_some() => self.due(live),
             else => Event::Idle,
+        }
+    }
+
+    /// The earliest of the drain, flush and session deadlines.
+    fn next_deadline(&self, live: bool) -> Option<tokio::time::Instant> {
+        let session = self
+            .session
+            .next_timeout()
+            .map(tokio::time::Instant::from_std);
+        let drain = self.drain_deadline.filter(|_| live);
+        [drain, self.broker.flush_deadline, session]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Which deadline the timer fired for, in the order of priority the deadlines had as
+    /// separate timers; `Timeout` also when it fired early (the session checks its own).
+    fn due(&self, live: bool) -> Event {
+        let now = tokio::time::Instant::now();
+        if live && self.drain_deadline.is_some_and(|d| d <= now) {
+            Event::DrainDeadline
+        } else if self.broker.flush_deadline.is_some_and(|d| d <= now) {
+            Event::FlushDeadline
+        } else {
+            Event::Timeout
         }
     }
 

@@ -172,6 +172,18 @@ impl Session {
         self.actions.pop_front()
     }
 
+    /// Frees the action and work queues once they are empty. Each keeps its first
+    /// allocation otherwise (four actions, ~0.4 KB), which an idle session, most of a
+    /// gateway's, would carry for its lifetime; the driver calls this before it waits.
+    pub fn release_idle_buffers(&mut self) {
+        if self.actions.is_empty() && self.actions.capacity() > 0 {
+            self.actions = VecDeque::new();
+        }
+        if self.work.is_empty() && self.work.capacity() > 0 {
+            self.work = VecDeque::new();
+        }
+    }
+
     /// True when the driver may feed the next client frame.
     pub fn wants_input(&self) -> bool {
         self.phase != Phase::Closed && self.in_flight.is_none() && self.work.is_empty()
