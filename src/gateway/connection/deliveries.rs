@@ -86,6 +86,10 @@ impl Deliveries {
             .map(Some)
             .chain(futures::stream::once(async { None }))
             .boxed();
+        if self.consumers.is_empty() {
+            // Room for one: most sessions have a single subscription (the default is four).
+            self.consumers = StreamMap::with_capacity(1);
+        }
         self.consumers.insert(tag, stream);
     }
 
@@ -95,6 +99,10 @@ impl Deliveries {
             .map(Some)
             .chain(futures::stream::once(async { None }))
             .boxed();
+        if self.shared.is_empty() {
+            // Room for one: most sessions have a single subscription (the default is four).
+            self.shared = StreamMap::with_capacity(1);
+        }
         self.shared.insert(tag, stream);
     }
 

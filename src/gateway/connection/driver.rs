@@ -161,6 +161,18 @@ where
         let mut shutdown_signal = std::pin::pin!(shutdown.cancelled());
         while self.turn(&mut shutdown_signal).await == Flow::Continue {}
         self.finish(&transport_labels).await;
+        // Release in this order: the streams of the session's consumers before the channel
+        // they consume on.
+        let Deliveries {
+            shared,
+            memberships,
+            consumers,
+            ..
+        } = self.deliveries;
+        drop(shared);
+        drop(memberships);
+        drop(consumers);
+        drop(self.broker.channel);
     }
 
     /// One turn of the loop: perform, feed, or wait for and handle one event.
@@ -202,8 +214,12 @@ where
             // Client went away and nothing is pending.
             return Flow::Stop;
         }
-        // 3. Wait for the next event.
+        // 3. Wait for the next event, holding no more than an idle session needs.
         self.session.release_idle_buffers();
+        if self.encode_buf.capacity() != 0 {
+            // Written frames share its allocation; a fresh one when the next frame comes.
+            self.encode_buf = BytesMut::new();
+        }
         let event = self.next_event(shutdown_signal).await;
         self.handle(event)
     }
@@ -460,6 +476,7 @@ where
                     Err(e) => self.session.handle_broker_failure(broker::to_failure(e)),
                 }
                 let broker = &mut self.broker;
+                broker.confirms.release_if_empty();
                 if broker.flush_deadline.is_some() && broker.confirms.is_empty() {
                     broker.flush_deadline = None;
                     broker.op = Some(ops::close_channel(broker.channel.clone()));
@@ -561,10 +578,11 @@ where
         }
     }
 
-    /// Session over: say why, release everything.
-    async fn finish(self, transport_labels: &TransportLabels) {
+    /// Session over: say why. By reference: an async fn that takes `self` by value would
+    /// carry a second copy of the driver in every session's future.
+    async fn finish(&mut self, transport_labels: &TransportLabels) {
         let metrics = &self.ctx.metrics;
-        let mut outbound = self.outbound;
+        let outbound = &mut self.outbound;
         let close = |reason: &str| {
             metrics
                 .closes
@@ -603,15 +621,5 @@ where
             .subscriptions
             .dec_by(self.subscriptions_counted as i64);
         metrics.connections.get_or_create(transport_labels).dec();
-        let Deliveries {
-            shared,
-            memberships,
-            consumers,
-            ..
-        } = self.deliveries;
-        drop(shared);
-        drop(memberships);
-        drop(consumers);
-        drop(self.broker.channel);
     }
 }

@@ -481,7 +481,7 @@ fn send_without_receipt_is_not_mandatory_and_queue_declares_once() {
         };
         assert!(!request.mandatory);
         assert!(request.confirm_id.is_none());
-        let first = s.declared_queues.is_empty();
+        let first = s.rare.as_ref().is_none_or(|r| r.declared_queues.is_empty());
         assert_eq!(request.declare_queue.is_some(), first);
         s.handle_broker_reply(BrokerReply::Done);
     }
