@@ -148,8 +148,10 @@ where
         }
     }
 
-    /// Drives the session until it closes, then says why and releases everything.
-    pub(super) async fn run(mut self) {
+    /// Drives the session until it closes, then says why and releases everything. By
+    /// reference: a driver moved into this future would be stored twice in every session's
+    /// task (the caller's copy is not reused by the compiler).
+    pub(super) async fn run(&mut self) {
         let transport_labels = TransportLabels {
             transport: self.transport.to_string(),
         };
@@ -163,16 +165,11 @@ where
         self.finish(&transport_labels).await;
         // Release in this order: the streams of the session's consumers before the channel
         // they consume on.
-        let Deliveries {
-            shared,
-            memberships,
-            consumers,
-            ..
-        } = self.deliveries;
-        drop(shared);
-        drop(memberships);
-        drop(consumers);
-        drop(self.broker.channel);
+        let deliveries = &mut self.deliveries;
+        drop(std::mem::take(&mut deliveries.shared));
+        drop(std::mem::take(&mut deliveries.memberships));
+        drop(std::mem::take(&mut deliveries.consumers));
+        drop(self.broker.channel.take());
     }
 
     /// One turn of the loop: perform, feed, or wait for and handle one event.
@@ -181,8 +178,10 @@ where
         shutdown_signal: &mut std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
     ) -> Flow {
         self.maybe_begin_drain();
-        // 1. Perform everything the session asked for.
-        if self.perform_actions().await == Flow::Stop {
+        // 1. Perform everything the session asked for. Boxed, and only when there is
+        // something to do: its writes' futures are the largest part of the loop, which
+        // every idle session's task would otherwise carry.
+        if self.session.has_actions() && Box::pin(self.perform_actions()).await == Flow::Stop {
             return Flow::Stop;
         }
         self.count_subscriptions();

@@ -171,6 +171,11 @@ impl Session {
         self.bearer = Some(token);
     }
 
+    /// Whether [`Session::poll_action`] has something.
+    pub fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
     /// The next output, if any. Drain after every `handle_*` call.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
