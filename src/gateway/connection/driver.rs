@@ -39,23 +39,23 @@ struct BrokerSide {
 }
 
 /// The session's one timer, re-armed in place for whichever deadline comes first (drain,
-/// flush, login, heart-beat, token expiry). Registering a fresh timer per deadline on every
-/// loop turn, and cancelling it when input came first, was most of an idle heart-beat's cost.
-/// Boxed and created on first use: a session with no deadline carries no timer.
+/// flush, login, heart-beat, token expiry): registering a fresh timer per deadline on every
+/// loop turn, and cancelling it when input came first, cost a timer-wheel insert and removal
+/// per event. Moved when the deadline moves (a heart-beat received or sent): a timer left at
+/// an earlier deadline would wake the session for nothing. Boxed and created on first use: a
+/// session with no deadline carries no timer.
 #[derive(Default)]
 struct SessionTimer {
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl SessionTimer {
-    /// Makes the timer fire no later than `deadline`. A later deadline than the armed one
-    /// (traffic moved a heart-beat on) keeps the earlier one: the timer then fires early,
-    /// the loop finds nothing due and re-arms, once per period instead of once per event.
+    /// The timer, set to fire at `deadline`.
     fn arm(&mut self, deadline: tokio::time::Instant) -> Pin<&mut Sleep> {
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if deadline < sleep.deadline() || sleep.is_elapsed() {
+        if sleep.deadline() != deadline {
             sleep.as_mut().reset(deadline);
         }
         sleep.as_mut()
@@ -431,7 +431,7 @@ where
     }
 
     /// Which deadline the timer fired for, in the order of priority the deadlines had as
-    /// separate timers; `Timeout` also when it fired early (the session checks its own).
+    /// separate timers; `Timeout` for the session's own (it checks which of them is due).
     fn due(&self, live: bool) -> Event {
         let now = tokio::time::Instant::now();
         if live && self.drain_deadline.is_some_and(|d| d <= now) {
