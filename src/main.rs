@@ -2,6 +2,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 // mimalloc keeps the resident size per idle connection low (glibc's arenas fragment under
 // tens of thousands of small per-connection allocations).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use stompgate::gateway::config::{GatewayArgs, GatewayConfig};

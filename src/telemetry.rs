@@ -21,6 +21,7 @@ pub fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
 
 /// [`log_filter`] for a given RUST_LOG value.
 pub fn log_filter_from(spec: Option<&str>, default: &str) -> tracing_subscriber::EnvFilter {
+    let asked = spec;
     // Directives naming those targets (or their modules) are dropped, so the caps below are
     // the most specific ones for them.
     let spec = spec.map(|s| {
@@ -38,15 +39,57 @@ pub fn log_filter_from(spec: Option<&str>, default: &str) -> tracing_subscriber:
             .collect::<Vec<_>>()
             .join(",")
     });
-    let mut filter = spec
+    // The caps follow what was asked, the payload crates' own directives included.
+    let (spec, mut filter) = match spec
+        .as_deref()
         .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
+    {
+        Some(filter) => (asked.unwrap_or(default), filter),
+        None => (default, tracing_subscriber::EnvFilter::new(default)),
+    };
     for target in PAYLOAD_LOGGING_TARGETS {
-        if let Ok(directive) = format!("{target}=debug").parse() {
+        // Capped at debug, never raised: a `target=debug` directive alone would turn on
+        // these crates' debug lines (two per closed WebSocket) at the default `info`.
+        let Some(level) = level_for(spec, target) else {
+            continue;
+        };
+        let capped = level.min(tracing::level_filters::LevelFilter::DEBUG);
+        if let Ok(directive) = format!("{target}={capped}").parse() {
             filter = filter.add_directive(directive);
         }
     }
     filter
+}
+
+/// The level `spec` (RUST_LOG syntax) gives `target`: its most specific directive naming
+/// `target` or a parent module, else its bare level, raised by any directive naming one of
+/// its modules; None when nothing enables it.
+fn level_for(spec: &str, target: &str) -> Option<tracing::level_filters::LevelFilter> {
+    use tracing::level_filters::LevelFilter;
+    let mut best: Option<(usize, LevelFilter)> = None;
+    let mut inner: Option<LevelFilter> = None;
+    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (name, level) = match directive.split_once('=') {
+            Some((name, level)) => match level.trim().parse::<LevelFilter>() {
+                Ok(level) => (name.trim(), level),
+                Err(_) => continue,
+            },
+            None => match directive.parse::<LevelFilter>() {
+                Ok(level) => ("", level),
+                // A bare target enables everything for it.
+                Err(_) => (directive, LevelFilter::TRACE),
+            },
+        };
+        let name = name.split('[').next().unwrap_or_default();
+        let applies = name.is_empty() || target == name || target.starts_with(&format!("{name}::"));
+        if applies && best.is_none_or(|(length, _)| name.len() >= length) {
+            best = Some((name.len(), level));
+        }
+        if name.starts_with(&format!("{target}::")) {
+            inner = inner.max(Some(level));
+        }
+    }
+    best.map(|(_, level)| level).max(inner)
 }
 
 /// Drops lapin's `ERROR Channel closed` lines. lapin logs every channel the broker closes at
@@ -404,6 +447,45 @@ mod tests {
         assert!(!out.contains("NOT_FOUND"), "{out}");
         assert!(out.contains("Connection closed"), "{out}");
         assert_eq!(out.matches("Channel closed").count(), 2, "{out}");
+    }
+
+    fn enabled_at(spec: &str, target_is_tungstenite: bool, level: tracing::Level) -> bool {
+        let subscriber = tracing_subscriber::registry().with(log_filter_from(Some(spec), "info"));
+        tracing::subscriber::with_default(subscriber, || {
+            // `enabled!` needs a constant level.
+            match (target_is_tungstenite, level) {
+                (true, tracing::Level::DEBUG) => {
+                    tracing::enabled!(target: "tungstenite::protocol", tracing::Level::DEBUG)
+                }
+                (true, _) => {
+                    tracing::enabled!(target: "tungstenite::protocol", tracing::Level::INFO)
+                }
+                (false, _) => tracing::enabled!(target: "stompgate::gateway", tracing::Level::INFO),
+            }
+        })
+    }
+
+    #[test]
+    fn payload_crates_are_capped_at_debug_but_never_raised_above_the_filter() {
+        // The default filter: no debug lines from tungstenite (two per closed WebSocket).
+        assert!(!enabled_at("info", true, tracing::Level::DEBUG));
+        assert!(enabled_at("info", true, tracing::Level::INFO));
+        assert!(!enabled_at("warn", true, tracing::Level::INFO));
+        assert!(!enabled_at(
+            "info,tungstenite=warn",
+            true,
+            tracing::Level::INFO
+        ));
+        // Asked for, debug is allowed.
+        for spec in [
+            "debug",
+            "trace",
+            "info,tungstenite=debug",
+            "info,tungstenite",
+        ] {
+            assert!(enabled_at(spec, true, tracing::Level::DEBUG), "{spec}");
+        }
+        assert!(enabled_at("info", false, tracing::Level::INFO));
     }
 
     #[test]

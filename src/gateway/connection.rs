@@ -46,7 +46,6 @@ pub(crate) async fn run_with_bearer<I, O>(
     I: Stream<Item = std::io::Result<Bytes>> + Unpin,
     O: Sink<Outbound> + Unpin,
 {
-    Driver::new(ctx, transport, inbound, outbound, bearer)
-        .run()
-        .await;
+    let mut driver = Driver::new(ctx, transport, inbound, outbound, bearer);
+    driver.run().await;
 }

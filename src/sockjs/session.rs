@@ -11,11 +11,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{Sink, StreamExt};
-use tokio::sync::{Notify, mpsc};
+use futures::channel::mpsc;
+use futures::{Sink, SinkExt, StreamExt};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -24,7 +24,9 @@ use super::{
 };
 
 /// Inbound messages buffered between the transports and the handler; senders wait beyond this,
-/// which pushes back on the client (its next `xhr_send` or WebSocket read waits).
+/// which pushes back on the client (its next `xhr_send` or WebSocket read waits). A futures
+/// channel, which allocates per message: tokio's allocates a block of 32 slots (1.3 KB) up
+/// front, carried by every idle session.
 const INBOUND_CAPACITY: usize = 32;
 
 #[derive(Debug, Clone, Copy)]
@@ -135,6 +137,9 @@ pub(crate) struct Session {
     limits: Limits,
     state: Mutex<State>,
     wake: Notify,
+    /// Wakes the supervisor when a deadline may have come nearer (a receiver left, the
+    /// queue filled up, the session closed).
+    deadlines_changed: Notify,
     closed: CancellationToken,
     _permit: Permit,
 }
@@ -200,6 +205,7 @@ impl Session {
                 inbound: Some(tx),
             }),
             wake: Notify::new(),
+            deadlines_changed: Notify::new(),
             closed: CancellationToken::new(),
             _permit: permit,
         });
@@ -299,6 +305,7 @@ impl Session {
         st.idle_since = Instant::now();
         let interrupt = aborted && !matches!(st.phase, Phase::Closed { .. });
         drop(st);
+        self.deadlines_changed.notify_one();
         if interrupt {
             self.close(CLOSE_INTERRUPTED, "Connection interrupted", true);
         }
@@ -326,6 +333,7 @@ impl Session {
         drop(st);
         self.closed.cancel();
         self.wake.notify_one();
+        self.deadlines_changed.notify_one();
         if let Some(w) = waker {
             w.wake();
         }
@@ -335,7 +343,7 @@ impl Session {
     /// Hands client messages to the handler, in order; waits while its inbound buffer is full.
     /// Messages for a closed session are dropped (sockjs-node ignores them too).
     pub(crate) async fn deliver(&self, messages: Vec<String>) {
-        let Some(tx) = self.lock().inbound.clone() else {
+        let Some(mut tx) = self.lock().inbound.clone() else {
             return;
         };
         for m in messages {
@@ -354,8 +362,13 @@ impl Session {
             return Poll::Ready(Err(closed_error()));
         }
         if st.queued_bytes >= self.limits.max_queued_bytes {
+            let filled = st.full_since.is_none();
             st.full_since.get_or_insert_with(Instant::now);
             st.sink_waker = Some(cx.waker().clone());
+            drop(st);
+            if filled {
+                self.deadlines_changed.notify_one();
+            }
             return Poll::Pending;
         }
         Poll::Ready(Ok(()))
@@ -370,11 +383,16 @@ impl Session {
                 }
                 st.queued_bytes += m.len();
                 st.queue.push_back(m);
-                if st.queued_bytes >= self.limits.max_queued_bytes {
-                    st.full_since.get_or_insert_with(Instant::now);
+                let filled =
+                    st.queued_bytes >= self.limits.max_queued_bytes && st.full_since.is_none();
+                if filled {
+                    st.full_since = Some(Instant::now());
                 }
                 drop(st);
                 self.wake.notify_one();
+                if filled {
+                    self.deadlines_changed.notify_one();
+                }
                 Ok(())
             }
             SockJsSend::Close(code, reason) => {
@@ -382,6 +400,26 @@ impl Session {
                 Ok(())
             }
         }
+    }
+
+    /// When [`Session::tick`] next has something to do, if ever (until a change is notified
+    /// on `deadlines_changed`). May be early: `tick` checks every condition itself.
+    fn next_deadline(&self) -> Option<Instant> {
+        let delay = self.limits.disconnect_delay;
+        let st = self.lock();
+        if st.receiver.is_some() && st.full_since.is_none() {
+            return None;
+        }
+        if matches!(st.phase, Phase::Closed { .. }) {
+            // A receiver still attached to a closed session detaches (and notifies).
+            return st.receiver.is_none().then_some(match self.key {
+                None => st.idle_since,
+                Some(_) => st.idle_since + delay,
+            });
+        }
+        let idle = st.receiver.is_none().then_some(st.idle_since + delay);
+        let stalled = st.full_since.map(|t| t + delay);
+        idle.into_iter().chain(stalled).min()
     }
 
     /// Applies the timeouts; true when the session is finished and can be forgotten.
@@ -427,21 +465,27 @@ pub(crate) struct Unstarted {
 
 impl Unstarted {
     pub(crate) fn start<H: SessionHandler>(self, handler: &H, registry: &Arc<Registry>) {
-        let inbound = ReceiverStream::new(self.inbound).boxed();
+        let inbound = self.inbound.boxed();
         let outbound = Box::pin(Outbound(self.session.clone()));
         let task = tokio::spawn(handler.start(inbound, outbound));
         tokio::spawn(supervise(self.session, registry.clone(), task));
     }
 }
 
-/// Runs the session's clock and notices the handler's end.
+/// Runs the session's clock and notices the handler's end. It sleeps until the session's next
+/// deadline instead of ticking: most sessions (every WebSocket one) have none while their
+/// client is connected, and a tick per session per second was most of an idle gateway's CPU.
 async fn supervise(session: Arc<Session>, registry: Arc<Registry>, mut task: JoinHandle<()>) {
-    let tick = (session.limits.disconnect_delay / 4)
-        .clamp(Duration::from_millis(5), Duration::from_secs(1));
-    let mut ticker = tokio::time::interval(tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut running = true;
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
+        let deadline = session.next_deadline();
+        if let Some(deadline) = deadline {
+            match &mut timer {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
         tokio::select! {
             done = &mut task, if running => {
                 running = false;
@@ -455,7 +499,8 @@ async fn supervise(session: Arc<Session>, registry: Arc<Registry>, mut task: Joi
                     }
                 }
             }
-            _ = ticker.tick() => {
+            _ = session.deadlines_changed.notified() => {}
+            _ = async { timer.as_mut().expect("guarded").await }, if deadline.is_some() => {
                 if session.tick(Instant::now()) {
                     if let Some(key) = &session.key {
                         registry.remove(key, &session);
@@ -526,5 +571,74 @@ impl Drop for Attachment {
         if !self.finished {
             self.session.detach(self.id, true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DELAY: Duration = Duration::from_secs(5);
+
+    fn session(key: Option<&str>) -> Arc<Session> {
+        let registry = Registry::new(10);
+        let permit = registry.reserve().expect("room");
+        let limits = Limits {
+            max_queued_bytes: 10,
+            disconnect_delay: DELAY,
+        };
+        Session::new(key.map(str::to_owned), permit, limits).0
+    }
+
+    fn attach(session: &Session) -> u64 {
+        match session.attach() {
+            Attach::Attached { rid, .. } => rid.id,
+            _ => panic!("not attached"),
+        }
+    }
+
+    #[test]
+    fn a_websocket_session_with_its_client_connected_has_no_deadline() {
+        let session = session(None);
+        attach(&session);
+        assert_eq!(session.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_polling_session_between_requests_expires_after_the_disconnect_delay() {
+        let session = session(Some("k"));
+        let created = session.lock().idle_since;
+        assert_eq!(session.next_deadline(), Some(created + DELAY));
+        let id = attach(&session);
+        assert_eq!(session.next_deadline(), None, "a receiver is attached");
+        session.detach(id, false);
+        let left = session.lock().idle_since;
+        assert_eq!(session.next_deadline(), Some(left + DELAY));
+    }
+
+    #[test]
+    fn a_full_queue_sets_the_stall_deadline_even_with_a_receiver() {
+        let session = session(None);
+        attach(&session);
+        session
+            .push(SockJsSend::Message("0123456789".into()))
+            .expect("open");
+        let full = session.lock().full_since.expect("full");
+        assert_eq!(session.next_deadline(), Some(full + DELAY));
+    }
+
+    #[test]
+    fn a_closed_websocket_session_is_forgotten_at_once_and_a_polling_one_lingers() {
+        let ws = session(None);
+        ws.close(CLOSE_NORMAL, "Normal closure", false);
+        let deadline = ws.next_deadline().expect("due");
+        assert!(deadline <= Instant::now());
+        assert!(ws.tick(Instant::now()), "forgotten");
+
+        let polling = session(Some("k"));
+        polling.close(CLOSE_NORMAL, "Normal closure", false);
+        let since = polling.lock().idle_since;
+        assert_eq!(polling.next_deadline(), Some(since + DELAY));
+        assert!(!polling.tick(since), "lingers to repeat the close");
     }
 }

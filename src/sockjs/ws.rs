@@ -71,12 +71,18 @@ pub(crate) async fn upgrade<H: SessionHandler>(
         .write_buffer_size(0)
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| run(server, socket, permit, raw))
+        .on_upgrade(move |socket| {
+            // Split before the session's future is made: a socket moved into it would take
+            // its full size in every session's task.
+            let (sink, stream) = socket.split();
+            run(server, sink, stream, permit, raw)
+        })
 }
 
 async fn run<H: SessionHandler>(
     server: Arc<Server<H>>,
-    socket: WebSocket,
+    mut sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
     permit: Permit,
     raw: bool,
 ) {
@@ -86,7 +92,6 @@ async fn run<H: SessionHandler>(
         return;
     };
     let mut attachment = Attachment::new(session.clone(), rid.id);
-    let (mut sink, mut stream) = socket.split();
     let wrote_close = {
         let reader = read_loop(
             &session,

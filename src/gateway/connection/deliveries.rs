@@ -86,6 +86,10 @@ impl Deliveries {
             .map(Some)
             .chain(futures::stream::once(async { None }))
             .boxed();
+        if self.consumers.is_empty() {
+            // Room for one: most sessions have a single subscription (the default is four).
+            self.consumers = StreamMap::with_capacity(1);
+        }
         self.consumers.insert(tag, stream);
     }
 
@@ -95,6 +99,10 @@ impl Deliveries {
             .map(Some)
             .chain(futures::stream::once(async { None }))
             .boxed();
+        if self.shared.is_empty() {
+            // Room for one: most sessions have a single subscription (the default is four).
+            self.shared = StreamMap::with_capacity(1);
+        }
         self.shared.insert(tag, stream);
     }
 
@@ -130,6 +138,16 @@ impl Deliveries {
         if let Some(result) = (&mut write).now_or_never() {
             return result.is_ok();
         }
+        // Boxed: its timer and select would otherwise be carried by every idle session's
+        // task for a path that only a blocked client takes.
+        Box::pin(self.wait_for_write(write)).await
+    }
+
+    /// The slow path of [`Deliveries::write`]: the transport is full.
+    async fn wait_for_write<F, E>(&mut self, mut write: std::pin::Pin<&mut F>) -> bool
+    where
+        F: std::future::Future<Output = Result<(), E>>,
+    {
         let deadline = tokio::time::Instant::now() + self.write_timeout;
         let shutdown = self.cancel.shutdown.clone();
         loop {

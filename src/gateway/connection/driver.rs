@@ -2,12 +2,14 @@
 //! performs the session's actions, feeds it client bytes, broker results and deliveries,
 //! and waits for the next [`Event`].
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use tokio::time::Sleep;
 
 use super::context::ConnectionContext;
 use super::deliveries::{ConsumerItem, Deliveries, Pending, SharedItem};
@@ -34,6 +36,30 @@ struct BrokerSide {
     confirms: Confirms,
     /// Set while a DISCONNECT or drain waits for outstanding confirms.
     flush_deadline: Option<tokio::time::Instant>,
+}
+
+/// The session's one timer, re-armed in place for whichever deadline comes first (drain,
+/// flush, login, heart-beat, token expiry): registering a fresh timer per deadline on every
+/// loop turn, and cancelling it when input came first, cost a timer-wheel insert and removal
+/// per event. Moved when the deadline moves (a heart-beat received or sent): a timer left at
+/// an earlier deadline would wake the session for nothing. Boxed and created on first use: a
+/// session with no deadline carries no timer.
+#[derive(Default)]
+struct SessionTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl SessionTimer {
+    /// The timer, set to fire at `deadline`.
+    fn arm(&mut self, deadline: tokio::time::Instant) -> Pin<&mut Sleep> {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        sleep.as_mut()
+    }
 }
 
 /// What woke the driver.
@@ -79,6 +105,7 @@ pub(super) struct Driver<I, O> {
     close_override: Option<(CloseCode, &'static str)>,
     session_labels: Option<SessionLabels>,
     subscriptions_counted: usize,
+    timer: SessionTimer,
 }
 
 impl<I, O> Driver<I, O>
@@ -117,11 +144,14 @@ where
             close_override: None,
             session_labels: None,
             subscriptions_counted: 0,
+            timer: SessionTimer::default(),
         }
     }
 
-    /// Drives the session until it closes, then says why and releases everything.
-    pub(super) async fn run(mut self) {
+    /// Drives the session until it closes, then says why and releases everything. By
+    /// reference: a driver moved into this future would be stored twice in every session's
+    /// task (the caller's copy is not reused by the compiler).
+    pub(super) async fn run(&mut self) {
         let transport_labels = TransportLabels {
             transport: self.transport.to_string(),
         };
@@ -133,6 +163,13 @@ where
         let mut shutdown_signal = std::pin::pin!(shutdown.cancelled());
         while self.turn(&mut shutdown_signal).await == Flow::Continue {}
         self.finish(&transport_labels).await;
+        // Release in this order: the streams of the session's consumers before the channel
+        // they consume on.
+        let deliveries = &mut self.deliveries;
+        drop(std::mem::take(&mut deliveries.shared));
+        drop(std::mem::take(&mut deliveries.memberships));
+        drop(std::mem::take(&mut deliveries.consumers));
+        drop(self.broker.channel.take());
     }
 
     /// One turn of the loop: perform, feed, or wait for and handle one event.
@@ -141,8 +178,10 @@ where
         shutdown_signal: &mut std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
     ) -> Flow {
         self.maybe_begin_drain();
-        // 1. Perform everything the session asked for.
-        if self.perform_actions().await == Flow::Stop {
+        // 1. Perform everything the session asked for. Boxed, and only when there is
+        // something to do: its writes' futures are the largest part of the loop, which
+        // every idle session's task would otherwise carry.
+        if self.session.has_actions() && Box::pin(self.perform_actions()).await == Flow::Stop {
             return Flow::Stop;
         }
         self.count_subscriptions();
@@ -174,7 +213,12 @@ where
             // Client went away and nothing is pending.
             return Flow::Stop;
         }
-        // 3. Wait for the next event.
+        // 3. Wait for the next event, holding no more than an idle session needs.
+        self.session.release_idle_buffers();
+        if self.encode_buf.capacity() != 0 {
+            // Written frames share its allocation; a fresh one when the next frame comes.
+            self.encode_buf = BytesMut::new();
+        }
         let event = self.next_event(shutdown_signal).await;
         self.handle(event)
     }
@@ -343,38 +387,59 @@ where
         &mut self,
         shutdown_signal: &mut std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
     ) -> Event {
-        let timeout = self
-            .session
-            .next_timeout()
-            .map(tokio::time::Instant::from_std);
         let draining = self.drain_deadline;
         let wants_input = self.session.wants_input() && self.input_open && draining.is_none();
         let live = !self.session.is_closed() && self.close_reason.is_none();
+        let deadline = self.next_deadline(live);
         let BrokerSide {
             link_lost,
             op,
             confirms,
-            flush_deadline,
             ..
         } = &mut self.broker;
         let Deliveries {
             consumers, shared, ..
         } = &mut self.deliveries;
         let inbound = &mut self.inbound;
+        // Lazy: no timer at all while nothing has a deadline.
+        let timer = deadline.map(|d| self.timer.arm(d));
         tokio::select! {
             biased;
             _ = shutdown_signal.as_mut(), if live && draining.is_none() => Event::Shutdown,
-            _ = async { tokio::time::sleep_until(draining.expect("guarded")).await }, if live && draining.is_some() => Event::DrainDeadline,
             _ = async { link_lost.as_mut().expect("guarded").await }, if live && link_lost.is_some() => Event::LinkLost,
             result = async { op.as_mut().expect("guarded").await }, if op.is_some() => Event::Op(result),
             Some((confirm_id, result)) = confirms.next(), if !confirms.is_empty() => Event::Confirm(confirm_id, result),
-            _ = async { tokio::time::sleep_until(flush_deadline.expect("guarded")).await }, if flush_deadline.is_some() => Event::FlushDeadline,
             Some(item) = consumers.next(), if !consumers.is_empty() => Event::Consumer(item),
             Some(item) = shared.next(), if !shared.is_empty() => Event::Shared(item),
             data = inbound.next(), if wants_input => Event::Input(data),
-            // Lazy: no timer at all while the session has no deadline.
-            _ = async { tokio::time::sleep_until(timeout.expect("guarded")).await }, if timeout.is_some() => Event::Timeout,
+            _ = async { timer.expect("guarded").await }, if deadline.is_some() => self.due(live),
             else => Event::Idle,
+        }
+    }
+
+    /// The earliest of the drain, flush and session deadlines.
+    fn next_deadline(&self, live: bool) -> Option<tokio::time::Instant> {
+        let session = self
+            .session
+            .next_timeout()
+            .map(tokio::time::Instant::from_std);
+        let drain = self.drain_deadline.filter(|_| live);
+        [drain, self.broker.flush_deadline, session]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Which deadline the timer fired for, in the order of priority the deadlines had as
+    /// separate timers; `Timeout` for the session's own (it checks which of them is due).
+    fn due(&self, live: bool) -> Event {
+        let now = tokio::time::Instant::now();
+        if live && self.drain_deadline.is_some_and(|d| d <= now) {
+            Event::DrainDeadline
+        } else if self.broker.flush_deadline.is_some_and(|d| d <= now) {
+            Event::FlushDeadline
+        } else {
+            Event::Timeout
         }
     }
 
@@ -410,6 +475,7 @@ where
                     Err(e) => self.session.handle_broker_failure(broker::to_failure(e)),
                 }
                 let broker = &mut self.broker;
+                broker.confirms.release_if_empty();
                 if broker.flush_deadline.is_some() && broker.confirms.is_empty() {
                     broker.flush_deadline = None;
                     broker.op = Some(ops::close_channel(broker.channel.clone()));
@@ -511,10 +577,11 @@ where
         }
     }
 
-    /// Session over: say why, release everything.
-    async fn finish(self, transport_labels: &TransportLabels) {
+    /// Session over: say why. By reference: an async fn that takes `self` by value would
+    /// carry a second copy of the driver in every session's future.
+    async fn finish(&mut self, transport_labels: &TransportLabels) {
         let metrics = &self.ctx.metrics;
-        let mut outbound = self.outbound;
+        let outbound = &mut self.outbound;
         let close = |reason: &str| {
             metrics
                 .closes
@@ -553,15 +620,5 @@ where
             .subscriptions
             .dec_by(self.subscriptions_counted as i64);
         metrics.connections.get_or_create(transport_labels).dec();
-        let Deliveries {
-            shared,
-            memberships,
-            consumers,
-            ..
-        } = self.deliveries;
-        drop(shared);
-        drop(memberships);
-        drop(consumers);
-        drop(self.broker.channel);
     }
 }

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 
 use super::context::ConnectionContext;
 use crate::gateway::broker::SessionChannel;
@@ -15,9 +15,48 @@ use crate::gateway::rabbit::session::{BrokerFailure, BrokerRequest, ChannelOp, C
 /// The session's channel, shared with the operation in flight and the drain's cancels.
 pub(super) type SharedChannel = Arc<tokio::sync::Mutex<SessionChannel>>;
 
-/// Publisher confirms outstanding, with the session's confirm id (None: no receipt wanted).
-pub(super) type Confirms =
-    FuturesUnordered<BoxFuture<'static, (Option<u64>, lapin::Result<lapin::Confirmation>)>>;
+/// A publisher confirm to wait for, with the session's confirm id (None: no receipt wanted).
+pub(super) type ConfirmFuture =
+    BoxFuture<'static, (Option<u64>, lapin::Result<lapin::Confirmation>)>;
+
+/// Publisher confirms outstanding. The set is created on the first publish and released when
+/// it empties: even an empty `FuturesUnordered` holds an allocation, and most sessions (browsers
+/// that only subscribe) never publish.
+#[derive(Default)]
+pub(super) struct Confirms(Option<FuturesUnordered<ConfirmFuture>>);
+
+impl Confirms {
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(FuturesUnordered::is_empty)
+    }
+
+    pub(super) fn push(&mut self, confirm: ConfirmFuture) {
+        self.0
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(confirm);
+    }
+
+    /// Frees the set once nothing is outstanding.
+    pub(super) fn release_if_empty(&mut self) {
+        if self.0.as_ref().is_some_and(FuturesUnordered::is_empty) {
+            self.0 = None;
+        }
+    }
+}
+
+impl futures::Stream for Confirms {
+    type Item = (Option<u64>, lapin::Result<lapin::Confirmation>);
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        match &mut self.0 {
+            Some(set) => set.poll_next_unpin(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
 
 /// Result of one broker operation, carried back into the loop.
 pub(super) enum OpResult {

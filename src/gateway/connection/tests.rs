@@ -218,3 +218,22 @@ async fn connect_to_an_unreachable_broker_answers_an_error_and_closes() {
     );
     assert_eq!(open_connections(&ctx), 0);
 }
+
+/// Every idle session's task carries this future, so its size is most of a session's memory
+/// (docs/benchmarks.md). A coarse guard with room for compiler changes: copies of the driver
+/// (by-value `async fn self`) and inline write futures once made it 6.3 KB in a debug build.
+#[test]
+fn a_sessions_future_stays_small() {
+    type Out = futures::sink::SinkMapErr<mpsc::UnboundedSender<Outbound>, fn(mpsc::SendError)>;
+    let (tx, _rx) = mpsc::unbounded::<Outbound>();
+    let outbound: Out = tx.sink_map_err(drop as fn(mpsc::SendError));
+    let inbound = futures::stream::pending::<std::io::Result<Bytes>>();
+    let session = run(Arc::new(settings()), "test", inbound, outbound);
+    let bytes = std::mem::size_of_val(&session);
+    // Measured 1,824 bytes in a debug build (rustc 1.95); release builds are smaller.
+    let bound = 2_600;
+    assert!(
+        bytes <= bound,
+        "a session's future is {bytes} bytes (bound {bound})"
+    );
+}

@@ -107,6 +107,27 @@ pub struct Session {
     last_sent: Instant,
     started: Instant,
     subscriptions: HashMap<String, Subscription>,
+    /// Client-ack deliveries, transactions, queues and receipts: created on first use.
+    rare: Option<Box<Rare>>,
+    next_confirm_id: u64,
+    in_flight: Option<InFlight>,
+    /// JWT mode: a token from the transport (WebSocket `Authorization: Bearer`), used by
+    /// CONNECT and then dropped.
+    bearer: Option<String>,
+    /// JWT mode: what the token allows, and when it expires.
+    grant: Option<Box<Grant>>,
+    token_deadline: Option<Instant>,
+    /// Work waiting to be processed (COMMIT replays, a SEND waiting for its reply queue).
+    work: VecDeque<Work>,
+    actions: VecDeque<Action>,
+    /// The gateway is draining: the session's consumers are being cancelled.
+    draining: bool,
+}
+
+/// Session state that most sessions (a browser subscribed with auto-ack) never use, boxed
+/// on first use: inline, its empty tables would cost every idle session ~200 bytes.
+#[derive(Default)]
+struct Rare {
     unacked: VecDeque<PendingAck>,
     transactions: HashMap<String, Vec<Frame>>,
     declared_queues: HashSet<String>,
@@ -114,19 +135,6 @@ pub struct Session {
     reply_queues: HashMap<String, String>,
     /// Outstanding receipts of published SENDs, by confirm id.
     pending_receipts: HashMap<u64, String>,
-    next_confirm_id: u64,
-    in_flight: Option<InFlight>,
-    /// JWT mode: a token from the transport (WebSocket `Authorization: Bearer`), used by
-    /// CONNECT and then dropped.
-    bearer: Option<String>,
-    /// JWT mode: what the token allows, and when it expires.
-    grant: Option<Grant>,
-    token_deadline: Option<Instant>,
-    /// Work waiting to be processed (COMMIT replays, a SEND waiting for its reply queue).
-    work: VecDeque<Work>,
-    actions: VecDeque<Action>,
-    /// The gateway is draining: the session's consumers are being cancelled.
-    draining: bool,
 }
 
 impl Session {
@@ -146,11 +154,7 @@ impl Session {
             last_sent: now,
             started: now,
             subscriptions: HashMap::new(),
-            unacked: VecDeque::new(),
-            transactions: HashMap::new(),
-            declared_queues: HashSet::new(),
-            reply_queues: HashMap::new(),
-            pending_receipts: HashMap::new(),
+            rare: None,
             next_confirm_id: 1,
             in_flight: None,
             bearer: None,
@@ -167,9 +171,38 @@ impl Session {
         self.bearer = Some(token);
     }
 
+    /// Whether [`Session::poll_action`] has something.
+    pub fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
     /// The next output, if any. Drain after every `handle_*` call.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// The rarely used part of the state, created on first use.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_default()
+    }
+
+    /// Whether `queue` was declared by this session already.
+    fn declared(&self, queue: &str) -> bool {
+        self.rare
+            .as_ref()
+            .is_some_and(|rare| rare.declared_queues.contains(queue))
+    }
+
+    /// Frees the action and work queues once they are empty. Each keeps its first
+    /// allocation otherwise (four actions, ~0.4 KB), which an idle session, most of a
+    /// gateway's, would carry for its lifetime; the driver calls this before it waits.
+    pub fn release_idle_buffers(&mut self) {
+        if self.actions.is_empty() && self.actions.capacity() > 0 {
+            self.actions = VecDeque::new();
+        }
+        if self.work.is_empty() && self.work.capacity() > 0 {
+            self.work = VecDeque::new();
+        }
     }
 
     /// True when the driver may feed the next client frame.
@@ -382,7 +415,7 @@ impl Session {
             | (InFlight::Settle { receipt }, BrokerReply::Done) => self.receipt(receipt),
             (InFlight::Publish { declared_queue }, BrokerReply::Done) => {
                 if let Some(queue) = declared_queue {
-                    self.declared_queues.insert(queue);
+                    self.rare().declared_queues.insert(queue);
                 }
             }
             (
@@ -400,7 +433,7 @@ impl Session {
                         durable_queue: None,
                     },
                 );
-                self.reply_queues.insert(temp_id, queue.clone());
+                self.rare().reply_queues.insert(temp_id, queue.clone());
                 let PendingSend {
                     mut plan,
                     body,
@@ -427,7 +460,11 @@ impl Session {
 
     /// A publisher confirm (or return) for a SEND that asked for a receipt.
     pub fn handle_confirm(&mut self, confirm_id: u64, outcome: ConfirmOutcome) {
-        let Some(receipt) = self.pending_receipts.remove(&confirm_id) else {
+        let Some(receipt) = self
+            .rare
+            .as_mut()
+            .and_then(|rare| rare.pending_receipts.remove(&confirm_id))
+        else {
             return;
         };
         if self.phase == Phase::Closed {
@@ -549,7 +586,7 @@ impl Session {
             &delivery.properties,
         );
         if ack != AckMode::Auto {
-            self.unacked.push_back(PendingAck {
+            self.rare().unacked.push_back(PendingAck {
                 consumer_tag: delivery.consumer_tag,
                 delivery_tag: delivery.delivery_tag,
                 multiple: ack.multiple(),

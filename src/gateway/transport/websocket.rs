@@ -11,6 +11,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,8 +54,11 @@ pub(crate) async fn upgrade(
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| {
+            // Split before the session's future is made: a socket moved into it (and on into
+            // `serve`) would take its full size twice in every session's task.
+            let (sink, stream) = socket.split();
             tracker.track_future(async move {
-                serve(socket, ctx, bearer).await;
+                serve(sink, stream, ctx, bearer).await;
                 drop(slot);
             })
         })
@@ -72,8 +76,12 @@ fn bearer_token(headers: &HeaderMap) -> Option<String> {
 
 /// Runs a session over an upgraded WebSocket; `bearer` is the upgrade request's
 /// `Authorization: Bearer` token (JWT auth mode).
-async fn serve(socket: WebSocket, ctx: ConnectionContext, bearer: Option<String>) {
-    let (sink, stream) = socket.split();
+async fn serve(
+    sink: SplitSink<WebSocket, Message>,
+    stream: SplitStream<WebSocket>,
+    ctx: ConnectionContext,
+    bearer: Option<String>,
+) {
     // Set when reading failed (protocol or size violation): the rest of the client's bytes
     // can no longer be read and drained.
     let broken = Arc::new(AtomicBool::new(false));

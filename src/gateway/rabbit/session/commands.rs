@@ -10,7 +10,11 @@ impl Session {
         {
             let tx = tx.to_string();
             let receipt = receipt_of(&frame).map(str::to_string);
-            match self.transactions.get_mut(&tx) {
+            match self
+                .rare
+                .as_mut()
+                .and_then(|rare| rare.transactions.get_mut(&tx))
+            {
                 None => self.send_error(
                     "Bad transaction",
                     &format!("Invalid transaction identifier: \"{tx}\"\n"),
@@ -71,7 +75,11 @@ impl Session {
         let body = frame.body;
         // A reply-to of /temp-queue/<id> needs its reply queue first.
         if let Some(temp_id) = plan.reply_to_temp_queue.clone() {
-            match self.reply_queues.get(&temp_id) {
+            match self
+                .rare
+                .as_ref()
+                .and_then(|rare| rare.reply_queues.get(&temp_id))
+            {
                 Some(queue) => {
                     let mut plan = plan;
                     plan.properties = plan.properties.with_reply_to(queue.as_str().into());
@@ -103,11 +111,11 @@ impl Session {
         // `/queue/` declares happen once per session (RabbitMQ's route_state).
         let declare_queue = plan
             .declare
-            .filter(|d| !(d.once_per_session && self.declared_queues.contains(&d.queue)));
+            .filter(|d| !(d.once_per_session && self.declared(&d.queue)));
         let confirm_id = receipt.map(|r| {
             let id = self.next_confirm_id;
             self.next_confirm_id += 1;
-            self.pending_receipts.insert(id, r);
+            self.rare().pending_receipts.insert(id, r);
             id
         });
         self.in_flight = Some(InFlight::Publish {
@@ -168,7 +176,7 @@ impl Session {
         if plan
             .declare
             .as_ref()
-            .is_some_and(|d| d.once_per_session && self.declared_queues.contains(&d.queue))
+            .is_some_and(|d| d.once_per_session && self.declared(&d.queue))
         {
             plan.declare = None;
         }
@@ -252,8 +260,8 @@ impl Session {
             }
         };
         let delivery_tag = ack_id.delivery_tag;
-        let position = self
-            .unacked
+        let unacked = &mut self.rare().unacked;
+        let position = unacked
             .iter()
             .position(|p| p.delivery_tag == delivery_tag && p.consumer_tag == ack_id.consumer_tag);
         let Some(position) = position else {
@@ -264,12 +272,12 @@ impl Session {
             );
             return;
         };
-        let multiple = self.unacked[position].multiple;
+        let multiple = unacked[position].multiple;
         if multiple {
             // Cumulative: settles every older delivery of the session, as basic.ack(multiple) does.
-            self.unacked.drain(..=position);
+            unacked.drain(..=position);
         } else {
-            self.unacked.remove(position);
+            unacked.remove(position);
         }
         let request = if frame.command == Command::Ack {
             ChannelOp::Ack {
@@ -302,7 +310,7 @@ impl Session {
         };
         match frame.command {
             Command::Begin => {
-                if self.transactions.len() >= MAX_TRANSACTIONS {
+                if self.rare().transactions.len() >= MAX_TRANSACTIONS {
                     self.send_error(
                         "Transaction limit exceeded",
                         &format!("Too many concurrent transactions (limit {MAX_TRANSACTIONS})"),
@@ -310,10 +318,10 @@ impl Session {
                     );
                     return;
                 }
-                self.transactions.insert(tx, Vec::new());
+                self.rare().transactions.insert(tx, Vec::new());
                 self.receipt(receipt);
             }
-            Command::Commit => match self.transactions.remove(&tx) {
+            Command::Commit => match self.rare().transactions.remove(&tx) {
                 Some(frames) => {
                     // Replay in order ahead of anything else; the receipt follows the replay.
                     let mut replay: VecDeque<Work> = frames.into_iter().map(Work::Frame).collect();
@@ -326,7 +334,7 @@ impl Session {
                 }
                 None => self.bad_transaction(&tx, receipt),
             },
-            _ => match self.transactions.remove(&tx) {
+            _ => match self.rare().transactions.remove(&tx) {
                 Some(_) => self.receipt(receipt),
                 None => self.bad_transaction(&tx, receipt),
             },

@@ -118,7 +118,7 @@ impl Session {
         self.token_deadline = grant
             .expires_in
             .and_then(|d| self.last_received.checked_add(d));
-        self.grant = Some(grant);
+        self.grant = Some(Box::new(grant));
         let vhost = self.config.default_vhost.clone();
         self.login = login.clone();
         self.vhost = vhost.clone();

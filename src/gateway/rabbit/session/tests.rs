@@ -481,7 +481,7 @@ fn send_without_receipt_is_not_mandatory_and_queue_declares_once() {
         };
         assert!(!request.mandatory);
         assert!(request.confirm_id.is_none());
-        let first = s.declared_queues.is_empty();
+        let first = s.rare.as_ref().is_none_or(|r| r.declared_queues.is_empty());
         assert_eq!(request.declare_queue.is_some(), first);
         s.handle_broker_reply(BrokerReply::Done);
     }
@@ -946,4 +946,16 @@ fn fuzz_regression_names_too_long_for_amqp_are_errors_not_broker_requests() {
         );
         assert!(!s.is_closed());
     }
+}
+
+#[test]
+fn an_idle_session_holds_no_queue_buffers() {
+    let mut s = connected("1.2");
+    assert!(s.actions.capacity() > 0, "CONNECT queued actions");
+    s.release_idle_buffers();
+    assert_eq!((s.actions.capacity(), s.work.capacity()), (0, 0));
+    // Released only when empty: a queued action stays.
+    s.handle_frame(frame(Command::Send, &[("destination", "/queue/q")]));
+    s.release_idle_buffers();
+    assert!(s.poll_action().is_some());
 }
