@@ -1,10 +1,28 @@
-//! The gateway config file the ConfigMap carries (keys are the gateway's flag names), and the
-//! broker URL in it.
+//! The ConfigMap and the gateway config file it carries (keys are the gateway's flag names),
+//! and the broker URL in it.
 
 use std::collections::BTreeMap;
 
-use super::{HS256_FILE, JWKS_FILE, JWT_DIR, LISTENER_TLS_DIR};
-use crate::crd::{AuthMode, StompGatewaySpec};
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use super::{BuildError, CONFIG_FILE, HS256_FILE, JWKS_FILE, JWT_DIR, LISTENER_TLS_DIR, meta};
+use crate::crd::{AuthMode, StompGateway, StompGatewaySpec};
+
+/// The ConfigMap holding `config`, the gateway config file.
+pub(super) fn build_config_map(
+    gw: &StompGateway,
+    name: &str,
+    config: &str,
+) -> Result<ConfigMap, BuildError> {
+    Ok(ConfigMap {
+        metadata: meta(gw, config_map_name(name))?,
+        data: Some(BTreeMap::from([(
+            CONFIG_FILE.to_string(),
+            config.to_string(),
+        )])),
+        ..ConfigMap::default()
+    })
+}
 
 /// Name of the ConfigMap.
 pub fn config_map_name(name: &str) -> String {

@@ -2,11 +2,10 @@
 //! Shared by the controller and `stompgate render`, so what a reviewer sees is what is applied.
 //!
 //! One file per kind: `deployment` (the Deployment and its pod template), `service`,
-//! `ingress`, `httproute`, `certificate`, `network_policy`, `hpa`; `config` is the gateway
-//! config file the ConfigMap carries and `endpoints` the URLs in `status.endpoints`. This file:
-//! what every child shares (labels, owner reference, applied hash, mount paths), [`build`],
-//! which assembles the children (the ConfigMap and the PodDisruptionBudget inline), and
-//! [`to_values`].
+//! `config` (the ConfigMap and the gateway config file it carries), `pdb`, `ingress`,
+//! `httproute`, `certificate`, `network_policy`, `hpa`; `endpoints` is the URLs in
+//! `status.endpoints`. This file: what every child shares (labels, owner reference, applied
+//! hash, mount paths), [`build`], which assembles the children, and [`to_values`].
 
 mod certificate;
 mod config;
@@ -16,6 +15,7 @@ mod hpa;
 mod httproute;
 mod ingress;
 mod network_policy;
+mod pdb;
 mod service;
 
 use std::collections::BTreeMap;
@@ -24,9 +24,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{ApiResource, DynamicObject};
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
@@ -36,11 +35,13 @@ use deployment::build_deployment;
 use httproute::build_route;
 use ingress::build_ingress;
 use network_policy::build_network_policy;
+use pdb::build_pdb;
 use service::build_service;
 
 use crate::crd::{StompGateway, StompGatewaySpec};
 
 pub use certificate::{certificate_dns_names, certificate_resource};
+use config::build_config_map;
 pub use config::{amqp_url, config_map_name, encode_vhost, gateway_config};
 pub use deployment::{
     CONTAINER, PRESTOP_SLEEP_SECONDS, TERMINATION_MARGIN_SECONDS, effective_image,
@@ -223,31 +224,10 @@ pub fn build(gw: &StompGateway, inputs: &BuildInputs) -> Result<Children, BuildE
         .clone()
         .ok_or(BuildError::MissingMeta("name"))?;
     let config = gateway_config(&gw.spec)?;
-    let config_map = with_applied_hash(ConfigMap {
-        metadata: meta(gw, config_map_name(&name))?,
-        data: Some(BTreeMap::from([(CONFIG_FILE.to_string(), config.clone())])),
-        ..ConfigMap::default()
-    });
+    let config_map = with_applied_hash(build_config_map(gw, &name, &config)?);
     let service = with_applied_hash(build_service(gw, &name)?);
     let deployment = with_applied_hash(build_deployment(gw, &name, &config, inputs)?);
-    let pdb = if gw.spec.pod_disruption_budget.enabled {
-        Some(with_applied_hash(PodDisruptionBudget {
-            metadata: meta(gw, name.clone())?,
-            spec: Some(PodDisruptionBudgetSpec {
-                max_unavailable: Some(IntOrString::Int(
-                    gw.spec.pod_disruption_budget.max_unavailable,
-                )),
-                selector: Some(LabelSelector {
-                    match_labels: Some(selector_labels(&name)),
-                    ..LabelSelector::default()
-                }),
-                ..PodDisruptionBudgetSpec::default()
-            }),
-            ..PodDisruptionBudget::default()
-        }))
-    } else {
-        None
-    };
+    let pdb = build_pdb(gw, &name)?.map(with_applied_hash);
     let ingress = gw
         .spec
         .ingress
