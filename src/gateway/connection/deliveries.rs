@@ -37,6 +37,16 @@ pub(super) enum Pending {
     Shared(SharedItem),
 }
 
+impl Pending {
+    /// A message for the client, not a marker (lag, stream end, error).
+    fn is_delivery(&self) -> bool {
+        match self {
+            Pending::Own(item) => matches!(item.1, Some(Ok(_))),
+            Pending::Shared((_, item)) => matches!(item, Some(Ok(SharedEvent::Frame(_)))),
+        }
+    }
+}
+
 /// Everything that pushes to the session, and the writes that must not stall it.
 pub(super) struct Deliveries {
     /// The session's own consumers, by consumer tag.
@@ -175,7 +185,12 @@ impl Deliveries {
                     self.backlog.push_back(Pending::Shared((tag, item)));
                 }
             }
-            if self.backlog.len() > self.backlog_limit {
+            // Only deliveries count: a lag or end marker that arrives after `backlog_limit`
+            // deliveries must still reach the session (a lagging subscriber gets its ERROR
+            // once the client reads again, instead of being dropped as stuck).
+            if self.backlog.len() > self.backlog_limit
+                && self.backlog.iter().filter(|p| p.is_delivery()).count() > self.backlog_limit
+            {
                 self.stuck = true;
                 return false;
             }
