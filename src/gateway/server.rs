@@ -310,9 +310,26 @@ pub async fn run(args: GatewayConfig, extra: Router<AppState>) -> Result<(), Ser
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })
+    listen(addr).map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Listen backlog asked of the kernel, which caps it at `net.core.somaxconn` (4096 by default
+/// since Linux 5.4), as Go's net package does. tokio's `TcpListener::bind` asks for 128: a
+/// reconnect storm (a pod restart, thousands of browsers at once) overflowed it, and every
+/// dropped SYN cost its client a retransmit 1 s later (`TcpExtListenOverflows`).
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// A listening socket with the kernel's largest accept queue (and `SO_REUSEADDR`, as std sets
+/// it, so a restarted gateway can bind while old connections are in TIME_WAIT).
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServerError> {
@@ -374,4 +391,41 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics_handler(State(state): State<AppState>) -> Response {
     crate::runtime::openmetrics(state.registry.encode())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of connections the gateway has not accepted yet waits in the accept queue.
+    /// With tokio's default backlog (128) the kernel dropped the SYNs past the 129th, and those
+    /// clients retried only a second later (then 3 s, 7 s...): this test then waits for its
+    /// timeout and fails.
+    #[tokio::test]
+    async fn a_connection_burst_waits_in_the_accept_queue_instead_of_being_dropped() {
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4096);
+        let burst = somaxconn.min(512);
+        assert!(
+            burst > 129,
+            "net.core.somaxconn is {somaxconn}: no listener here can queue a burst past 128"
+        );
+        let listener = listen("127.0.0.1:0".parse().expect("address")).expect("listen");
+        let addr = listener.local_addr().expect("bound address");
+        // Nothing accepts while the burst connects.
+        let connects =
+            futures::future::join_all((0..burst).map(|_| tokio::net::TcpStream::connect(addr)));
+        let clients = tokio::time::timeout(Duration::from_secs(30), connects)
+            .await
+            .expect("a connection of the burst was dropped, not queued");
+        assert!(clients.iter().all(Result::is_ok), "every connect succeeds");
+        let mut accepted = 0;
+        while accepted < burst {
+            listener.accept().await.expect("accept");
+            accepted += 1;
+        }
+        assert_eq!(accepted, burst);
+    }
 }
