@@ -187,6 +187,17 @@ impl PooledConnection {
         Some(reservation)
     }
 
+    /// Places still free here: below the channel limit, and channel ids left.
+    fn free_places(&self) -> usize {
+        if !self.usable() {
+            return 0;
+        }
+        let below_limit = self
+            .channel_limit
+            .saturating_sub(self.channels.load(Ordering::Acquire));
+        below_limit.min(usize::try_from(self.shared.ids_left()).unwrap_or(usize::MAX))
+    }
+
     /// Counts (once) that this connection used all its channel ids.
     fn count_retirement(&self, metrics: &GatewayMetrics) {
         if self.shared.is_retired() && !self.retirement_counted.swap(true, Ordering::AcqRel) {
@@ -278,7 +289,15 @@ impl Backoff {
     }
 }
 
-type PoolSlot = Arc<tokio::sync::Mutex<Vec<Arc<PooledConnection>>>>;
+/// The pooled connections of one credential key.
+#[derive(Default)]
+struct Slot {
+    entries: tokio::sync::Mutex<Vec<Arc<PooledConnection>>>,
+    /// Set while a connection is opened ahead of need (see [`Broker::open_channel`]).
+    opening_ahead: AtomicBool,
+}
+
+type PoolSlot = Arc<Slot>;
 
 struct Inner {
     config: BrokerConfig,
@@ -288,6 +307,9 @@ struct Inner {
     pool: Mutex<HashMap<PoolKey, PoolSlot>>,
     metrics: GatewayMetrics,
     health: Health,
+    /// Set by [`Broker::close_all`]: a connection opened ahead of need after that is closed
+    /// at once instead of pooled.
+    closed: AtomicBool,
 }
 
 /// Shared handle to the broker side; cheap to clone.
@@ -348,6 +370,7 @@ impl Broker {
                 pool: Mutex::new(HashMap::new()),
                 metrics,
                 health: Health::default(),
+                closed: AtomicBool::new(false),
             }),
         }
     }
@@ -372,7 +395,7 @@ impl Broker {
                 ));
             }
         };
-        let mut entries = slot.lock().await;
+        let mut entries = slot.entries.lock().await;
         self.prune(&mut entries);
         let placed = entries
             .iter()
@@ -380,20 +403,7 @@ impl Broker {
         let (pooled, reservation) = match placed {
             Some(placed) => placed,
             None => {
-                let lost = CancellationToken::new();
-                let closing = Arc::new(AtomicBool::new(false));
-                let conn = self
-                    .connect(login, passcode, vhost, lost.clone(), closing.clone())
-                    .await?;
-                let pooled = Arc::new(PooledConnection {
-                    shared: SharedConnection::new(conn),
-                    channels: AtomicUsize::new(0),
-                    channel_limit: self.inner.config.max_channels_per_connection.max(1),
-                    idle_since: Mutex::new(None),
-                    lost,
-                    closing,
-                    retirement_counted: AtomicBool::new(false),
-                });
+                let pooled = self.new_pooled(login, passcode, vhost).await?;
                 entries.push(pooled.clone());
                 let reservation = pooled.admit(&self.inner.metrics).ok_or_else(|| {
                     ConnectFailure::Unavailable(
@@ -403,6 +413,15 @@ impl Broker {
                 (pooled, reservation)
             }
         };
+        // The next connection is opened while the last free places are taken, not when a
+        // session finds none: in a burst (a reconnect storm) every session of the key waits
+        // behind the slot's lock for the AMQP handshake of each new connection.
+        let free: usize = entries.iter().map(|c| c.free_places()).sum();
+        if free <= open_ahead_threshold(self.inner.config.max_channels_per_connection)
+            && !slot.opening_ahead.swap(true, Ordering::AcqRel)
+        {
+            self.open_ahead(slot.clone(), login, passcode, vhost);
+        }
         drop(entries);
         Ok(SessionChannel {
             channel: None,
@@ -415,6 +434,63 @@ impl Broker {
             confirmed_route_count: 0,
             broker: self.clone(),
         })
+    }
+
+    /// A new pooled connection for these credentials, with no channel yet.
+    async fn new_pooled(
+        &self,
+        login: &str,
+        passcode: &str,
+        vhost: &str,
+    ) -> Result<Arc<PooledConnection>, ConnectFailure> {
+        let lost = CancellationToken::new();
+        let closing = Arc::new(AtomicBool::new(false));
+        let conn = self
+            .connect(login, passcode, vhost, lost.clone(), closing.clone())
+            .await?;
+        Ok(Arc::new(PooledConnection {
+            shared: SharedConnection::new(conn),
+            channels: AtomicUsize::new(0),
+            channel_limit: self.inner.config.max_channels_per_connection.max(1),
+            idle_since: Mutex::new(None),
+            lost,
+            closing,
+            retirement_counted: AtomicBool::new(false),
+        }))
+    }
+
+    /// Opens one more connection for a slot in the background, with the credentials of the
+    /// session that took one of its last free places (held only for the handshake). Unused,
+    /// it is closed after the idle TTL like any other.
+    fn open_ahead(&self, slot: PoolSlot, login: &str, passcode: &str, vhost: &str) {
+        let broker = self.clone();
+        let login = login.to_string();
+        let vhost = vhost.to_string();
+        let passcode = zeroize::Zeroizing::new(passcode.to_string());
+        tokio::spawn(async move {
+            let opened = broker.new_pooled(&login, passcode.as_str(), &vhost).await;
+            drop(passcode);
+            match opened {
+                Ok(pooled) => {
+                    if let Ok(mut idle) = pooled.idle_since.lock() {
+                        *idle = Some(Instant::now());
+                    }
+                    let mut entries = slot.entries.lock().await;
+                    if broker.inner.closed.load(Ordering::Acquire) {
+                        drop(entries);
+                        pooled.close("gateway shutting down").await;
+                        broker.inner.metrics.broker_connections.dec();
+                    } else {
+                        entries.push(pooled);
+                    }
+                }
+                // The next session that finds no place opens one itself, and reports.
+                Err(failure) => {
+                    tracing::debug!(?failure, "could not open a pooled connection ahead of need");
+                }
+            }
+            slot.opening_ahead.store(false, Ordering::Release);
+        });
     }
 
     /// Drops lost connections from a pool slot, and closes retired ones whose last channel
@@ -610,7 +686,7 @@ impl Broker {
         let mut empty = Vec::new();
         for (key, slot) in slots {
             // A slot being used right now is not idle.
-            let Ok(mut entries) = slot.try_lock() else {
+            let Ok(mut entries) = slot.entries.try_lock() else {
                 continue;
             };
             entries.retain(|c| {
@@ -638,7 +714,11 @@ impl Broker {
             for (key, slot) in empty {
                 // Only forget the key if nobody picked the slot up meanwhile.
                 if Arc::strong_count(&slot) <= 2
-                    && slot.try_lock().map(|e| e.is_empty()).unwrap_or(false)
+                    && slot
+                        .entries
+                        .try_lock()
+                        .map(|e| e.is_empty())
+                        .unwrap_or(false)
                 {
                     pool.remove(&key);
                 }
@@ -718,6 +798,11 @@ const LOST_VERDICT_WAIT: Duration = Duration::from_secs(2);
 const DOWN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// AMQP heart-beat interval asked for when the URL sets none.
 pub(crate) const DEFAULT_AMQP_HEARTBEAT_SECS: u16 = 20;
+/// Free places (over all of a key's connections) at or below which the next connection is
+/// opened ahead of need: a quarter of a connection's.
+fn open_ahead_threshold(max_channels_per_connection: usize) -> usize {
+    max_channels_per_connection / 4
+}
 /// Default of `--amqp-max-channels-per-connection`.
 pub(crate) const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 128;
 /// How long a failure to open channels keeps /readyz failing with no retry.

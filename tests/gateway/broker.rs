@@ -518,3 +518,52 @@ async fn random_interleavings_never_end_the_shared_connection() {
     assert!(metric(&gw, "broker_channel_errors") > 0.0, "seed {seed}");
     amqp.delete_exchange(&exchange).await;
 }
+
+/// The pool opens a key's next connection while its last free places are taken, so a burst
+/// of sessions never waits behind the slot for an AMQP handshake. With 8 places a connection
+/// the threshold is 2: the 6th session starts a second connection in the background, before
+/// any session has found the first one full; 10 sessions then fit on the two without a third.
+#[tokio::test]
+async fn the_next_pooled_connection_opens_ahead_of_need() {
+    let gw = start_gateway(&["--amqp-max-channels-per-connection", "8"]).await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(Client::logged_in_ws(&gw).await);
+    }
+    assert_eq!(
+        metric(&gw, "broker_connections"),
+        1.0,
+        "3 places left: nothing opened ahead yet"
+    );
+    clients.push(Client::logged_in_ws(&gw).await);
+    wait_until(
+        "a second connection opened ahead",
+        Duration::from_secs(20),
+        || async { metric(&gw, "broker_connections") >= 2.0 },
+    )
+    .await;
+    for _ in 0..4 {
+        clients.push(Client::logged_in_ws(&gw).await);
+    }
+    assert_eq!(
+        metric(&gw, "broker_connections"),
+        2.0,
+        "16 places for 10 sessions"
+    );
+    // Every session works on whichever connection it got.
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(
+            Frame::new(Command::Subscribe)
+                .header("id", "s")
+                .header(
+                    "destination",
+                    format!("/queue/{}", unique(&format!("ahead{i}"))),
+                )
+                .header("auto-delete", "true")
+                .header("receipt", "r"),
+        )
+        .await;
+        let reply = c.recv().await;
+        assert_eq!(reply.command, Command::Receipt, "session {i}: {reply:?}");
+    }
+}

@@ -30,6 +30,7 @@ impl SessionChannel {
             Some(reservation) => Some((self.pooled.clone(), reservation)),
             None => self
                 .slot
+                .entries
                 .lock()
                 .await
                 .iter()

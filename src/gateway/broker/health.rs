@@ -199,8 +199,9 @@ impl Broker {
             Ok(pool) => pool.values().cloned().collect(),
             Err(_) => return,
         };
+        self.inner.closed.store(true, Ordering::Release);
         for slot in slots {
-            let entries: Vec<Arc<PooledConnection>> = slot.lock().await.drain(..).collect();
+            let entries: Vec<Arc<PooledConnection>> = slot.entries.lock().await.drain(..).collect();
             for c in entries {
                 c.close("gateway shutting down").await;
                 self.inner.metrics.broker_connections.dec();
