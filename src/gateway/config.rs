@@ -189,6 +189,11 @@ pub struct GatewayArgs {
     /// Seconds a client has to send CONNECT.
     #[arg(long, env = "STOMPGATE_LOGIN_TIMEOUT_SECS", default_value_t = 10)]
     pub login_timeout_secs: u64,
+    /// Seconds an HTTP connection may go without a request head: a new connection that
+    /// sends nothing, or an idle keep-alive connection between requests, is closed after it.
+    #[arg(long, env = "STOMPGATE_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_timeout_secs: u64,
     /// Seconds to wait for sessions to finish after SIGTERM.
     #[arg(long, env = "STOMPGATE_DRAIN_TIMEOUT_SECS", default_value_t = 25)]
     pub drain_timeout_secs: u64,
@@ -475,7 +480,7 @@ fn apply_file(
                 auth_mode, jwt_reload_secs, jwt_destinations_claim, heartbeat_server_ms,
                 heartbeat_client_ms, max_connections, max_frame_bytes, max_subscriptions,
                 amqp_max_channels_per_connection, fanout, max_queued_messages,
-                write_timeout_secs, login_timeout_secs, drain_timeout_secs,
+                write_timeout_secs, login_timeout_secs, http_header_timeout_secs, drain_timeout_secs,
                 error_on_unroutable, hide_server_info, log_json;
             optional: stomp_listen, tls_cert_file, tls_key_file, metrics_listen, amqp_ca_file,
                 amqp_tls_ca_file, amqp_client_cert_file, amqp_client_key_file, amqp_username,

@@ -8,6 +8,7 @@ pub(crate) mod connection;
 pub(crate) mod fanout;
 pub mod rabbit;
 pub(crate) mod reload;
+pub(crate) mod serve;
 pub mod server;
 pub(crate) mod server_info;
 pub mod state;

@@ -234,17 +234,28 @@ pub async fn start(args: GatewayConfig, extra: Router<AppState>) -> Result<Gatew
     let router = router.merge(extra).with_state(state.clone());
 
     let mut servers = Vec::new();
+    let header_timeout = Duration::from_secs(args.http_header_timeout_secs.max(1));
     let listener = bind(args.listen).await?;
     let http_addr = local_addr(&listener, args.listen)?;
     match &server_tls {
         Some(tls) => {
             let listener = TlsListener::new(listener, tls.http.clone(), shutdown.clone());
-            servers.push(spawn_http(listener, router, shutdown.clone()));
+            servers.push(spawn_http(
+                listener,
+                router,
+                header_timeout,
+                shutdown.clone(),
+            ));
             if args.tls_reload_secs > 0 {
                 tls.spawn_reloader(Duration::from_secs(args.tls_reload_secs), shutdown.clone());
             }
         }
-        None => servers.push(spawn_http(listener, router, shutdown.clone())),
+        None => servers.push(spawn_http(
+            listener,
+            router,
+            header_timeout,
+            shutdown.clone(),
+        )),
     }
 
     let metrics_addr = match args.metrics_listen {
@@ -254,6 +265,7 @@ pub async fn start(args: GatewayConfig, extra: Router<AppState>) -> Result<Gatew
             servers.push(spawn_http(
                 listener,
                 health.with_state(state.clone()),
+                header_timeout,
                 shutdown.clone(),
             ));
             Some(bound)
@@ -341,19 +353,19 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Se
 fn spawn_http<L>(
     listener: L,
     router: Router,
+    header_timeout: Duration,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()>
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    tokio::spawn(async move {
-        let serve = axum::serve(listener, router.into_make_service())
-            .with_graceful_shutdown(async move { shutdown.cancelled().await });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP listener failed");
-        }
-    })
+    tokio::spawn(crate::gateway::serve::serve(
+        listener,
+        router,
+        header_timeout,
+        shutdown,
+    ))
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

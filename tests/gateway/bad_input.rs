@@ -1005,3 +1005,55 @@ async fn one_millisecond_heart_beats_are_honoured_without_harm() {
         .await;
     assert_eq!(reply.get("heart-beat"), Some("1000,1000"));
 }
+
+/// Reads until the peer closes; the time it took, or None if it was still open at `limit`.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(started + limit),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// An HTTP connection that sends nothing, and an idle keep-alive connection after its
+/// response, are closed at `--http-header-timeout-secs`: axum's accept loop held both
+/// forever, so a client that opened connections and said nothing could use up the process's
+/// descriptors (and with them every browser's session).
+#[tokio::test]
+async fn http_connections_without_a_request_are_closed_at_the_header_timeout() {
+    let gw = start_gateway(&["--http-header-timeout-secs", "1"]).await;
+    let mut silent = TcpStream::connect(gw.http_addr).await.expect("connect");
+    let waited = closed_within(&mut silent, Duration::from_secs(20))
+        .await
+        .expect("a connection that sent nothing was still open after 20 s");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed early: {waited:?}"
+    );
+
+    let mut idle = TcpStream::connect(gw.http_addr).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !response.ends_with(b"ok\n") {
+        let n = idle.read(&mut buf).await.expect("response");
+        assert!(n > 0, "closed before the response: {response:?}");
+        response.extend_from_slice(&buf[..n]);
+    }
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
+    closed_within(&mut idle, Duration::from_secs(20))
+        .await
+        .expect("an idle keep-alive connection was still open after 20 s");
+    still_serves(&gw).await;
+}
