@@ -689,6 +689,18 @@ impl Broker {
             let Ok(mut entries) = slot.entries.try_lock() else {
                 continue;
             };
+            // An idle connection that is the key's headroom (opened ahead, see `open_channel`)
+            // stays while the key has sessions: closing it would only have the next session
+            // open it again.
+            let in_use = entries
+                .iter()
+                .any(|c| c.channels.load(Ordering::Acquire) > 0);
+            let threshold = open_ahead_threshold(self.inner.config.max_channels_per_connection);
+            let mut busy_free: usize = entries
+                .iter()
+                .filter(|c| c.channels.load(Ordering::Acquire) > 0)
+                .map(|c| c.free_places())
+                .sum();
             entries.retain(|c| {
                 let idle_for = c
                     .idle_since
@@ -696,8 +708,12 @@ impl Broker {
                     .ok()
                     .and_then(|i| *i)
                     .map(|since| since.elapsed());
-                let expired =
+                let mut expired =
                     c.channels.load(Ordering::Acquire) == 0 && idle_for.is_some_and(|d| d >= ttl);
+                if expired && in_use && busy_free <= threshold && c.free_places() > 0 {
+                    busy_free += c.free_places();
+                    expired = false;
+                }
                 if expired || !c.usable() || c.finished() {
                     c.count_retirement(&self.inner.metrics);
                     to_close.push(c.clone());
@@ -818,6 +834,58 @@ mod tests {
     use super::errors::error_name;
     use super::product::parse_start_product;
     use super::*;
+
+    /// A connection opened ahead of need is its key's headroom: the idle reaper keeps it
+    /// while the key has sessions (closing it would only have the next session open it again,
+    /// a connection opened and closed every TTL) and closes it with the rest once the key has
+    /// none. Needs RabbitMQ (`STOMPGATE_TEST_AMQP_URL`, default 127.0.0.1:5672 guest/guest).
+    #[tokio::test]
+    async fn a_connection_opened_ahead_stays_while_its_key_has_sessions() {
+        let url = std::env::var("STOMPGATE_TEST_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string());
+        let mut config = BrokerConfig::from_url(&url).expect("AMQP URL");
+        config.max_channels_per_connection = 8;
+        config.idle_connection_ttl = Duration::ZERO;
+        let broker = Broker::new(config, GatewayMetrics::default());
+        let mut sessions = Vec::new();
+        for _ in 0..6 {
+            sessions.push(
+                broker
+                    .open_channel("guest", "guest", "/")
+                    .await
+                    .expect("a place for the session"),
+            );
+        }
+        let slot = broker
+            .inner
+            .pool
+            .lock()
+            .expect("pool")
+            .values()
+            .next()
+            .cloned()
+            .expect("the key's slot");
+        let started = Instant::now();
+        while slot.entries.lock().await.len() < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no connection was opened ahead of need"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        broker.reap_idle().await;
+        assert_eq!(
+            slot.entries.lock().await.len(),
+            2,
+            "the headroom was closed"
+        );
+        drop(sessions);
+        broker.reap_idle().await;
+        assert!(
+            slot.entries.lock().await.is_empty(),
+            "connections of a key without sessions outlived the idle TTL"
+        );
+    }
 
     #[test]
     fn one_shot_plain_gives_the_password_once() {
