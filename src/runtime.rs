@@ -37,6 +37,21 @@ pub fn openmetrics(body: String) -> Response {
     ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body).into_response()
 }
 
+/// A `/metrics` response carrying an encoded registry in pieces, sent one after the other
+/// (never copied into one buffer), with their total as Content-Length.
+pub fn openmetrics_chunks(chunks: Vec<String>) -> Response {
+    let len: usize = chunks.iter().map(String::len).sum();
+    let pieces = chunks.into_iter().map(Ok::<_, std::convert::Infallible>);
+    (
+        [
+            (header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE.to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        axum::body::Body::from_stream(futures::stream::iter(pieces)),
+    )
+        .into_response()
+}
+
 /// The gateway's logging (`--log-json`).
 pub fn init_logging(json: bool) {
     install(Logging::gateway(json));

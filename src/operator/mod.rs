@@ -105,7 +105,7 @@ struct Admin {
 }
 
 async fn metrics_handler(State(a): State<Admin>) -> axum::response::Response {
-    crate::runtime::openmetrics(a.metrics.encode())
+    crate::runtime::openmetrics_chunks(a.metrics.encode_chunks())
 }
 
 async fn readyz(State(a): State<Admin>) -> StatusCode {

@@ -132,6 +132,65 @@ async fn admin_endpoints_serve_metrics_health_and_readiness() {
     }
 }
 
+/// A scrape of many StompGateways is sent in pieces (`Metrics::encode_chunks`): the answer
+/// must still be whole, with its exact length, to an HTTP/1.1 and an HTTP/1.0 client.
+#[tokio::test]
+async fn a_scrape_sent_in_pieces_arrives_whole_with_its_length() {
+    use kube::core::DeserializeGuard;
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher::Event;
+    use stompgate::crd::StompGateway;
+    let metrics = Arc::new(Metrics::new());
+    let mut writer = Writer::<DeserializeGuard<StompGateway>>::default();
+    metrics.observe_gateways(writer.as_reader());
+    for i in 0..300 {
+        let obj: DeserializeGuard<StompGateway> = serde_json::from_value(json!({
+            "apiVersion": "stompgate.io/v1alpha1", "kind": "StompGateway",
+            "metadata": {"name": format!("gw{i:04}"), "namespace": "apps"},
+            "spec": {"rabbitmq": {"host": "rmq"}, "replicas": 1}}))
+        .expect("a guarded object always deserializes");
+        writer.apply_watcher_event(&Event::Apply(obj));
+    }
+    let want = metrics.encode();
+    assert!(
+        metrics.encode_chunks().len() > 2,
+        "the fixture must span several pieces"
+    );
+    let router = stompgate::operator::admin_router(metrics, Arc::new(AtomicBool::new(true)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(
+            format!("GET /metrics {version}\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        let (head, body) = out.split_once("\r\n\r\n").expect("a head and a body");
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| panic!("no content-length ({version}):\n{head}"));
+        assert_eq!(length, want.len().to_string(), "{version}");
+        assert!(
+            !head.to_ascii_lowercase().contains("transfer-encoding"),
+            "{head}"
+        );
+        assert_eq!(body, want, "{version}");
+    }
+}
+
 #[tokio::test]
 async fn the_controller_stops_with_a_clear_error_when_the_crd_is_missing() {
     use stompgate::operator::controller::{Context, Settings, run};
