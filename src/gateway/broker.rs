@@ -189,15 +189,15 @@ impl PooledConnection {
         Some(reservation)
     }
 
-    /// Places still free here: below the channel limit, and channel ids left.
+    /// Places still free here below the channel limit. Channel ids left are not counted: a
+    /// connection near its last id is used up and retired, as before, rather than left with
+    /// a few ids when the next one is opened ahead of it.
     fn free_places(&self) -> usize {
         if !self.usable() {
             return 0;
         }
-        let below_limit = self
-            .channel_limit
-            .saturating_sub(self.channels.load(Ordering::Acquire));
-        below_limit.min(usize::try_from(self.shared.ids_left()).unwrap_or(usize::MAX))
+        self.channel_limit
+            .saturating_sub(self.channels.load(Ordering::Acquire))
     }
 
     /// Counts (once) that this connection used all its channel ids.
