@@ -100,14 +100,8 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (code, out)
 }
 
-#[tokio::test]
-async fn admin_endpoints_serve_metrics_health_and_readiness() {
-    let metrics = Arc::new(Metrics::new());
-    metrics.reconciled("ok", Duration::from_millis(20));
-    metrics.error("SecretNotFound");
-    metrics.broker_op("exchange.declare", "ok");
-    let ready = Arc::new(AtomicBool::new(false));
-    let router = stompgate::operator::admin_router(metrics, ready.clone());
+/// Serves the operator's admin router on an ephemeral local port.
+async fn serve_admin(router: axum::Router) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -115,6 +109,17 @@ async fn admin_endpoints_serve_metrics_health_and_readiness() {
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
+    addr
+}
+
+#[tokio::test]
+async fn admin_endpoints_serve_metrics_health_and_readiness() {
+    let metrics = Arc::new(Metrics::new());
+    metrics.reconciled("ok", Duration::from_millis(20));
+    metrics.error("SecretNotFound");
+    metrics.broker_op("exchange.declare", "ok");
+    let ready = Arc::new(AtomicBool::new(false));
+    let addr = serve_admin(stompgate::operator::admin_router(metrics, ready.clone())).await;
     assert_eq!(http_get(addr, "/healthz").await.0, 200);
     assert_eq!(http_get(addr, "/readyz").await.0, 503);
     ready.store(true, Ordering::Relaxed);
@@ -156,14 +161,11 @@ async fn a_scrape_sent_in_pieces_arrives_whole_with_its_length() {
         metrics.encode_chunks().len() > 2,
         "the fixture must span several pieces"
     );
-    let router = stompgate::operator::admin_router(metrics, Arc::new(AtomicBool::new(true)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
+    let addr = serve_admin(stompgate::operator::admin_router(
+        metrics,
+        Arc::new(AtomicBool::new(true)),
+    ))
+    .await;
     for version in ["HTTP/1.1", "HTTP/1.0"] {
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
         s.write_all(
