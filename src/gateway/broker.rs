@@ -6,7 +6,7 @@ mod errors;
 mod health;
 pub(crate) mod product;
 
-use errors::{classify_connect_error, internal_failure};
+use errors::{classify_connect_error, internal_failure, placement_failure};
 pub(crate) use errors::{confirm_outcome, describe_error, to_failure};
 
 use crate::amqp::{self, IdReservation, SharedConnection};
@@ -295,8 +295,47 @@ impl Backoff {
 #[derive(Default)]
 struct Slot {
     entries: tokio::sync::Mutex<Vec<Arc<PooledConnection>>>,
-    /// Set while a connection is opened ahead of need (see [`Broker::open_channel`]).
+    /// Set while a connection is opened ahead of need (see [`Broker::place`]).
     opening_ahead: AtomicBool,
+    /// The key's sessions, and its password while it has any.
+    logins: Mutex<Logins>,
+}
+
+/// A session takes a place on a pooled connection only when it first needs a channel of its
+/// own (most browsers only join shared fan-out queues and never do). Taking one may need a
+/// new connection, so the key's password is kept, zeroed when its last session leaves.
+#[derive(Default)]
+struct Logins {
+    sessions: usize,
+    password: Option<zeroize::Zeroizing<String>>,
+}
+
+impl Slot {
+    fn join(&self, password: &str) {
+        if let Ok(mut logins) = self.logins.lock() {
+            logins.sessions += 1;
+            if logins.password.is_none() {
+                logins.password = Some(zeroize::Zeroizing::new(password.to_string()));
+            }
+        }
+    }
+
+    fn leave(&self) {
+        if let Ok(mut logins) = self.logins.lock() {
+            logins.sessions = logins.sessions.saturating_sub(1);
+            if logins.sessions == 0 {
+                logins.password = None;
+            }
+        }
+    }
+
+    fn sessions(&self) -> usize {
+        self.logins.lock().map(|l| l.sessions).unwrap_or(0)
+    }
+
+    fn password(&self) -> Option<zeroize::Zeroizing<String>> {
+        self.logins.lock().ok().and_then(|l| l.password.clone())
+    }
 }
 
 type PoolSlot = Arc<Slot>;
@@ -320,18 +359,19 @@ pub struct Broker {
     inner: Arc<Inner>,
 }
 
-/// A session's place on a pooled connection, and its channel, opened on first use: a
-/// session that only joins shared fan-out queues may never need one. Dropping it closes the
-/// channel (without crossing a close from RabbitMQ: `crate::amqp::close_channel`) and
-/// releases the place.
+/// A session's broker side: its place on a pooled connection and its channel, both taken on
+/// first use (a session that only joins shared fan-out queues never needs either). Dropping
+/// it closes the channel (without crossing a close from RabbitMQ:
+/// `crate::amqp::close_channel`), releases the place and leaves the credential key.
 pub struct SessionChannel {
-    channel: Option<Channel>,
-    /// The channel id promised to this session until it opens its channel.
-    reservation: Option<IdReservation>,
+    place: Option<Place>,
     key: PoolKey,
-    pooled: Arc<PooledConnection>,
-    /// The other connections for the same credentials (for shared-queue channels).
+    /// The connections for the same credentials.
     slot: PoolSlot,
+    /// A session's (counted in its slot), not a shared queue's.
+    session: bool,
+    /// The place's link was handed out (see [`SessionChannel::take_new_link`]).
+    link_reported: bool,
     confirms_enabled: bool,
     /// Routing keys, by exchange, this channel has published to with the broker's confirm;
     /// see [`SessionChannel::publish`].
@@ -341,10 +381,24 @@ pub struct SessionChannel {
     broker: Broker,
 }
 
+/// A place on a pooled connection, and the channel opened there.
+struct Place {
+    pooled: Arc<PooledConnection>,
+    /// The channel id promised to this place until its channel opens.
+    reservation: Option<IdReservation>,
+    channel: Option<Channel>,
+}
+
 impl Drop for SessionChannel {
     fn drop(&mut self) {
-        let pooled = self.pooled.clone();
-        let Some(channel) = self.channel.take() else {
+        if self.session {
+            self.slot.leave();
+        }
+        let Some(mut place) = self.place.take() else {
+            return;
+        };
+        let pooled = place.pooled.clone();
+        let Some(channel) = place.channel.take() else {
             pooled.release();
             return;
         };
@@ -377,8 +431,10 @@ impl Broker {
         }
     }
 
-    /// Opens a channel for a session on a pooled connection for these credentials.
-    pub(crate) async fn open_channel(
+    /// Logs a session in: a live pooled connection of these credentials vouches for them,
+    /// else a new one is opened (RabbitMQ checks them). The session takes a place on a
+    /// connection only when it first needs a channel of its own ([`Broker::place`]).
+    pub(crate) async fn open_session(
         &self,
         login: &str,
         passcode: &str,
@@ -398,10 +454,35 @@ impl Broker {
             }
         };
         let mut entries = slot.entries.lock().await;
+        // Newest first: an older one is more likely lost or retired.
+        if !entries.iter().rev().any(|c| c.usable()) {
+            self.prune(&mut entries);
+            let pooled = self.new_pooled(login, passcode, vhost).await?;
+            entries.push(pooled);
+        }
+        // Joined while the connection is held, so the idle reaper sees the key in use.
+        slot.join(passcode);
+        drop(entries);
+        Ok(SessionChannel {
+            place: None,
+            key,
+            slot,
+            session: true,
+            link_reported: false,
+            confirms_enabled: false,
+            confirmed_routes: HashMap::new(),
+            confirmed_route_count: 0,
+            broker: self.clone(),
+        })
+    }
+
+    /// A place on one of the key's pooled connections: the newest with room, else a new
+    /// connection opened with the key's password (kept while the key has sessions).
+    async fn place(&self, key: &PoolKey, slot: &PoolSlot) -> Result<Place, BrokerFailure> {
+        let mut entries = slot.entries.lock().await;
         // Newest first: older connections are the full ones. Each look at a connection takes
-        // two locks (its lost token, lapin's status), and a pod of 50,000 sessions has ~400
-        // connections per key: scanning them all from the oldest on every CONNECT was 5 % of
-        // the gateway's CPU in a connect burst of 10,000.
+        // two locks (its lost token, lapin's status), and a pod of 50,000 sessions can have
+        // hundreds of connections per key.
         let admit = |entries: &[Arc<PooledConnection>]| {
             entries
                 .iter()
@@ -415,19 +496,23 @@ impl Broker {
                 // Lost and finished connections go before another is opened (the idle reaper
                 // drops them too, on its tick).
                 self.prune(&mut entries);
-                let pooled = self.new_pooled(login, passcode, vhost).await?;
+                let password = slot.password().ok_or_else(|| {
+                    internal_failure("the credentials left with the key's last session")
+                })?;
+                let pooled = self
+                    .new_pooled(&key.user, password.as_str(), &key.vhost)
+                    .await
+                    .map_err(placement_failure)?;
                 entries.push(pooled.clone());
                 let reservation = pooled.admit(&self.inner.metrics).ok_or_else(|| {
-                    ConnectFailure::Unavailable(
-                        "RabbitMQ allows no channel on a new connection".to_string(),
-                    )
+                    internal_failure("RabbitMQ allows no channel on a new connection")
                 })?;
                 (pooled, reservation)
             }
         };
         // The next connection is opened while the last free places are taken, not when a
-        // session finds none: in a burst (a reconnect storm) every session of the key waits
-        // behind the slot's lock for the AMQP handshake of each new connection.
+        // session finds none: in a burst every session of the key would wait behind the
+        // slot's lock for the AMQP handshake of each new connection.
         let threshold = open_ahead_threshold(self.inner.config.max_channels_per_connection);
         let mut free = 0;
         for c in entries.iter().rev() {
@@ -437,19 +522,16 @@ impl Broker {
             }
         }
         if free <= threshold && !slot.opening_ahead.swap(true, Ordering::AcqRel) {
-            self.open_ahead(slot.clone(), login, passcode, vhost);
+            match slot.password() {
+                Some(password) => self.open_ahead(slot.clone(), key, password),
+                None => slot.opening_ahead.store(false, Ordering::Release),
+            }
         }
         drop(entries);
-        Ok(SessionChannel {
-            channel: None,
-            reservation: Some(reservation),
-            key,
+        Ok(Place {
             pooled,
-            slot,
-            confirms_enabled: false,
-            confirmed_routes: HashMap::new(),
-            confirmed_route_count: 0,
-            broker: self.clone(),
+            reservation: Some(reservation),
+            channel: None,
         })
     }
 
@@ -469,29 +551,26 @@ impl Broker {
             shared: SharedConnection::new(conn),
             channels: AtomicUsize::new(0),
             channel_limit: self.inner.config.max_channels_per_connection.max(1),
-            idle_since: Mutex::new(None),
+            // Idle until its first channel: one opened for a login only is reaped after the
+            // TTL once its key has no session.
+            idle_since: Mutex::new(Some(Instant::now())),
             lost,
             closing,
             retirement_counted: AtomicBool::new(false),
         }))
     }
 
-    /// Opens one more connection for a slot in the background, with the credentials of the
-    /// session that took one of its last free places (held only for the handshake). Unused,
-    /// it is closed after the idle TTL like any other.
-    fn open_ahead(&self, slot: PoolSlot, login: &str, passcode: &str, vhost: &str) {
+    /// Opens one more connection for a slot in the background (the key's password is held
+    /// only for the handshake). Unused, it is closed after the idle TTL like any other.
+    fn open_ahead(&self, slot: PoolSlot, key: &PoolKey, password: zeroize::Zeroizing<String>) {
         let broker = self.clone();
-        let login = login.to_string();
-        let vhost = vhost.to_string();
-        let passcode = zeroize::Zeroizing::new(passcode.to_string());
+        let login = key.user.clone();
+        let vhost = key.vhost.clone();
         tokio::spawn(async move {
-            let opened = broker.new_pooled(&login, passcode.as_str(), &vhost).await;
-            drop(passcode);
+            let opened = broker.new_pooled(&login, password.as_str(), &vhost).await;
+            drop(password);
             match opened {
                 Ok(pooled) => {
-                    if let Ok(mut idle) = pooled.idle_since.lock() {
-                        *idle = Some(Instant::now());
-                    }
                     let mut entries = slot.entries.lock().await;
                     if broker.inner.closed.load(Ordering::Acquire) {
                         drop(entries);
@@ -706,12 +785,13 @@ impl Broker {
             let Ok(mut entries) = slot.entries.try_lock() else {
                 continue;
             };
-            // An idle connection that is the key's headroom (opened ahead, see `open_channel`)
-            // stays while the key has sessions: closing it would only have the next session
-            // open it again.
-            let in_use = entries
-                .iter()
-                .any(|c| c.channels.load(Ordering::Acquire) > 0);
+            // An idle connection that is the key's headroom (opened ahead, see `place`; or the
+            // one its sessions logged in on) stays while the key has sessions: closing it
+            // would only have the next session open it again.
+            let in_use = slot.sessions() > 0
+                || entries
+                    .iter()
+                    .any(|c| c.channels.load(Ordering::Acquire) > 0);
             let threshold = open_ahead_threshold(self.inner.config.max_channels_per_connection);
             let mut busy_free: usize = entries
                 .iter()
@@ -852,28 +932,17 @@ mod tests {
     use super::product::parse_start_product;
     use super::*;
 
-    /// A connection opened ahead of need is its key's headroom: the idle reaper keeps it
-    /// while the key has sessions (closing it would only have the next session open it again,
-    /// a connection opened and closed every TTL) and closes it with the rest once the key has
-    /// none. Needs RabbitMQ (`STOMPGATE_TEST_AMQP_URL`, default 127.0.0.1:5672 guest/guest).
-    #[tokio::test]
-    async fn a_connection_opened_ahead_stays_while_its_key_has_sessions() {
+    fn test_broker(max_channels_per_connection: usize) -> Broker {
         let url = std::env::var("STOMPGATE_TEST_AMQP_URL")
             .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string());
         let mut config = BrokerConfig::from_url(&url).expect("AMQP URL");
-        config.max_channels_per_connection = 8;
+        config.max_channels_per_connection = max_channels_per_connection;
         config.idle_connection_ttl = Duration::ZERO;
-        let broker = Broker::new(config, GatewayMetrics::default());
-        let mut sessions = Vec::new();
-        for _ in 0..6 {
-            sessions.push(
-                broker
-                    .open_channel("guest", "guest", "/")
-                    .await
-                    .expect("a place for the session"),
-            );
-        }
-        let slot = broker
+        Broker::new(config, GatewayMetrics::default())
+    }
+
+    fn only_slot(broker: &Broker) -> PoolSlot {
+        broker
             .inner
             .pool
             .lock()
@@ -881,7 +950,73 @@ mod tests {
             .values()
             .next()
             .cloned()
-            .expect("the key's slot");
+            .expect("the key's slot")
+    }
+
+    /// Sessions log in on the key's connection without a place on it: 20 sessions with 8
+    /// places a connection need one connection, not three. The key keeps its password while
+    /// it has sessions (a first channel may need a new connection) and forgets it with the
+    /// last one; its login connection stays while it has sessions and goes after the idle
+    /// TTL once it has none. Needs RabbitMQ (`STOMPGATE_TEST_AMQP_URL`, default
+    /// 127.0.0.1:5672 guest/guest).
+    #[tokio::test]
+    async fn sessions_take_no_place_until_they_need_a_channel() {
+        let broker = test_broker(8);
+        let mut sessions = Vec::new();
+        for _ in 0..20 {
+            sessions.push(
+                broker
+                    .open_session("guest", "guest", "/")
+                    .await
+                    .expect("logged in"),
+            );
+        }
+        let slot = only_slot(&broker);
+        assert_eq!(slot.entries.lock().await.len(), 1, "one login connection");
+        assert_eq!(slot.sessions(), 20);
+        assert!(slot.password().is_some(), "kept while the key has sessions");
+        assert!(sessions.iter().all(|s| s.place.is_none()), "no place taken");
+        broker.reap_idle().await;
+        assert_eq!(
+            slot.entries.lock().await.len(),
+            1,
+            "the login connection of a key with sessions was closed"
+        );
+        drop(sessions);
+        assert_eq!(slot.sessions(), 0);
+        assert!(
+            slot.password().is_none(),
+            "the password outlived the key's sessions"
+        );
+        broker.reap_idle().await;
+        assert!(
+            slot.entries.lock().await.is_empty(),
+            "connections of a key without sessions outlived the idle TTL"
+        );
+    }
+
+    /// A connection opened ahead of need is its key's headroom: the idle reaper keeps it
+    /// while the key has sessions (closing it would only have the next session open it again,
+    /// a connection opened and closed every TTL) and closes it with the rest once the key has
+    /// none. Needs RabbitMQ.
+    #[tokio::test]
+    async fn a_connection_opened_ahead_stays_while_its_key_has_sessions() {
+        let broker = test_broker(8);
+        let mut sessions = Vec::new();
+        for _ in 0..6 {
+            let mut session = broker
+                .open_session("guest", "guest", "/")
+                .await
+                .expect("logged in");
+            session.place = Some(
+                broker
+                    .place(&session.key, &session.slot)
+                    .await
+                    .expect("a place for the session"),
+            );
+            sessions.push(session);
+        }
+        let slot = only_slot(&broker);
         let started = Instant::now();
         while slot.entries.lock().await.len() < 2 {
             assert!(

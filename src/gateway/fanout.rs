@@ -25,7 +25,7 @@
 //! `message-id` carries the hub's id instead of the session's (`T_<id>@@session-<hub>@@<n>`,
 //! the same shape; auto-ack message ids are never acknowledged).
 
-use crate::gateway::broker::{PoolKey, SessionChannel, to_failure};
+use crate::gateway::broker::{BrokerLink, PoolKey, SessionChannel, to_failure};
 use crate::gateway::rabbit::message;
 use crate::gateway::rabbit::plan::{AckMode, Binding, SubscribePlan};
 use crate::gateway::rabbit::queue::QueueDeclare;
@@ -241,14 +241,12 @@ impl Fanout {
     }
 
     /// Joins (creating if needed) the hub for this subscription, after the broker authorised
-    /// the session's own credentials for it. None when a new hub would be needed but no
-    /// pooled connection of these credentials has room for its channel: the caller then
-    /// subscribes on the session's own channel (correct, just not shared).
+    /// the session's own credentials for it.
     pub(crate) async fn join(
         &self,
         channel: &mut SessionChannel,
         plan: &SubscribePlan,
-    ) -> Result<Option<Membership>, BrokerFailure> {
+    ) -> Result<Membership, BrokerFailure> {
         let Some(Binding {
             exchange,
             routing_key,
@@ -276,15 +274,13 @@ impl Fanout {
             let hub = match current.as_ref() {
                 Some(hub) => hub.clone(),
                 None => {
-                    let Some(hub) = self.start_hub(channel, plan, key.clone()).await? else {
-                        return Ok(None);
-                    };
+                    let hub = self.start_hub(channel, plan, key.clone()).await?;
                     *current = Some(hub.clone());
                     hub
                 }
             };
             if let Some(membership) = self.register(&hub, &plan.consumer_tag) {
-                return Ok(Some(membership));
+                return Ok(membership);
             }
             *current = None;
         }
@@ -386,16 +382,14 @@ impl Fanout {
     }
 
     /// Declares the shared queue on a channel of the session's credentials and starts the hub
-    /// task consuming it (None: no connection has room for that channel).
+    /// task consuming it.
     async fn start_hub(
         &self,
         channel: &SessionChannel,
         plan: &SubscribePlan,
         key: HubKey,
-    ) -> Result<Option<Arc<Hub>>, BrokerFailure> {
-        let Some(hub_channel) = channel.sibling().await? else {
-            return Ok(None);
-        };
+    ) -> Result<Arc<Hub>, BrokerFailure> {
+        let hub_channel = channel.sibling().await?;
         let queue = crate::gateway::rabbit::queue_name::random_subscription_queue_name();
         let shared_plan = SubscribePlan {
             consumer_tag: format!(
@@ -436,7 +430,7 @@ impl Fanout {
             task_hub.run(hub_channel, consumer).await;
             registry.forget(&task_hub);
         });
-        Ok(Some(hub))
+        Ok(hub)
     }
 
     /// Removes a finished hub from the registry (unless a newer one took its place).
@@ -466,11 +460,17 @@ impl Fanout {
 
 impl Hub {
     async fn run(&self, channel: SessionChannel, mut consumer: lapin::Consumer) {
+        // Placed by `sibling`: a hub's channel always has its connection.
         let link = channel.link();
         let lost = BrokerFailure::link_lost;
         // Created once, not per delivery: each would register a waiter on its token.
         let mut stopped = std::pin::pin!(self.stop.cancelled());
-        let mut link_lost = std::pin::pin!(link.lost());
+        let mut link_lost = std::pin::pin!(async {
+            match &link {
+                Some(link) => link.lost().await,
+                None => std::future::pending().await,
+            }
+        });
         let failure = loop {
             tokio::select! {
                 _ = &mut stopped => break None,
@@ -478,7 +478,7 @@ impl Hub {
                 _ = &mut link_lost => break Some(lost()),
                 item = consumer.next() => match item {
                     Some(Ok(delivery)) => self.distribute(delivery),
-                    Some(Err(_)) | None if link.is_lost() => break Some(lost()),
+                    Some(Err(_)) | None if link.as_ref().is_some_and(BrokerLink::is_lost) => break Some(lost()),
                     Some(Err(e)) => break Some(to_failure(e)),
                     None => break Some(BrokerFailure {
                         name: "Server cancelled subscription".to_string(),

@@ -519,51 +519,176 @@ async fn random_interleavings_never_end_the_shared_connection() {
     amqp.delete_exchange(&exchange).await;
 }
 
+/// Subscribes to a fresh auto-deleted queue with a receipt: the session's first use of a
+/// channel of its own.
+async fn subscribe_to_own_queue(c: &mut Client, name: &str) {
+    c.send(
+        Frame::new(Command::Subscribe)
+            .header("id", "s")
+            .header("destination", format!("/queue/{}", unique(name)))
+            .header("auto-delete", "true")
+            .header("receipt", "r"),
+    )
+    .await;
+    let reply = c.recv().await;
+    assert_eq!(reply.command, Command::Receipt, "{name}: {reply:?}");
+}
+
 /// The pool opens a key's next connection while its last free places are taken, so a burst
-/// of sessions never waits behind the slot for an AMQP handshake. With 8 places a connection
-/// the threshold is 2: the 6th session starts a second connection in the background, before
-/// any session has found the first one full; 10 sessions then fit on the two without a third.
+/// of sessions never waits behind the slot for an AMQP handshake. Sessions take their place
+/// with their first channel, not at CONNECT: 10 logged-in sessions use the one connection they
+/// logged in on. With 8 places a connection the threshold is 2: the 6th session to open a
+/// channel starts a second connection in the background, before any session has found the
+/// first one full; 10 channels then fit on the two without a third.
 #[tokio::test]
 async fn the_next_pooled_connection_opens_ahead_of_need() {
     let gw = start_gateway(&["--amqp-max-channels-per-connection", "8"]).await;
     let mut clients = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..10 {
         clients.push(Client::logged_in_ws(&gw).await);
+    }
+    assert_eq!(
+        metric(&gw, "broker_connections"),
+        1.0,
+        "logged-in sessions without a channel take no place"
+    );
+    for (i, c) in clients.iter_mut().take(5).enumerate() {
+        subscribe_to_own_queue(c, &format!("ahead{i}")).await;
     }
     assert_eq!(
         metric(&gw, "broker_connections"),
         1.0,
         "3 places left: nothing opened ahead yet"
     );
-    clients.push(Client::logged_in_ws(&gw).await);
+    subscribe_to_own_queue(&mut clients[5], "ahead5").await;
     wait_until(
         "a second connection opened ahead",
         Duration::from_secs(20),
         || async { metric(&gw, "broker_connections") >= 2.0 },
     )
     .await;
-    for _ in 0..4 {
-        clients.push(Client::logged_in_ws(&gw).await);
+    for (i, c) in clients.iter_mut().enumerate().skip(6) {
+        subscribe_to_own_queue(c, &format!("ahead{i}")).await;
     }
     assert_eq!(
         metric(&gw, "broker_connections"),
         2.0,
-        "16 places for 10 sessions"
+        "16 places for 10 channels"
     );
-    // Every session works on whichever connection it got.
-    for (i, c) in clients.iter_mut().enumerate() {
+    assert_eq!(metric(&gw, "broker_channels"), 10.0);
+}
+
+/// Browsers that only subscribe through a shared fan-out queue never need a channel of their
+/// own, so they take no place on a pooled connection: 40 of them, with 8 places a connection,
+/// need one AMQP connection (for the shared queue's channel and one authorisation probe), not
+/// five; a 41st session that publishes takes its place there too, and every subscriber gets
+/// its message.
+#[tokio::test]
+async fn sessions_that_only_share_a_queue_take_no_place_on_a_connection() {
+    let gw = start_gateway(&[
+        "--amqp-max-channels-per-connection",
+        "8",
+        "--fanout",
+        "true",
+    ])
+    .await;
+    let destination = format!("/exchange/amq.topic/{}", unique("placeless"));
+    let mut subscribers = Vec::new();
+    for i in 0..40 {
+        let mut c = Client::logged_in_ws(&gw).await;
         c.send(
+            Frame::new(Command::Subscribe)
+                .header("id", format!("s{i}"))
+                .header("destination", destination.as_str())
+                .header("receipt", "r"),
+        )
+        .await;
+        let reply = c.recv().await;
+        assert_eq!(reply.command, Command::Receipt, "subscriber {i}: {reply:?}");
+        subscribers.push(c);
+    }
+    assert_eq!(metric(&gw, "broker_connections"), 1.0);
+    assert_eq!(
+        metric(&gw, "broker_channels"),
+        2.0,
+        "the shared queue's channel and the one authorisation probe"
+    );
+    let mut publisher = Client::logged_in_ws(&gw).await;
+    publisher
+        .send(
+            Frame::new(Command::Send)
+                .header("destination", destination.as_str())
+                .header("receipt", "sent")
+                .with_body("to all"),
+        )
+        .await;
+    let reply = publisher.recv().await;
+    assert_eq!(reply.command, Command::Receipt, "{reply:?}");
+    for (i, c) in subscribers.iter_mut().enumerate() {
+        let message = c.recv().await;
+        assert_eq!(message.command, Command::Message, "subscriber {i}");
+        assert_eq!(body(&message), "to all");
+    }
+    assert_eq!(metric(&gw, "broker_connections"), 1.0);
+    assert_eq!(metric(&gw, "broker_channels"), 3.0);
+}
+
+/// A session logs in on a connection its key already has; when it first needs a channel and
+/// every connection of the key is full, the pool opens another with the key's password. If
+/// RabbitMQ no longer accepts that password (changed since the login), the session gets an
+/// `access_refused` ERROR, and sessions already placed carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_channel_after_the_password_changed_is_refused_cleanly() {
+    use crate::support::{ensure_user, rabbitmqctl};
+    let user = "stompgate-test-changed-password";
+    ensure_user(user, "before", ".*", ".*", ".*");
+    let gw = start_gateway(&["--amqp-max-channels-per-connection", "1"]).await;
+    let log_in = || async {
+        let mut c = Client::ws(&gw).await;
+        let reply = c
+            .connect_with(&[
+                ("accept-version", "1.2"),
+                ("host", "/"),
+                ("login", user),
+                ("passcode", "before"),
+            ])
+            .await;
+        assert_eq!(reply.command, Command::Connected, "{reply:?}");
+        c
+    };
+    let mut first = log_in().await;
+    let mut second = log_in().await;
+    rabbitmqctl(&["change_password", user, "after"]);
+    // The first takes the one place of the connection both logged in on.
+    subscribe_to_own_queue(&mut first, "changed-first").await;
+    second
+        .send(
             Frame::new(Command::Subscribe)
                 .header("id", "s")
                 .header(
                     "destination",
-                    format!("/queue/{}", unique(&format!("ahead{i}"))),
+                    format!("/queue/{}", unique("changed-second")),
                 )
                 .header("auto-delete", "true")
                 .header("receipt", "r"),
         )
         .await;
-        let reply = c.recv().await;
-        assert_eq!(reply.command, Command::Receipt, "session {i}: {reply:?}");
-    }
+    let reply = second.recv().await;
+    assert_eq!(reply.command, Command::Error, "{reply:?}");
+    assert!(
+        format!("{reply:?} {}", body(&reply)).contains("access_refused"),
+        "{reply:?} {}",
+        body(&reply)
+    );
+    // The first session is unaffected.
+    first
+        .send(
+            Frame::new(Command::Send)
+                .header("destination", "/exchange/amq.topic/stompgate-test-changed")
+                .header("receipt", "sent")
+                .with_body("still here"),
+        )
+        .await;
+    let reply = first.recv().await;
+    assert_eq!(reply.command, Command::Receipt, "{reply:?}");
 }

@@ -3,11 +3,22 @@
 use super::*;
 
 impl SessionChannel {
-    /// Watches this session's AMQP connection.
-    pub(crate) fn link(&self) -> BrokerLink {
-        BrokerLink {
-            pooled: self.pooled.clone(),
+    /// Watches the AMQP connection this channel has its place on (None: no place yet).
+    pub(crate) fn link(&self) -> Option<BrokerLink> {
+        self.place.as_ref().map(|place| BrokerLink {
+            pooled: place.pooled.clone(),
+        })
+    }
+
+    /// The link of the place this session took since it was last asked: once, after the
+    /// operation that first needed a channel.
+    pub(crate) fn take_new_link(&mut self) -> Option<BrokerLink> {
+        if self.link_reported {
+            return None;
         }
+        let link = self.link()?;
+        self.link_reported = true;
+        Some(link)
     }
 
     /// The credentials this channel was opened with.
@@ -21,61 +32,57 @@ impl SessionChannel {
     }
 
     /// Another channel for the same credentials (same user, same permissions), e.g. for a
-    /// shared fan-out queue that outlives this session: on this session's connection, or on
-    /// another pooled connection of the same credentials. None when none of them has room (all
-    /// full, or retired after using every channel id): the caller then does without sharing.
-    pub(crate) async fn sibling(&self) -> Result<Option<SessionChannel>, BrokerFailure> {
-        let metrics = &self.broker.inner.metrics;
-        let placed = match self.pooled.admit(metrics) {
-            Some(reservation) => Some((self.pooled.clone(), reservation)),
-            None => self
-                .slot
-                .entries
-                .lock()
-                .await
-                .iter()
-                .find_map(|c| c.admit(metrics).map(|r| (c.clone(), r))),
-        };
-        let Some((pooled, reservation)) = placed else {
-            return Ok(None);
-        };
+    /// shared fan-out queue that outlives this session, on one of the key's pooled
+    /// connections (a new one when all are full).
+    pub(crate) async fn sibling(&self) -> Result<SessionChannel, BrokerFailure> {
+        let place = self.broker.place(&self.key, &self.slot).await?;
         let mut sibling = SessionChannel {
-            channel: None,
-            reservation: Some(reservation),
+            place: Some(place),
             key: self.key.clone(),
-            pooled,
             slot: self.slot.clone(),
+            session: false,
+            link_reported: true,
             confirms_enabled: false,
             confirmed_routes: HashMap::new(),
             confirmed_route_count: 0,
             broker: self.broker.clone(),
         };
         sibling.channel().await?;
-        Ok(Some(sibling))
+        Ok(sibling)
     }
 
-    /// The session's channel, opened now if this is its first use.
+    /// The session's channel, opened now (with a place, if it has none) on first use.
     pub(crate) async fn channel(&mut self) -> Result<&Channel, BrokerFailure> {
-        if self.channel.is_none() {
-            if !self.pooled.usable() {
+        if self.place.is_none() {
+            self.place = Some(self.broker.place(&self.key, &self.slot).await?);
+        }
+        let Some(place) = self.place.as_mut() else {
+            return Err(internal_failure("no place"));
+        };
+        if place.channel.is_none() {
+            if !place.pooled.usable() {
                 return Err(BrokerFailure::connection_lost(
                     "The AMQP connection is closed.\n",
                 ));
             }
-            let Some(reservation) = self.reservation.take() else {
+            let Some(reservation) = place.reservation.take() else {
                 return Err(internal_failure("the session's channel was already used"));
             };
-            let channel = self.broker.open_reserved(&self.pooled, reservation).await?;
-            self.channel = Some(channel);
+            let channel = self
+                .broker
+                .open_reserved(&place.pooled, reservation)
+                .await?;
+            place.channel = Some(channel);
         }
-        self.channel
+        place
+            .channel
             .as_ref()
             .ok_or_else(|| internal_failure("no channel"))
     }
 
     /// Closes the channel (DISCONNECT), if it was ever opened.
     pub(crate) async fn close(&mut self) {
-        if let Some(channel) = self.channel.take() {
+        if let Some(channel) = self.place.as_mut().and_then(|p| p.channel.take()) {
             self.broker.inner.metrics.broker_channels.dec();
             amqp::close_channel(&channel, "DISCONNECT").await;
         }

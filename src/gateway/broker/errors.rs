@@ -82,3 +82,29 @@ pub(super) fn classify_connect_error(error: &lapin::Error) -> ConnectFailure {
 pub(crate) fn describe_error(error: &lapin::Error) -> String {
     error.to_string()
 }
+
+/// A session that logged in earlier could not get a connection for its first channel: the
+/// credentials no longer work (changed or revoked since), or RabbitMQ is out of reach.
+pub(super) fn placement_failure(failure: ConnectFailure) -> BrokerFailure {
+    match failure {
+        ConnectFailure::AccessRefused => BrokerFailure {
+            name: "access_refused".to_string(),
+            text: "RabbitMQ refused the session's credentials when it needed a channel.\n"
+                .to_string(),
+        },
+        ConnectFailure::VhostDenied => BrokerFailure {
+            name: "access_refused".to_string(),
+            text:
+                "RabbitMQ refused access to the session's virtual host when it needed a channel.\n"
+                    .to_string(),
+        },
+        ConnectFailure::ConnectionLimit => BrokerFailure {
+            name: "not_allowed".to_string(),
+            text: "RabbitMQ's connection limit was reached when the session needed a channel.\n"
+                .to_string(),
+        },
+        ConnectFailure::Unavailable(reason) => {
+            BrokerFailure::connection_lost(format!("RabbitMQ is unreachable: {reason}\n"))
+        }
+    }
+}

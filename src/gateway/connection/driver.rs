@@ -507,10 +507,12 @@ where
     /// The broker's answer to the session's request, keeping what the driver needs.
     fn on_op_result(&mut self, result: OpResult) -> BrokerReply {
         match result {
+            OpResult::Placed(link, result) => {
+                self.broker.link_lost = Some(link.lost().boxed());
+                self.broker.link = Some(link);
+                self.on_op_result(*result)
+            }
             OpResult::Connected(Ok((ch, server_product))) => {
-                let watch = ch.link();
-                self.broker.link_lost = Some(watch.lost().boxed());
-                self.broker.link = Some(watch);
                 let channel = Some(Arc::new(tokio::sync::Mutex::new(*ch)));
                 self.deliveries.cancel.channel = channel.clone();
                 self.broker.channel = channel;

@@ -8,7 +8,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 
 use super::context::ConnectionContext;
-use crate::gateway::broker::SessionChannel;
+use crate::gateway::broker::{BrokerLink, SessionChannel};
 use crate::gateway::fanout::{Fanout, Membership};
 use crate::gateway::rabbit::session::{BrokerFailure, BrokerRequest, ChannelOp, ConnectFailure};
 
@@ -60,7 +60,8 @@ impl futures::Stream for Confirms {
 
 /// Result of one broker operation, carried back into the loop.
 pub(super) enum OpResult {
-    /// The session's channel, and RabbitMQ's product for the `server` header.
+    /// The session's broker side (no place on a connection yet), and RabbitMQ's product for
+    /// the `server` header.
     Connected(Result<(Box<SessionChannel>, Option<String>), ConnectFailure>),
     Subscribed(String, Result<lapin::Consumer, BrokerFailure>),
     Joined(String, Result<Membership, BrokerFailure>),
@@ -70,6 +71,8 @@ pub(super) enum OpResult {
         Result<crate::gateway::broker::Confirm, BrokerFailure>,
     ),
     Done(Result<(), BrokerFailure>),
+    /// The operation took the session's place on a pooled connection: watch that link.
+    Placed(BrokerLink, Box<OpResult>),
 }
 
 /// Starts the future for one session request. Returns None for Flush (handled in the loop).
@@ -96,8 +99,9 @@ pub(super) fn start_request(
                 .map(|_| ctx.session.login_timeout / 2);
             Some(
                 async move {
-                    // `passcode` is zeroed when this future completes.
-                    let opened = broker.open_channel(&login, passcode.as_str(), &vhost).await;
+                    // `passcode` is zeroed when this future completes (the pool keeps a copy
+                    // while the key has sessions, see `Broker::open_session`).
+                    let opened = broker.open_session(&login, passcode.as_str(), &vhost).await;
                     drop(passcode);
                     let result = match opened {
                         Ok(channel) => {
@@ -131,15 +135,8 @@ pub(super) fn start_request(
                         return OpResult::Joined(plan.consumer_tag, Err(no_channel()));
                     };
                     let mut channel = channel.lock().await;
-                    match fanout.join(&mut channel, &plan).await {
-                        Ok(Some(membership)) => OpResult::Joined(plan.consumer_tag, Ok(membership)),
-                        // No room for a shared queue's channel: an unshared subscription.
-                        Ok(None) => {
-                            let result = channel.subscribe(&plan).await;
-                            OpResult::Subscribed(plan.consumer_tag, result)
-                        }
-                        Err(failure) => OpResult::Joined(plan.consumer_tag, Err(failure)),
-                    }
+                    let result = fanout.join(&mut channel, &plan).await;
+                    with_new_link(&mut channel, OpResult::Joined(plan.consumer_tag, result))
                 }
                 .boxed(),
             )
@@ -164,12 +161,26 @@ pub(super) fn no_channel() -> BrokerFailure {
     BrokerFailure::connection_lost("The session has no broker channel.\n")
 }
 
+/// The operation's result, with the session's link to its AMQP connection when this
+/// operation was the first to need a channel (the session took its place then).
+fn with_new_link(channel: &mut SessionChannel, result: OpResult) -> OpResult {
+    match channel.take_new_link() {
+        Some(link) => OpResult::Placed(link, Box::new(result)),
+        None => result,
+    }
+}
+
 /// Runs one operation on the session's channel.
 async fn channel_op(channel: Option<SharedChannel>, op: ChannelOp) -> OpResult {
     let Some(channel) = channel else {
         return OpResult::Done(Err(no_channel()));
     };
     let mut channel = channel.lock().await;
+    let result = run_channel_op(&mut channel, op).await;
+    with_new_link(&mut channel, result)
+}
+
+async fn run_channel_op(channel: &mut SessionChannel, op: ChannelOp) -> OpResult {
     match op {
         ChannelOp::Subscribe(plan) => {
             let result = channel.subscribe(&plan).await;
