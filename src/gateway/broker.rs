@@ -372,6 +372,12 @@ pub struct SessionChannel {
     session: bool,
     /// The place's link was handed out (see [`SessionChannel::take_new_link`]).
     link_reported: bool,
+    /// A clone of each consumer handed out and not cancelled: lapin cancels a consumer whose
+    /// last handle drops while it is active, from a task of its own that checks the channel
+    /// before it sends; a close of ours in between puts that `basic.cancel` on the wire after
+    /// the channel's close, and RabbitMQ ends the whole connection (`CHANNEL_ERROR - expected
+    /// 'channel.open'`). Held until the channel is closed, they never fire.
+    consumers: Vec<Consumer>,
     confirms_enabled: bool,
     /// Routing keys, by exchange, this channel has published to with the broker's confirm;
     /// see [`SessionChannel::publish`].
@@ -407,10 +413,12 @@ impl Drop for SessionChannel {
             pooled.release();
             return;
         }
+        let consumers = std::mem::take(&mut self.consumers);
         // The place is released once the close is done: a retired connection is closed only
         // when no channel on it is still closing.
         tokio::spawn(async move {
             amqp::close_channel(&channel, "session closed").await;
+            drop(consumers);
             pooled.release();
         });
     }
@@ -469,6 +477,7 @@ impl Broker {
             slot,
             session: true,
             link_reported: false,
+            consumers: Vec::new(),
             confirms_enabled: false,
             confirmed_routes: HashMap::new(),
             confirmed_route_count: 0,
@@ -1037,6 +1046,101 @@ mod tests {
             slot.entries.lock().await.is_empty(),
             "connections of a key without sessions outlived the idle TTL"
         );
+    }
+
+    /// lapin cancels a consumer whose last handle drops while it is active, from a task of its
+    /// own that checks the channel before it sends: a close of ours in between put that
+    /// `basic.cancel` on the wire after `channel.close`, and RabbitMQ ended the whole pooled
+    /// connection (`CHANNEL_ERROR - expected 'channel.open'`, seen once under a loaded test
+    /// run: a shared queue's hub dropped its consumer, then its channel). The session keeps a
+    /// handle of each consumer until its channel is closed, so dropping the caller's handle
+    /// sends nothing: the queue keeps its consumer until the channel closes, then RabbitMQ
+    /// deletes it (auto-delete), and the connection is never torn down. Needs RabbitMQ.
+    #[tokio::test]
+    async fn a_dropped_consumer_is_not_cancelled_behind_its_channels_close() {
+        use crate::gateway::rabbit::plan::AckMode;
+        let broker = test_broker(8);
+        let amqp = Connection::connect(
+            &std::env::var("STOMPGATE_TEST_AMQP_URL")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string()),
+            ConnectionProperties::default(),
+        )
+        .await
+        .expect("test connection");
+        let probe = amqp.create_channel().await.expect("probe channel");
+        let consumers_of = |queue: String| {
+            let probe = probe.clone();
+            async move {
+                probe
+                    .queue_declare(
+                        queue.as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map(|q| q.consumer_count())
+            }
+        };
+        let queue = format!(
+            "stompgate-test-held-{}",
+            crate::gateway::rabbit::ids::random_token()
+        );
+        let plan = SubscribePlan {
+            consumer_tag: "T_held".to_string(),
+            description: "id='held'".to_string(),
+            queue: queue.clone(),
+            declare: Some(QueueDeclare {
+                queue: queue.clone(),
+                passive: false,
+                durable: false,
+                exclusive: false,
+                auto_delete: true,
+                arguments: FieldTable::default(),
+                nowait: false,
+                once_per_session: false,
+            }),
+            binding: None,
+            check_exchange: false,
+            delete_queue_on_failure: false,
+            ack: AckMode::Auto,
+            prefetch_count: None,
+            consumer_arguments: FieldTable::default(),
+            durable_subscription: false,
+            named_by_client: false,
+        };
+        let mut session = broker
+            .open_session("guest", "guest", "/")
+            .await
+            .expect("logged in");
+        let consumer = session.subscribe(&plan).await.expect("consuming");
+        drop(consumer);
+        // lapin sends a cancel for a dropped handle within milliseconds; watched for a second
+        // (a passive declare counts the queue's consumers).
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Gone (auto-deleted with its last consumer) counts as none.
+            assert_eq!(
+                consumers_of(queue.clone()).await.unwrap_or(0),
+                1,
+                "dropping the caller's handle cancelled the consumer"
+            );
+        }
+        let pooled = session.place.as_ref().expect("placed").pooled.clone();
+        drop(session);
+        let started = Instant::now();
+        // The channel's close cancels the consumer and RabbitMQ deletes the auto-delete queue
+        // (a passive declare of a missing queue fails).
+        while consumers_of(queue.clone()).await.is_ok() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the session's channel was never closed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(pooled.usable(), "the pooled connection was torn down");
     }
 
     #[test]

@@ -496,7 +496,9 @@ impl Hub {
             let _ = self.ring.send(HubEvent::Failed(failure));
         }
         let _ = self.ring.send(HubEvent::Ended);
-        // Dropping the consumer and channel deletes the exclusive auto-delete queue.
+        // Dropping the channel closes it (the consumer's handle goes after that, see
+        // `SessionChannel`), which cancels the consumer and deletes the exclusive auto-delete
+        // queue.
         drop(consumer);
         drop(channel);
     }

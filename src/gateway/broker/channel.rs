@@ -42,6 +42,7 @@ impl SessionChannel {
             slot: self.slot.clone(),
             session: false,
             link_reported: true,
+            consumers: Vec::new(),
             confirms_enabled: false,
             confirmed_routes: HashMap::new(),
             confirmed_route_count: 0,
@@ -80,12 +81,14 @@ impl SessionChannel {
             .ok_or_else(|| internal_failure("no channel"))
     }
 
-    /// Closes the channel (DISCONNECT), if it was ever opened.
+    /// Closes the channel (DISCONNECT), if it was ever opened; then lets go of its consumers
+    /// (see `SessionChannel::consumers`).
     pub(crate) async fn close(&mut self) {
         if let Some(channel) = self.place.as_mut().and_then(|p| p.channel.take()) {
             self.broker.inner.metrics.broker_channels.dec();
             amqp::close_channel(&channel, "DISCONNECT").await;
         }
+        self.consumers.clear();
     }
 
     /// Declares, binds and consumes as planned (declare, qos, bind, consume); a generated
@@ -134,6 +137,9 @@ impl SessionChannel {
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
+        if let Ok(consumer) = &result {
+            self.consumers.push(consumer.clone());
+        }
         result
     }
 
@@ -151,6 +157,8 @@ impl SessionChannel {
                 .await
                 .map_err(to_failure)?;
         }
+        // Cancelled: its handles can go (one kept after a failed delete is harmless).
+        self.consumers.retain(|c| c.tag().as_str() != consumer_tag);
         Ok(())
     }
 
@@ -173,6 +181,7 @@ impl SessionChannel {
             )
             .await
             .map_err(to_failure)?;
+        self.consumers.push(consumer.clone());
         Ok((name, consumer))
     }
 
