@@ -244,7 +244,7 @@ impl Fanout {
     /// the session's own credentials for it.
     pub(crate) async fn join(
         &self,
-        channel: &mut SessionChannel,
+        channel: &SessionChannel,
         plan: &SubscribePlan,
     ) -> Result<Membership, BrokerFailure> {
         let Some(Binding {
@@ -323,11 +323,11 @@ impl Fanout {
         })
     }
 
-    /// Runs the subscription's own declare/bind/consume on the session's channel (then
+    /// Runs the subscription's own declare/bind/consume with the session's credentials (then
     /// removes the probe queue), unless these credentials passed recently.
     async fn authorize(
         &self,
-        channel: &mut SessionChannel,
+        channel: &SessionChannel,
         plan: &SubscribePlan,
         key: &HubKey,
     ) -> Result<(), BrokerFailure> {
@@ -366,14 +366,18 @@ impl Fanout {
             "stompgate-authz-{}",
             crate::gateway::rabbit::ids::random_token()
         );
-        // A failure here closes the session's channel with the broker's own error, exactly
-        // as the non-shared subscription would have.
-        let consumer = channel.subscribe(&probe).await?;
+        // On a channel of its own, closed after the probe: on the session's channel it would
+        // give a browser that only shares queues a place on a pooled connection for its whole
+        // life. A failure is the broker's own error, and ends the session exactly as the
+        // non-shared subscription would have.
+        let mut probe_channel = channel.sibling().await?;
+        let consumer = probe_channel.subscribe(&probe).await?;
         let probe_queue = probe.declare.as_ref().map(|d| d.queue.as_str());
-        channel
+        probe_channel
             .unsubscribe(&probe.consumer_tag, probe_queue)
             .await?;
         drop(consumer);
+        drop(probe_channel);
         if let Ok(mut map) = self.inner.authorized.lock() {
             map.retain(|_, at| at.elapsed() < ttl);
             map.insert(cache_key, Instant::now());

@@ -298,8 +298,8 @@ async fn a_burst_of_subscribers_is_authorised_by_one_probe_not_one_channel_each(
         let reply = c.recv_receipt().await;
         assert_eq!(reply.command, Command::Receipt, "{reply:?}");
     }
-    // One channel for the probe (the prober's own) and one for the shared queue; a probe per
-    // subscriber would leave a channel open per session.
+    // One channel for the shared queue, and the probe's, closed after the probe (perhaps not
+    // yet when RabbitMQ is asked); a probe per subscriber would open a channel per session.
     let listing = rabbitmqctl(&["list_connections", "user", "channels", "--quiet"]);
     let channels: Vec<u32> = listing
         .lines()

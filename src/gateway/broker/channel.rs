@@ -81,6 +81,13 @@ impl SessionChannel {
             .ok_or_else(|| internal_failure("no channel"))
     }
 
+    /// Lets go of the handle of a consumer RabbitMQ cancelled (no longer active, so dropping
+    /// it sends nothing): a session resubscribing after each such cancel would otherwise keep
+    /// one per cancel until it ends.
+    pub(crate) fn forget_consumer(&mut self, consumer_tag: &str) {
+        self.consumers.retain(|c| c.tag().as_str() != consumer_tag);
+    }
+
     /// Closes the channel (DISCONNECT), if it was ever opened; then lets go of its consumers
     /// (see `SessionChannel::consumers`).
     pub(crate) async fn close(&mut self) {

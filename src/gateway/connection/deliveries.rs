@@ -240,6 +240,13 @@ impl Deliveries {
             }
             None => {
                 self.consumers.remove(&tag);
+                // RabbitMQ cancelled it: the channel's handle can go too. The lock is free
+                // unless a drain's cancel holds it; then the handle goes with the channel.
+                if let Some(channel) = &self.cancel.channel
+                    && let Ok(mut channel) = channel.try_lock()
+                {
+                    channel.forget_consumer(&tag);
+                }
                 session.handle_consumer_cancelled(&tag);
             }
         }

@@ -134,9 +134,11 @@ pub(super) fn start_request(
                     let Some(channel) = channel else {
                         return OpResult::Joined(plan.consumer_tag, Err(no_channel()));
                     };
-                    let mut channel = channel.lock().await;
-                    let result = fanout.join(&mut channel, &plan).await;
-                    with_new_link(&mut channel, OpResult::Joined(plan.consumer_tag, result))
+                    // Joining takes the session no place: the probe and the shared queue
+                    // have channels of their own.
+                    let channel = channel.lock().await;
+                    let result = fanout.join(&channel, &plan).await;
+                    OpResult::Joined(plan.consumer_tag, result)
                 }
                 .boxed(),
             )

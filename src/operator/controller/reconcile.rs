@@ -204,15 +204,7 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
     // read referenced Secrets
     let secrets = match read_secrets(gw, ctx, &ns).await? {
         Ok(s) => s,
-        Err(p) => {
-            obs.blocked = Some(p.clone());
-            obs.deployment = deployments.get_opt(&name).await?;
-            write_status(gw, ctx, &api, &obs).await?;
-            return Err(Error::Retry {
-                reason: p.reason,
-                message: p.message,
-            });
-        }
+        Err(p) => return blocked_until_retry(gw, ctx, &api, &deployments, &name, obs, p).await,
     };
 
     ctx.remember_target(
@@ -240,13 +232,7 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
         if let Some(p) = check_listener_secrets(gw, ctx, &ns).await? {
             // The other exposure children were not looked at: their verdicts stay.
             keep_exposure(gw, &mut obs, None);
-            obs.blocked = Some(p.clone());
-            obs.deployment = deployments.get_opt(&name).await?;
-            write_status(gw, ctx, &api, &obs).await?;
-            return Err(Error::Retry {
-                reason: p.reason,
-                message: p.message,
-            });
+            return blocked_until_retry(gw, ctx, &api, &deployments, &name, obs, p).await;
         }
     }
     if !gw.spec.paused {
@@ -376,6 +362,26 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
 }
 
 /// Reports a failed child apply (`ApplyFailed`, retried with backoff).
+/// Reports in the status what blocks the gateway (a referenced Secret missing or unusable),
+/// then fails the reconcile so that it is retried with backoff.
+async fn blocked_until_retry(
+    gw: &StompGateway,
+    ctx: &Context,
+    api: &Api<StompGateway>,
+    deployments: &Api<Deployment>,
+    name: &str,
+    mut obs: Observation,
+    p: Problem,
+) -> Result<Action, Error> {
+    obs.blocked = Some(p.clone());
+    obs.deployment = deployments.get_opt(name).await?;
+    write_status(gw, ctx, api, &obs).await?;
+    Err(Error::Retry {
+        reason: p.reason,
+        message: p.message,
+    })
+}
+
 async fn apply_failed(
     gw: &StompGateway,
     ctx: &Context,
