@@ -361,7 +361,22 @@ async fn reconcile_inner(gw: &StompGateway, ctx: &Context) -> Result<Action, Err
     }
 }
 
-/// Reports a failed child apply (`ApplyFailed`, retried with backoff).
+/// Writes the status with what blocks the gateway. The Deployment is read for the status too;
+/// a failed read leaves it out (the reconcile fails and is retried either way).
+async fn report_blocked(
+    gw: &StompGateway,
+    ctx: &Context,
+    api: &Api<StompGateway>,
+    deployments: &Api<Deployment>,
+    name: &str,
+    mut obs: Observation,
+    p: Problem,
+) -> Result<(), Error> {
+    obs.blocked = Some(p);
+    obs.deployment = deployments.get_opt(name).await.ok().flatten();
+    write_status(gw, ctx, api, &obs).await
+}
+
 /// Reports in the status what blocks the gateway (a referenced Secret missing or unusable),
 /// then fails the reconcile so that it is retried with backoff.
 async fn blocked_until_retry(
@@ -370,25 +385,24 @@ async fn blocked_until_retry(
     api: &Api<StompGateway>,
     deployments: &Api<Deployment>,
     name: &str,
-    mut obs: Observation,
+    obs: Observation,
     p: Problem,
 ) -> Result<Action, Error> {
-    obs.blocked = Some(p.clone());
-    obs.deployment = deployments.get_opt(name).await?;
-    write_status(gw, ctx, api, &obs).await?;
+    report_blocked(gw, ctx, api, deployments, name, obs, p.clone()).await?;
     Err(Error::Retry {
         reason: p.reason,
         message: p.message,
     })
 }
 
+/// Reports a failed child apply (`ApplyFailed`, retried with backoff).
 async fn apply_failed(
     gw: &StompGateway,
     ctx: &Context,
     api: &Api<StompGateway>,
     deployments: &Api<Deployment>,
     name: &str,
-    mut obs: Observation,
+    obs: Observation,
     e: kube::Error,
 ) -> Result<Action, Error> {
     let p = Problem::new(
@@ -398,9 +412,7 @@ async fn apply_failed(
             status::api_error_message(&e)
         ),
     );
-    obs.blocked = Some(p);
-    obs.deployment = deployments.get_opt(name).await.ok().flatten();
-    write_status(gw, ctx, api, &obs).await?;
+    report_blocked(gw, ctx, api, deployments, name, obs, p).await?;
     Err(e.into())
 }
 
