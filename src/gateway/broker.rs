@@ -941,13 +941,33 @@ mod tests {
     use super::product::parse_start_product;
     use super::*;
 
+    fn test_url() -> String {
+        std::env::var("STOMPGATE_TEST_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+    }
+
     fn test_broker(max_channels_per_connection: usize) -> Broker {
-        let url = std::env::var("STOMPGATE_TEST_AMQP_URL")
-            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string());
-        let mut config = BrokerConfig::from_url(&url).expect("AMQP URL");
+        let mut config = BrokerConfig::from_url(&test_url()).expect("AMQP URL");
         config.max_channels_per_connection = max_channels_per_connection;
         config.idle_connection_ttl = Duration::ZERO;
         Broker::new(config, GatewayMetrics::default())
+    }
+
+    async fn guest_session(broker: &Broker) -> SessionChannel {
+        broker
+            .open_session("guest", "guest", "/")
+            .await
+            .expect("logged in")
+    }
+
+    /// With an idle TTL of zero, one reaper tick closes every connection of a key that has no
+    /// session left.
+    async fn assert_all_reaped(broker: &Broker, slot: &PoolSlot) {
+        broker.reap_idle().await;
+        assert!(
+            slot.entries.lock().await.is_empty(),
+            "connections of a key without sessions outlived the idle TTL"
+        );
     }
 
     fn only_slot(broker: &Broker) -> PoolSlot {
@@ -973,12 +993,7 @@ mod tests {
         let broker = test_broker(8);
         let mut sessions = Vec::new();
         for _ in 0..20 {
-            sessions.push(
-                broker
-                    .open_session("guest", "guest", "/")
-                    .await
-                    .expect("logged in"),
-            );
+            sessions.push(guest_session(&broker).await);
         }
         let slot = only_slot(&broker);
         assert_eq!(slot.entries.lock().await.len(), 1, "one login connection");
@@ -997,11 +1012,7 @@ mod tests {
             slot.password().is_none(),
             "the password outlived the key's sessions"
         );
-        broker.reap_idle().await;
-        assert!(
-            slot.entries.lock().await.is_empty(),
-            "connections of a key without sessions outlived the idle TTL"
-        );
+        assert_all_reaped(&broker, &slot).await;
     }
 
     /// A connection opened ahead of need is its key's headroom: the idle reaper keeps it
@@ -1013,10 +1024,7 @@ mod tests {
         let broker = test_broker(8);
         let mut sessions = Vec::new();
         for _ in 0..6 {
-            let mut session = broker
-                .open_session("guest", "guest", "/")
-                .await
-                .expect("logged in");
+            let mut session = guest_session(&broker).await;
             session.place = Some(
                 broker
                     .place(&session.key, &session.slot)
@@ -1041,11 +1049,7 @@ mod tests {
             "the headroom was closed"
         );
         drop(sessions);
-        broker.reap_idle().await;
-        assert!(
-            slot.entries.lock().await.is_empty(),
-            "connections of a key without sessions outlived the idle TTL"
-        );
+        assert_all_reaped(&broker, &slot).await;
     }
 
     /// lapin cancels a consumer whose last handle drops while it is active, from a task of its
@@ -1060,13 +1064,9 @@ mod tests {
     async fn a_dropped_consumer_is_not_cancelled_behind_its_channels_close() {
         use crate::gateway::rabbit::plan::AckMode;
         let broker = test_broker(8);
-        let amqp = Connection::connect(
-            &std::env::var("STOMPGATE_TEST_AMQP_URL")
-                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string()),
-            ConnectionProperties::default(),
-        )
-        .await
-        .expect("test connection");
+        let amqp = Connection::connect(&test_url(), ConnectionProperties::default())
+            .await
+            .expect("test connection");
         let probe = amqp.create_channel().await.expect("probe channel");
         let consumers_of = |queue: String| {
             let probe = probe.clone();
@@ -1111,10 +1111,7 @@ mod tests {
             durable_subscription: false,
             named_by_client: false,
         };
-        let mut session = broker
-            .open_session("guest", "guest", "/")
-            .await
-            .expect("logged in");
+        let mut session = guest_session(&broker).await;
         let consumer = session.subscribe(&plan).await.expect("consuming");
         drop(consumer);
         // lapin sends a cancel for a dropped handle within milliseconds; watched for a second
