@@ -593,6 +593,53 @@ fn internal(text: &str) -> BrokerFailure {
     }
 }
 
+/// A hub with no queue behind it, whose ring has room for `capacity` events.
+#[cfg(test)]
+fn detached_hub(capacity: usize) -> Arc<Hub> {
+    Arc::new(Hub {
+        key: HubKey {
+            vhost: "/".into(),
+            exchange: "amq.topic".into(),
+            routing_key: "a.b".into(),
+        },
+        session_id: "session-hub".into(),
+        listeners: Mutex::new(Listeners::default()),
+        ring: broadcast::channel(capacity).0,
+        stop: CancellationToken::new(),
+        sequence: AtomicU64::new(0),
+        metrics: GatewayMetrics::default(),
+    })
+}
+
+/// For tests of what reads a hub's ring: a hub without RabbitMQ, fed by hand.
+#[cfg(test)]
+pub(crate) struct HandFedHub {
+    fanout: Fanout,
+    hub: Arc<Hub>,
+}
+
+#[cfg(test)]
+impl HandFedHub {
+    pub(crate) fn new(capacity: usize) -> Self {
+        HandFedHub {
+            fanout: Fanout::new(FanoutConfig::default(), GatewayMetrics::default()),
+            hub: detached_hub(capacity),
+        }
+    }
+
+    /// A listener for one subscription id (slot 0 for the first).
+    pub(crate) fn join(&self, consumer_tag: &str) -> Option<Membership> {
+        self.fanout.register(&self.hub, consumer_tag)
+    }
+
+    /// Puts one delivery in the ring, the same bytes for every slot in use.
+    pub(crate) fn send(&self, frame: Bytes) {
+        let slots = self.hub.listeners.lock().map(|l| l.slots).unwrap_or(1);
+        let frames: Arc<[Bytes]> = vec![frame; slots.max(1)].into();
+        let _ = self.hub.ring.send(HubEvent::Delivery(frames));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -606,19 +653,7 @@ mod tests {
     }
 
     fn hub() -> Arc<Hub> {
-        Arc::new(Hub {
-            key: HubKey {
-                vhost: "/".into(),
-                exchange: "amq.topic".into(),
-                routing_key: "a.b".into(),
-            },
-            session_id: "session-hub".into(),
-            listeners: Mutex::new(Listeners::default()),
-            ring: broadcast::channel(4).0,
-            stop: CancellationToken::new(),
-            sequence: AtomicU64::new(0),
-            metrics: GatewayMetrics::default(),
-        })
+        detached_hub(4)
     }
 
     #[test]

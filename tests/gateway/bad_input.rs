@@ -652,23 +652,24 @@ async fn never_reading_subscriber_is_cut_off(fanout: bool) {
             break;
         }
     }
-    let Some(published) = closed_after else {
+    // Own queue: the bound on deliveries waiting behind the blocked write cuts it during the
+    // flood. Shared queue: the ring holds what waits, and the write timeout cuts it (below).
+    if !fanout && closed_after.is_none() {
         panic!(
             "slow consumer not cut off after 50000 messages (RSS grew {} MiB); {}",
             peak.saturating_sub(rss_before) >> 20,
             gw.metrics_text()
         );
-    };
+    }
     let grown = peak.saturating_sub(rss_before);
     eprintln!(
-        "fanout={fanout}: slow consumer closed after {published} messages ({} MiB) in {:?}, RSS grew {} MiB",
-        (published * 4096) >> 20,
+        "fanout={fanout}: cut off during the flood after {closed_after:?} messages in {:?}, RSS grew {} MiB",
         started.elapsed(),
         grown >> 20
     );
     assert!(grown < 96 << 20, "RSS grew by {} MiB", grown >> 20);
-    // Closed at once, or once a last ERROR write gives up (the write timeout).
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Closed at once, or once the blocked write gives up (the write timeout).
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let metrics = gw.metrics_text();
         if metrics.contains("stompgate_session_closes_total{reason=\"slow_consumer\"} 1") {

@@ -30,21 +30,9 @@ pub(super) type SharedItem = (
 type DeliveryStream = BoxStream<'static, Option<lapin::Result<lapin::message::Delivery>>>;
 type SharedStream = BoxStream<'static, Option<Result<SharedEvent, BroadcastStreamRecvError>>>;
 
-/// What arrived for the session while a write to its client was blocked.
-pub(super) enum Pending {
-    // Boxed: a lapin delivery is large, and this queue is usually empty.
-    Own(Box<ConsumerItem>),
-    Shared(SharedItem),
-}
-
-impl Pending {
-    /// A message for the client, not a marker (lag, stream end, error).
-    fn is_delivery(&self) -> bool {
-        match self {
-            Pending::Own(item) => matches!(item.1, Some(Ok(_))),
-            Pending::Shared((_, item)) => matches!(item, Some(Ok(SharedEvent::Frame(_)))),
-        }
-    }
+/// A message for the client, not a marker (consumer end, error).
+fn is_delivery(item: &ConsumerItem) -> bool {
+    matches!(item.1, Some(Ok(_)))
 }
 
 /// Everything that pushes to the session, and the writes that must not stall it.
@@ -54,8 +42,9 @@ pub(super) struct Deliveries {
     /// Subscriptions served by the shared fan-out: their event streams and memberships.
     pub(super) shared: StreamMap<String, SharedStream>,
     pub(super) memberships: HashMap<String, Membership>,
-    /// Deliveries taken from the streams while a write was blocked, in order.
-    pub(super) backlog: VecDeque<Pending>,
+    /// Deliveries taken from the session's own consumers while a write was blocked, in
+    /// order. Boxed: a lapin delivery is large, and this queue is usually empty.
+    pub(super) backlog: VecDeque<Box<ConsumerItem>>,
     backlog_limit: usize,
     write_timeout: Duration,
     /// Set when the client stopped reading: a write timed out, or the backlog overflowed.
@@ -172,24 +161,19 @@ impl Deliveries {
                 _ = shutdown.cancelled(), if !self.cancel.covers(&self.consumers) => {
                     self.cancel.cancel_all(&self.consumers);
                 }
+                // Shared subscriptions are not read here: their queue's ring bounds what waits
+                // for this session, and a session that falls a ring behind finds the lag (and
+                // gets its ERROR) when the write completes. Reading them into the backlog let
+                // a session that kept pace with the ring overflow the backlog instead, and be
+                // dropped without its ERROR.
                 Some(item) = self.consumers.next(), if !self.consumers.is_empty() => {
-                    self.backlog.push_back(Pending::Own(Box::new(item)));
-                }
-                Some((tag, item)) = self.shared.next(), if !self.shared.is_empty() => {
-                    if matches!(item, Some(Err(BroadcastStreamRecvError::Lagged(_)))) {
-                        // Fell behind: read no more of it. The session is closed as a slow
-                        // consumer (with an ERROR) once this write completes, or as stuck if
-                        // it never does; the shared queue's ring bounds the memory meanwhile.
-                        self.shared.remove(&tag);
-                    }
-                    self.backlog.push_back(Pending::Shared((tag, item)));
+                    self.backlog.push_back(Box::new(item));
                 }
             }
-            // Only deliveries count: a lag or end marker that arrives after `backlog_limit`
-            // deliveries must still reach the session (a lagging subscriber gets its ERROR
-            // once the client reads again, instead of being dropped as stuck).
+            // Only deliveries count: an end marker that arrives after `backlog_limit`
+            // deliveries must still reach the session.
             if self.backlog.len() > self.backlog_limit
-                && self.backlog.iter().filter(|p| p.is_delivery()).count() > self.backlog_limit
+                && self.backlog.iter().filter(|item| is_delivery(item)).count() > self.backlog_limit
             {
                 self.stuck = true;
                 return false;

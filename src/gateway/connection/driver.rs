@@ -12,7 +12,7 @@ use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio::time::Sleep;
 
 use super::context::ConnectionContext;
-use super::deliveries::{ConsumerItem, Deliveries, Pending, SharedItem};
+use super::deliveries::{ConsumerItem, Deliveries, SharedItem};
 use super::ops::{self, Confirms, OpResult, SharedChannel};
 use super::outbound::{CloseCode, Outbound, TransportViolation};
 use crate::gateway::broker::{self, BrokerLink};
@@ -202,11 +202,8 @@ where
             return Flow::Continue;
         }
         // Deliveries that arrived while a write was blocked go first, in order.
-        if let Some(pending) = self.deliveries.backlog.pop_front() {
-            match pending {
-                Pending::Own(item) => self.on_consumer_item(*item),
-                Pending::Shared(item) => self.deliveries.on_shared_item(&mut self.session, item),
-            }
+        if let Some(item) = self.deliveries.backlog.pop_front() {
+            self.on_consumer_item(*item);
             return Flow::Continue;
         }
         if !self.input_open && self.session.wants_input() && self.broker.op.is_none() {

@@ -237,3 +237,46 @@ fn a_sessions_future_stays_small() {
         "a session's future is {bytes} bytes (bound {bound})"
     );
 }
+
+/// A session blocked on a write leaves its shared subscription's deliveries in the queue's
+/// ring, even when it could keep pace with them: past the ring it finds the lag (and its
+/// client gets the slow-consumer ERROR) once the write completes. Moving them into the
+/// session's backlog instead overflowed the backlog and dropped the session without it.
+#[tokio::test]
+async fn a_blocked_write_leaves_shared_deliveries_in_their_ring() {
+    use super::deliveries::Deliveries;
+    use crate::gateway::fanout::{HandFedHub, SharedEvent};
+    use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+    let ring = 4;
+    let hub = HandFedHub::new(ring);
+    let mut membership = hub.join("T_s").expect("an open hub");
+    let events = membership.take_events().expect("events, once");
+    let mut deliveries = Deliveries::new(
+        tokio_util::sync::CancellationToken::new(),
+        ring,
+        Duration::from_secs(3600),
+    );
+    deliveries.add_shared("T_s".to_string(), events);
+    let (unblock, blocked) = futures::channel::oneshot::channel::<()>();
+    // One delivery at a time, the session polled after each: it could keep pace.
+    let feed = async {
+        for n in 0..3 * ring {
+            hub.send(Bytes::from(format!("frame {n}")));
+            tokio::task::yield_now().await;
+        }
+        let _ = unblock.send(());
+    };
+    let (written, ()) = tokio::join!(deliveries.write(blocked), feed);
+    assert!(written, "the write completed");
+    assert!(!deliveries.stuck);
+    assert!(deliveries.backlog.is_empty());
+    let (tag, item) = deliveries.shared.next().await.expect("the subscription");
+    assert_eq!(tag, "T_s");
+    assert!(
+        matches!(item, Some(Err(BroadcastStreamRecvError::Lagged(_)))),
+        "lagged, got a frame: {}",
+        matches!(item, Some(Ok(SharedEvent::Frame(_))))
+    );
+    drop(membership);
+}
