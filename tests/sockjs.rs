@@ -99,6 +99,25 @@ impl SessionHandler for Flood {
     }
 }
 
+/// Panics at its first message.
+#[derive(Clone)]
+struct Panicky;
+
+impl SessionHandler for Panicky {
+    fn start(
+        &self,
+        mut inbound: BoxStream<'static, std::io::Result<bytes::Bytes>>,
+        _outbound: Outbound,
+    ) -> BoxFuture<'static, ()> {
+        async move {
+            if let Some(Ok(m)) = inbound.next().await {
+                panic!("the handler failed on {m:?} (this test's panic)");
+            }
+        }
+        .boxed()
+    }
+}
+
 fn config() -> SockJsConfig {
     SockJsConfig {
         sockjs_client_url: "http://localhost/sockjs.js".into(),
@@ -1273,6 +1292,34 @@ async fn websocket_framing() {
             "",
         )
         .await,
+    );
+}
+
+/// A handler that panics ends its session with 1011, on every transport; the server goes on.
+#[tokio::test]
+async fn a_panicking_handler_closes_its_session_with_1011() {
+    let addr = serve(config(), Panicky).await;
+    let mut ws = ws_connect(addr, &format!("{}/websocket", session_url())).await;
+    assert_eq!(ws_text(&mut ws).await, "o");
+    ws.send(WsMessage::text(r#"["boom"]"#)).await.expect("send");
+    assert_eq!(ws_text(&mut ws).await, r#"c[1011,"Internal error"]"#);
+    ws_expect_closed(&mut ws).await;
+
+    let mut raw = ws_connect(addr, "/stomp/websocket").await;
+    raw.send(WsMessage::text("boom")).await.expect("send");
+    match ws_recv(&mut raw).await {
+        Some(WsMessage::Close(Some(frame))) => {
+            assert_eq!(u16::from(frame.code), 1011);
+            assert_eq!(frame.reason.as_str(), "Internal error");
+        }
+        other => panic!("expected close 1011, got {other:?}"),
+    }
+
+    let url = open_session(addr).await;
+    post(addr, &format!("{url}/xhr_send"), r#"["boom"]"#).await;
+    assert_eq!(
+        post(addr, &format!("{url}/xhr"), "").await.body,
+        "c[1011,\"Internal error\"]\n"
     );
 }
 

@@ -29,13 +29,19 @@
 //! | any | handler's | the handler sent [`SockJsSend::Close`] |
 //! | 1000 | `Normal closure` | the handler returned or closed its sink without a code |
 //! | 1002 | `Connection interrupted` | a receiving request broke off (network error), or no request polled for `disconnect_delay` |
+//! | 1002 | `WebSocket protocol error` | the client broke the WebSocket protocol |
 //! | 1011 | `Internal error` | the handler panicked |
 //! | 2010 | `Another connection still open` | a second receiving request on a session (that request only) |
-//! | [`CLOSE_QUEUE_FULL`] 4429 | `Outbound queue full` | the outbound queue stayed at `max_queued_bytes` for `disconnect_delay` (client stopped reading) |
+//! | [`CLOSE_QUEUE_FULL`] 4429 | `Outbound queue full` | HTTP transports: the outbound queue stayed at `max_queued_bytes` for `disconnect_delay` (client stopped reading) |
 //! | [`CLOSE_MESSAGE_TOO_BIG`] 4413 | `Message too big` | the client sent a message over `max_incoming_message_bytes` |
 //!
 //! A closed session keeps answering its close frame to later requests until no request came for
 //! `disconnect_delay` (so a client that comes back learns why), then it is forgotten.
+//!
+//! On the WebSocket transports the handler writes straight to the socket, which is the
+//! backpressure: a write waits while the client does not read, and when the socket took nothing
+//! for `disconnect_delay` the write fails and the connection is dropped (nothing more could
+//! reach the client).
 //!
 //! # Deviations from sockjs-protocol 0.3.3 (see the test suite `sockjs-protocol-0.3.3.py`)
 //!
@@ -140,8 +146,9 @@ pub struct SockJsConfig {
     pub response_limit: usize,
     /// Concurrent sessions (all transports, closed ones until forgotten); more get 503.
     pub max_sessions: usize,
-    /// Outbound bytes queued per session before the handler's sink applies backpressure; if the
-    /// queue stays full for `disconnect_delay` the session is closed with [`CLOSE_QUEUE_FULL`].
+    /// Outbound bytes queued per session of an HTTP transport before the handler's sink applies
+    /// backpressure; if the queue stays full for `disconnect_delay` the session is closed with
+    /// [`CLOSE_QUEUE_FULL`]. (WebSocket sessions have no queue: the socket pushes back.)
     pub max_queued_bytes: usize,
     /// Largest message the client may send (decoded); larger ones close the session with
     /// [`CLOSE_MESSAGE_TOO_BIG`] (HTTP senders get 413).

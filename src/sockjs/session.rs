@@ -1,6 +1,7 @@
-//! Session state shared by the handler (through [`Outbound`] and the inbound channel) and by the
-//! requests that come and go (receivers, senders). One receiver at a time drains the outbound
-//! queue; a supervisor task per session enforces `disconnect_delay` and the queue stall rule.
+//! Session state of the HTTP transports, shared by the handler (through [`Outbound`] and the
+//! inbound channel) and by the requests that come and go (receivers, senders). One receiver at a
+//! time drains the outbound queue; a supervisor task per session enforces `disconnect_delay` and
+//! the queue stall rule. (The WebSocket transports need none of this: `ws.rs`.)
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -94,7 +95,7 @@ impl Registry {
             return Ok((session.clone(), None));
         }
         let permit = self.reserve().ok_or(Full)?;
-        let (session, unstarted) = Session::new(Some(key.to_owned()), permit, limits);
+        let (session, unstarted) = Session::new(key.to_owned(), permit, limits);
         map.insert(key.to_owned(), session.clone());
         Ok((session, Some(unstarted)))
     }
@@ -132,8 +133,9 @@ struct State {
 }
 
 pub(crate) struct Session {
-    /// Map key; `None` for WebSocket sessions, which live exactly as long as their connection.
-    key: Option<String>,
+    /// Map key (the session id). WebSocket sessions are not here: their handler runs on the
+    /// connection itself (`ws.rs`).
+    key: String,
     limits: Limits,
     state: Mutex<State>,
     wake: Notify,
@@ -184,11 +186,7 @@ fn closed_error() -> io::Error {
 
 impl Session {
     /// A new session; [`Unstarted::start`] runs its handler and supervisor.
-    pub(crate) fn new(
-        key: Option<String>,
-        permit: Permit,
-        limits: Limits,
-    ) -> (Arc<Session>, Unstarted) {
+    pub(crate) fn new(key: String, permit: Permit, limits: Limits) -> (Arc<Session>, Unstarted) {
         let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
         let session = Arc::new(Session {
             key,
@@ -412,10 +410,7 @@ impl Session {
         }
         if matches!(st.phase, Phase::Closed { .. }) {
             // A receiver still attached to a closed session detaches (and notifies).
-            return st.receiver.is_none().then_some(match self.key {
-                None => st.idle_since,
-                Some(_) => st.idle_since + delay,
-            });
+            return st.receiver.is_none().then_some(st.idle_since + delay);
         }
         let idle = st.receiver.is_none().then_some(st.idle_since + delay);
         let stalled = st.full_since.map(|t| t + delay);
@@ -427,9 +422,8 @@ impl Session {
         let delay = self.limits.disconnect_delay;
         let mut st = self.lock();
         if matches!(st.phase, Phase::Closed { .. }) {
-            // WebSocket sessions end with their connection; others linger to repeat the close.
-            return st.receiver.is_none()
-                && (self.key.is_none() || now.duration_since(st.idle_since) >= delay);
+            // Lingers to repeat the close to a client that comes back.
+            return st.receiver.is_none() && now.duration_since(st.idle_since) >= delay;
         }
         let stalled = st
             .full_since
@@ -473,8 +467,8 @@ impl Unstarted {
 }
 
 /// Runs the session's clock and notices the handler's end. It sleeps until the session's next
-/// deadline instead of ticking: most sessions (every WebSocket one) have none while their
-/// client is connected, and a tick per session per second was most of an idle gateway's CPU.
+/// deadline instead of ticking: a session has none while a receiver is attached, and a tick per
+/// session per second was most of an idle gateway's CPU.
 async fn supervise(session: Arc<Session>, registry: Arc<Registry>, mut task: JoinHandle<()>) {
     let mut running = true;
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -502,9 +496,7 @@ async fn supervise(session: Arc<Session>, registry: Arc<Registry>, mut task: Joi
             _ = session.deadlines_changed.notified() => {}
             _ = async { timer.as_mut().expect("guarded").await }, if deadline.is_some() => {
                 if session.tick(Instant::now()) {
-                    if let Some(key) = &session.key {
-                        registry.remove(key, &session);
-                    }
+                    registry.remove(&session.key, &session);
                     // The handler task keeps running until it sees its inbound end.
                     return;
                 }
@@ -580,14 +572,14 @@ mod tests {
 
     const DELAY: Duration = Duration::from_secs(5);
 
-    fn session(key: Option<&str>) -> Arc<Session> {
+    fn session() -> Arc<Session> {
         let registry = Registry::new(10);
         let permit = registry.reserve().expect("room");
         let limits = Limits {
             max_queued_bytes: 10,
             disconnect_delay: DELAY,
         };
-        Session::new(key.map(str::to_owned), permit, limits).0
+        Session::new("k".to_owned(), permit, limits).0
     }
 
     fn attach(session: &Session) -> u64 {
@@ -598,15 +590,8 @@ mod tests {
     }
 
     #[test]
-    fn a_websocket_session_with_its_client_connected_has_no_deadline() {
-        let session = session(None);
-        attach(&session);
-        assert_eq!(session.next_deadline(), None);
-    }
-
-    #[test]
     fn a_polling_session_between_requests_expires_after_the_disconnect_delay() {
-        let session = session(Some("k"));
+        let session = session();
         let created = session.lock().idle_since;
         assert_eq!(session.next_deadline(), Some(created + DELAY));
         let id = attach(&session);
@@ -618,7 +603,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_sets_the_stall_deadline_even_with_a_receiver() {
-        let session = session(None);
+        let session = session();
         attach(&session);
         session
             .push(SockJsSend::Message("0123456789".into()))
@@ -628,17 +613,12 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_websocket_session_is_forgotten_at_once_and_a_polling_one_lingers() {
-        let ws = session(None);
-        ws.close(CLOSE_NORMAL, "Normal closure", false);
-        let deadline = ws.next_deadline().expect("due");
-        assert!(deadline <= Instant::now());
-        assert!(ws.tick(Instant::now()), "forgotten");
-
-        let polling = session(Some("k"));
+    fn a_closed_session_lingers_to_repeat_its_close() {
+        let polling = session();
         polling.close(CLOSE_NORMAL, "Normal closure", false);
         let since = polling.lock().idle_since;
         assert_eq!(polling.next_deadline(), Some(since + DELAY));
         assert!(!polling.tick(since), "lingers to repeat the close");
+        assert!(polling.tick(since + DELAY), "then it is forgotten");
     }
 }

@@ -212,6 +212,69 @@ async fn stomp_over_sockjs_raw_websocket() {
     assert_eq!(c.recv().await.command, Command::Connected);
 }
 
+/// The SockJS WebSocket transport as sockjs-client uses it, end to end: `o`, STOMP frames in
+/// `a[...]`, a message from RabbitMQ, DISCONNECT's receipt, then `c[1000,...]` and the close.
+/// The session runs on the connection itself (no SockJS queue).
+#[tokio::test]
+async fn stomp_over_sockjs_framed_websocket_end_to_end() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let gw = start_gateway(&[]).await;
+    let amqp = Amqp::connect().await;
+    let url = format!("ws://{}/stomp/000/{}/websocket", gw.http_addr, unique("s"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    // The next SockJS text frame, heart-beats (`h`) skipped.
+    async fn next_text(
+        ws: &mut tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> String {
+        loop {
+            let message = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("the connection open")
+                .expect("a valid frame");
+            match message {
+                Message::Text(t) if t.as_str() != "h" => return t.as_str().to_owned(),
+                Message::Close(frame) => return format!("close {frame:?}"),
+                _ => {}
+            }
+        }
+    }
+    let send = |frame: &str| Message::text(serde_json::to_string(&[frame]).unwrap());
+    assert_eq!(next_text(&mut ws).await, "o");
+    ws.send(send(
+        "CONNECT\naccept-version:1.1,1.2\nlogin:guest\npasscode:guest\nheart-beat:0,0\n\n\0",
+    ))
+    .await
+    .unwrap();
+    assert!(next_text(&mut ws).await.starts_with("a[\"CONNECTED\\n"));
+    ws.send(send(
+        "SUBSCRIBE\nid:0\ndestination:/topic/sockjs.ws\nreceipt:sub\n\n\0",
+    ))
+    .await
+    .unwrap();
+    assert!(next_text(&mut ws).await.contains("receipt-id:sub"));
+    amqp.publish(
+        "amq.topic",
+        "sockjs.ws",
+        b"over the framed websocket",
+        Default::default(),
+    )
+    .await;
+    let message = next_text(&mut ws).await;
+    assert!(message.starts_with("a[\"MESSAGE\\n"), "{message}");
+    assert!(message.contains("over the framed websocket"), "{message}");
+    ws.send(send("DISCONNECT\nreceipt:bye\n\n\0"))
+        .await
+        .unwrap();
+    assert!(next_text(&mut ws).await.contains("receipt-id:bye"));
+    assert_eq!(next_text(&mut ws).await, r#"c[1000,"DISCONNECT"]"#);
+    assert!(next_text(&mut ws).await.starts_with("close Some"));
+}
+
 #[tokio::test]
 async fn stomp_heartbeats_keep_flowing_over_sockjs_xhr_polling() {
     let gw = start_gateway(&[]).await;
