@@ -1628,10 +1628,11 @@ async fn outbound_queue_is_bounded_when_client_stops_polling() {
     assert_eq!(r.body, "c[4429,\"Outbound queue full\"]\n");
 }
 
-/// A WebSocket client that stops reading: TCP buffers fill, then the queue, then the session is
-/// closed with 4429 and the connection dropped.
+/// A WebSocket client that stops reading holds the handler's writes back: the socket buffers
+/// fill, then the handler's send waits (no queue grows in between). When the client goes away
+/// the send fails and the handler's inbound ends.
 #[tokio::test]
-async fn stalled_websocket_reader_is_closed() {
+async fn stalled_websocket_reader_holds_the_handler_back() {
     let (tx, mut events) = mpsc::unbounded_channel();
     let accepted = Arc::new(AtomicUsize::new(0));
     let flood = Flood {
@@ -1639,24 +1640,132 @@ async fn stalled_websocket_reader_is_closed() {
         accepted: accepted.clone(),
         events: tx,
     };
+    let addr = serve(config(), flood).await;
+    let ws = ws_connect(addr, &format!("{}/websocket", session_url())).await;
+    assert_eq!(next_event(&mut events).await, Event::Started);
+    // Never read from `ws`: the count stops moving once the socket is full.
+    let mut last = usize::MAX;
+    let mut steady = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while steady < 5 {
+        assert!(tokio::time::Instant::now() < deadline, "still accepting");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = accepted.load(Ordering::SeqCst);
+        steady = if now == last { steady + 1 } else { 0 };
+        last = now;
+    }
+    assert!(last > 4, "the socket buffers took some");
+    // Socket buffers are a few MiB; a queue would have taken everything.
+    assert!(last * 64 * 1024 < 64 << 20, "{last} messages taken");
+    drop(ws);
+    assert_eq!(next_event(&mut events).await, Event::Ended);
+}
+
+/// Closing the sink ends a WebSocket session with 1000, as on the HTTP transports.
+#[tokio::test]
+async fn closing_the_sink_ends_a_websocket_session() {
+    #[derive(Clone)]
+    struct CloseSink;
+
+    impl SessionHandler for CloseSink {
+        fn start(
+            &self,
+            mut inbound: BoxStream<'static, std::io::Result<bytes::Bytes>>,
+            mut outbound: Outbound,
+        ) -> BoxFuture<'static, ()> {
+            async move {
+                if let Some(Ok(_)) = inbound.next().await {
+                    let _ = outbound.close().await;
+                }
+                while inbound.next().await.is_some() {}
+            }
+            .boxed()
+        }
+    }
+
+    let addr = serve(config(), CloseSink).await;
+    let mut ws = ws_connect(addr, &format!("{}/websocket", session_url())).await;
+    assert_eq!(ws_text(&mut ws).await, "o");
+    ws.send(WsMessage::text(r#"["x"]"#)).await.expect("send");
+    assert_eq!(ws_text(&mut ws).await, r#"c[1000,"Normal closure"]"#);
+    ws_expect_closed(&mut ws).await;
+}
+
+/// A client that reads steadily but slower than one large frame per `disconnect_delay` is
+/// not dropped: on WebSocket the handler decides how long a write may wait.
+#[tokio::test]
+async fn a_steady_slow_reader_of_a_large_frame_gets_all_of_it() {
+    #[derive(Clone)]
+    struct BigOnce {
+        size: usize,
+        result: mpsc::UnboundedSender<Result<(), String>>,
+    }
+
+    impl SessionHandler for BigOnce {
+        fn start(
+            &self,
+            mut inbound: BoxStream<'static, std::io::Result<bytes::Bytes>>,
+            mut outbound: Outbound,
+        ) -> BoxFuture<'static, ()> {
+            let this = self.clone();
+            async move {
+                let sent = outbound
+                    .send(SockJsSend::Message("x".repeat(this.size)))
+                    .await
+                    .map_err(|e| e.to_string());
+                let _ = this.result.send(sent);
+                while inbound.next().await.is_some() {}
+            }
+            .boxed()
+        }
+    }
+
+    let size = 4 * 1024 * 1024;
+    let (tx, mut sent) = mpsc::unbounded_channel();
     let addr = serve(
         SockJsConfig {
-            max_queued_bytes: 256 * 1024,
             disconnect_delay: Duration::from_millis(300),
             ..config()
         },
-        flood,
+        BigOnce { size, result: tx },
     )
     .await;
-    let ws = ws_connect(addr, &format!("{}/websocket", session_url())).await;
-    assert_eq!(next_event(&mut events).await, Event::Started);
-    // Never read from `ws`.
-    assert_eq!(next_event(&mut events).await, Event::Ended);
+    // A small receive buffer and a pause after every read: the frame takes seconds to arrive.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(64 * 1024).expect("buffer size");
+    let mut s = socket.connect(addr).await.expect("connect");
+    s.write_all(
+        b"GET /stomp/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .expect("upgrade request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.expect("response head");
+        head.push(byte[0]);
+    }
     assert!(
-        accepted.load(Ordering::SeqCst) > 4,
-        "the socket buffers took some"
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
     );
-    drop(ws);
+    // The frame: a 10-byte header (64-bit length) and the payload.
+    let want = size + 10;
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    while total < want {
+        let n = timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("bytes in time")
+            .expect("read");
+        assert!(n > 0, "dropped after {total} of {want} bytes");
+        total += n;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(total, want);
+    assert_eq!(sent.recv().await, Some(Ok(())));
 }
 
 #[tokio::test]

@@ -39,9 +39,8 @@
 //! `disconnect_delay` (so a client that comes back learns why), then it is forgotten.
 //!
 //! On the WebSocket transports the handler writes straight to the socket, which is the
-//! backpressure: a write waits while the client does not read, and when the socket took nothing
-//! for `disconnect_delay` the write fails and the connection is dropped (nothing more could
-//! reach the client).
+//! backpressure: a write waits while the client does not read, for as long as the handler
+//! lets it (see [`SessionHandler`]).
 //!
 //! # Deviations from sockjs-protocol 0.3.3 (see the test suite `sockjs-protocol-0.3.3.py`)
 //!
@@ -138,8 +137,9 @@ pub struct SockJsConfig {
     pub websocket_enabled: bool,
     /// Send `h` when nothing else was sent for this long (SockJS default 25 s).
     pub heartbeat: Duration,
-    /// A session with no receiving request for this long is closed; a closed session is forgotten
-    /// this long after its last request (SockJS default 5 s).
+    /// A session of an HTTP transport with no receiving request for this long is closed; a closed
+    /// session is forgotten this long after its last request (SockJS default 5 s). WebSocket
+    /// sessions live exactly as long as their connection.
     pub disconnect_delay: Duration,
     /// Bytes of frames after which a streaming response is ended and the client reconnects
     /// (SockJS default 128 KiB). Also the largest `a[...]` batch taken from the queue at once.
@@ -238,11 +238,17 @@ pub enum SockJsError {
 /// Called once per new SockJS session (any transport). `inbound` yields each message the client
 /// sent (already JSON-decoded, as bytes of the UTF-8 string), never an `Err`; it ends when the
 /// session closes (messages received before the close are yielded first). `outbound` accepts
-/// messages to deliver; it applies backpressure while `max_queued_bytes` are queued, fails with
-/// [`SockJsError::SessionClosed`] (inside `io::Error`) once the session is closed, and
-/// [`SockJsSend::Close`] (or closing the sink) ends the session. The returned future runs for the
-/// life of the session and should return soon after `inbound` ends; when it returns, the session
-/// is closed with 1000 if it is still open.
+/// messages to deliver; it fails with [`SockJsError::SessionClosed`] (inside `io::Error`) once
+/// the session is closed, and [`SockJsSend::Close`] (or closing the sink) ends the session. The
+/// returned future runs for the life of the session and should return soon after `inbound`
+/// ends; when it returns, the session is closed with 1000 if it is still open.
+///
+/// Backpressure: on the HTTP transports `outbound` waits while `max_queued_bytes` are queued
+/// (and the session closes with 4429 if that lasts `disconnect_delay`). On the WebSocket
+/// transports there is no queue: the future runs in the connection's task, `outbound` writes to
+/// the socket and waits while the client does not read, for as long as the handler lets it
+/// (bound its writes with a timeout). Poll `inbound` and `outbound` from that future, not from
+/// a task of their own: the connection's heart-beats share the socket's wake-up.
 pub trait SessionHandler: Clone + Send + Sync + 'static {
     fn start(
         &self,

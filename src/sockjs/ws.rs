@@ -5,9 +5,12 @@
 //! The handler runs in the connection's own task and reads and writes the socket itself, through
 //! [`Inbound`] and [`Outbound`]: no queue and no second task between them (the HTTP transports
 //! need both, since their requests come and go). The socket is the backpressure: a handler's
-//! write waits while the client does not read, and fails once the socket took nothing for
-//! `disconnect_delay`. The connection's [`KeepAlive`] sends `h` (a ping on the raw transport) when
-//! nothing else was sent for `heartbeat`.
+//! write waits while the client does not read, for as long as the handler lets it (the gateway's
+//! `--write-timeout-secs`, as on its plain WebSocket path). A rule of "no progress for
+//! `disconnect_delay`" would need the bytes the socket takes, which the WebSocket layer does not
+//! expose; "a frame not written within `disconnect_delay`" drops clients that read steadily but
+//! slower than a large frame. The connection's [`KeepAlive`] sends `h` (a ping on the raw
+//! transport) when nothing else was sent for `heartbeat`.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -32,7 +35,7 @@ use super::server::{Server, too_many_sessions};
 use super::session::Permit;
 use super::{
     CLOSE_INTERNAL_ERROR, CLOSE_INTERRUPTED, CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, SessionHandler,
-    SockJsSend,
+    SockJsError, SockJsSend,
 };
 use tokio_tungstenite::tungstenite::Error as WsError;
 
@@ -108,11 +111,7 @@ async fn run<H: SessionHandler>(server: Arc<Server<H>>, link: SharedLink, permit
     );
     // A panicking handler still gets its session closed with a code.
     let session = std::panic::AssertUnwindSafe(handler).catch_unwind();
-    let keep_alive = KeepAlive::new(
-        link.clone(),
-        server.cfg.heartbeat,
-        server.limits.disconnect_delay,
-    );
+    let keep_alive = KeepAlive::new(link.clone(), server.cfg.heartbeat);
     let panicked = tokio::select! {
         biased;
         ended = session => ended.is_err(),
@@ -122,6 +121,7 @@ async fn run<H: SessionHandler>(server: Arc<Server<H>>, link: SharedLink, permit
         tracing::warn!("SockJS session handler panicked");
     }
     let end = lock(&link).end.clone();
+    let violated = matches!(end, End::Violation(..));
     let close = match end {
         _ if panicked => Some((CLOSE_INTERNAL_ERROR, "Internal error".to_owned())),
         End::Open => Some((CLOSE_NORMAL, "Normal closure".to_owned())),
@@ -139,8 +139,8 @@ async fn run<H: SessionHandler>(server: Arc<Server<H>>, link: SharedLink, permit
             let _ = tokio::time::timeout(CLOSE_GRACE, close_socket(&link)).await;
             return;
         }
-        // Nothing more can be written, or the client broke the framing: drop the connection.
-        End::Stalled | End::Broken => return,
+        // The client broke the framing: drop the connection.
+        End::Broken => return,
     };
     if let Some((code, reason)) = close {
         let written = tokio::time::timeout(CLOSE_GRACE, async {
@@ -156,10 +156,15 @@ async fn run<H: SessionHandler>(server: Arc<Server<H>>, link: SharedLink, permit
             return;
         }
     }
-    // Let the client answer our close frame.
+    // Let the client answer our close frame. After a violation its input cannot be read on (the
+    // WebSocket layer ended it): wait the grace out, as dropping a socket with unread input
+    // resets it and the reset can destroy the close frames before the client reads them.
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         while let Some(Ok(_)) = std::future::poll_fn(|cx| lock(&link).ws.poll_next_unpin(cx)).await
         {
+        }
+        if violated {
+            std::future::pending::<()>().await;
         }
     })
     .await;
@@ -179,8 +184,6 @@ enum End {
     Violation(u16, &'static str),
     /// The handler's close went out.
     Closed,
-    /// The socket took nothing for `disconnect_delay`.
-    Stalled,
 }
 
 /// The connection and what its users share: the handler's [`Inbound`] and [`Outbound`] and the
@@ -194,8 +197,6 @@ struct Link {
     end: End,
     /// When the socket last took a message (heart-beats are due this long after).
     last_sent: Instant,
-    /// Since when a write has waited for room on the socket.
-    stalled_since: Option<Instant>,
     /// The handler's close, written after its frame (SockJS framing: `c[...]`, then the
     /// WebSocket close).
     close_after: Option<Message>,
@@ -212,23 +213,13 @@ impl Link {
             pending: VecDeque::new(),
             end: End::Open,
             last_sent: Instant::now(),
-            stalled_since: None,
             close_after: None,
         }))
     }
 
-    /// Whether the socket has room for a message; notes a stall when it has none.
+    /// Whether the socket has room for a message.
     fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.ws.poll_ready_unpin(cx) {
-            Poll::Ready(result) => {
-                self.stalled_since = None;
-                Poll::Ready(result.map_err(io::Error::other))
-            }
-            Poll::Pending => {
-                self.stalled_since.get_or_insert_with(Instant::now);
-                Poll::Pending
-            }
-        }
+        self.ws.poll_ready_unpin(cx).map_err(io::Error::other)
     }
 
     fn start_send(&mut self, message: Message) -> io::Result<()> {
@@ -237,15 +228,18 @@ impl Link {
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.ws.poll_flush_unpin(cx) {
-            Poll::Ready(result) => {
-                self.stalled_since = None;
-                Poll::Ready(result.map_err(io::Error::other))
-            }
-            Poll::Pending => {
-                self.stalled_since.get_or_insert_with(Instant::now);
-                Poll::Pending
-            }
+        self.ws.poll_flush_unpin(cx).map_err(io::Error::other)
+    }
+
+    /// Queues the close `code` and `reason` ask for; the session is closed from now on.
+    fn start_close(&mut self, code: u16, reason: &str) -> io::Result<()> {
+        let mut messages = close_messages(self.raw, code, reason).into_iter();
+        let first = messages.next();
+        self.close_after = messages.next();
+        self.end = End::Closed;
+        match first {
+            Some(message) => self.start_send(message),
+            None => Ok(()),
         }
     }
 
@@ -338,7 +332,7 @@ fn close_messages(raw: bool, code: u16, reason: &str) -> Vec<Message> {
 }
 
 /// The handler's inbound: the client's messages, one at a time; ends with the connection, a
-/// violation, or a stall.
+/// violation, or the handler's close.
 struct Inbound(SharedLink);
 
 impl Stream for Inbound {
@@ -381,17 +375,16 @@ impl Stream for Inbound {
 struct Outbound(SharedLink);
 
 impl Outbound {
+    /// Writes are for an open session: after the handler's close, the client's, or a violation
+    /// (which `run` closes with its code) they fail at once.
     fn check_open(link: &Link) -> io::Result<()> {
-        match link.end {
-            End::Stalled => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client stopped reading",
-            )),
-            End::Closed => Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the session is closed",
-            )),
-            _ => Ok(()),
+        if link.end == End::Open {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                SockJsError::SessionClosed,
+            ))
         }
     }
 }
@@ -417,57 +410,46 @@ impl Sink<SockJsSend> for Outbound {
                 };
                 link.start_send(message)
             }
-            SockJsSend::Close(code, reason) => {
-                let mut messages = close_messages(link.raw, code, &reason).into_iter();
-                let first = messages.next();
-                link.close_after = messages.next();
-                link.end = End::Closed;
-                match first {
-                    Some(message) => link.start_send(message),
-                    None => Ok(()),
-                }
-            }
+            SockJsSend::Close(code, reason) => link.start_close(code, &reason),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        lock(&self.0).poll_flush_with_close(cx)
+    }
+
+    /// Closing the sink ends the session (`Normal closure`), as on the HTTP transports; after
+    /// another end it only flushes (`run` closes the connection as that end asks).
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut link = lock(&self.0);
-        if link.end == End::Stalled {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client stopped reading",
-            )));
+        if link.end == End::Open {
+            ready!(link.poll_room(cx))?;
+            link.start_close(CLOSE_NORMAL, "Normal closure")?;
         }
         link.poll_flush_with_close(cx)
     }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The connection closes when the session ends (`run`), with the code its end asks for.
-        self.poll_flush(cx)
-    }
 }
 
-/// Sends `h` (a ping on the raw transport) when nothing was sent for `heartbeat`, and ends a
-/// session whose socket took nothing for `stall_limit`. One timer, set for whichever comes
-/// first; never completes.
+/// Sends `h` (a ping on the raw transport) when nothing was sent for `heartbeat`. Its timer is
+/// armed for the last write's deadline and re-armed when it fires early, not moved on every
+/// write. It writes only when the socket has room at once and never waits on the socket: a
+/// write the handler has in flight counts as traffic, and a heart-beat that does not fit is not
+/// needed. It polls the socket's write side with the connection task's waker, which is why the
+/// handler must write from that task (its own future), as [`SessionHandler`] says. Never
+/// completes.
 struct KeepAlive {
     link: SharedLink,
     heartbeat: Duration,
-    stall_limit: Duration,
     timer: Pin<Box<Sleep>>,
-    /// A heart-beat was written and is not flushed yet.
-    flushing: bool,
 }
 
 impl KeepAlive {
-    fn new(link: SharedLink, heartbeat: Duration, stall_limit: Duration) -> Self {
+    fn new(link: SharedLink, heartbeat: Duration) -> Self {
         let first = lock(&link).last_sent + heartbeat;
         KeepAlive {
             link,
             heartbeat,
-            stall_limit,
             timer: Box::pin(tokio::time::sleep_until(first)),
-            flushing: false,
         }
     }
 }
@@ -477,50 +459,29 @@ impl Future for KeepAlive {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        let mut link = lock(&this.link);
         loop {
-            if !matches!(link.end, End::Open | End::Closed) {
-                // The handler learns of the end at its next read or write; nothing to keep.
-                return Poll::Pending;
-            }
-            if this.flushing {
-                match link.poll_flush(cx) {
-                    Poll::Ready(_) => this.flushing = false,
-                    Poll::Pending => {}
-                }
-            }
-            let deadline = match link.stalled_since {
-                Some(since) => since + this.stall_limit,
-                None => link.last_sent + this.heartbeat,
-            };
-            if this.timer.deadline() != deadline {
-                this.timer.as_mut().reset(deadline);
-            }
             ready!(this.timer.as_mut().poll(cx));
-            if link.stalled_since.is_some() && link.poll_room(cx).is_pending() {
-                link.end = End::Stalled;
-                // The handler's pending write fails when it is polled next: now.
-                cx.waker().wake_by_ref();
+            let mut link = lock(&this.link);
+            if link.end != End::Open {
+                // No heart-beat after the session's end; `run` closes the connection.
                 return Poll::Pending;
             }
-            if link.end == End::Closed {
-                // No heart-beat after the handler's close; it is flushed or stalls.
-                link.last_sent = Instant::now();
-                continue;
-            }
-            // Due. When the socket has no room the handler is writing: its write counts.
-            if let Poll::Ready(Ok(())) = link.poll_room(cx) {
-                let beat = if link.raw {
-                    Message::Ping(Default::default())
-                } else {
-                    Message::text(frame::HEARTBEAT)
-                };
-                if link.start_send(beat).is_ok() {
-                    this.flushing = true;
+            if link.last_sent + this.heartbeat <= Instant::now() {
+                if let Poll::Ready(Ok(())) = link.poll_room(cx) {
+                    let beat = if link.raw {
+                        Message::Ping(Default::default())
+                    } else {
+                        Message::text(frame::HEARTBEAT)
+                    };
+                    // A failed write shows at the handler's next write or read.
+                    let _ = link.start_send(beat);
                 }
-            } else {
+                // Sent, or the socket is full (the client is not reading): next period.
                 link.last_sent = Instant::now();
             }
+            let next = link.last_sent + this.heartbeat;
+            drop(link);
+            this.timer.as_mut().reset(next);
         }
     }
 }
