@@ -99,22 +99,18 @@ impl SessionHandler for Flood {
     }
 }
 
-/// Panics at its first message.
-#[derive(Clone)]
-struct Panicky;
+type Inbound = BoxStream<'static, std::io::Result<bytes::Bytes>>;
 
-impl SessionHandler for Panicky {
-    fn start(
-        &self,
-        mut inbound: BoxStream<'static, std::io::Result<bytes::Bytes>>,
-        _outbound: Outbound,
-    ) -> BoxFuture<'static, ()> {
-        async move {
-            if let Some(Ok(m)) = inbound.next().await {
-                panic!("the handler failed on {m:?} (this test's panic)");
-            }
-        }
-        .boxed()
+/// A handler made of a function of the session's inbound and outbound.
+#[derive(Clone)]
+struct FromFn<F>(F);
+
+impl<F> SessionHandler for FromFn<F>
+where
+    F: Fn(Inbound, Outbound) -> BoxFuture<'static, ()> + Clone + Send + Sync + 'static,
+{
+    fn start(&self, inbound: Inbound, outbound: Outbound) -> BoxFuture<'static, ()> {
+        (self.0)(inbound, outbound)
     }
 }
 
@@ -1298,7 +1294,16 @@ async fn websocket_framing() {
 /// A handler that panics ends its session with 1011, on every transport; the server goes on.
 #[tokio::test]
 async fn a_panicking_handler_closes_its_session_with_1011() {
-    let addr = serve(config(), Panicky).await;
+    // Panics at its first message.
+    let panicky = FromFn(|mut inbound: Inbound, _outbound: Outbound| {
+        async move {
+            if let Some(Ok(m)) = inbound.next().await {
+                panic!("the handler failed on {m:?} (this test's panic)");
+            }
+        }
+        .boxed()
+    });
+    let addr = serve(config(), panicky).await;
     let mut ws = ws_connect(addr, &format!("{}/websocket", session_url())).await;
     assert_eq!(ws_text(&mut ws).await, "o");
     ws.send(WsMessage::text(r#"["boom"]"#)).await.expect("send");
@@ -1664,26 +1669,17 @@ async fn stalled_websocket_reader_holds_the_handler_back() {
 /// Closing the sink ends a WebSocket session with 1000, as on the HTTP transports.
 #[tokio::test]
 async fn closing_the_sink_ends_a_websocket_session() {
-    #[derive(Clone)]
-    struct CloseSink;
-
-    impl SessionHandler for CloseSink {
-        fn start(
-            &self,
-            mut inbound: BoxStream<'static, std::io::Result<bytes::Bytes>>,
-            mut outbound: Outbound,
-        ) -> BoxFuture<'static, ()> {
-            async move {
-                if let Some(Ok(_)) = inbound.next().await {
-                    let _ = outbound.close().await;
-                }
-                while inbound.next().await.is_some() {}
+    // Closes its sink at the first message, then reads on until inbound ends.
+    let close_sink = FromFn(|mut inbound: Inbound, mut outbound: Outbound| {
+        async move {
+            if let Some(Ok(_)) = inbound.next().await {
+                let _ = outbound.close().await;
             }
-            .boxed()
+            while inbound.next().await.is_some() {}
         }
-    }
-
-    let addr = serve(config(), CloseSink).await;
+        .boxed()
+    });
+    let addr = serve(config(), close_sink).await;
     let mut ws = ws_connect(addr, &format!("{}/websocket", session_url())).await;
     assert_eq!(ws_text(&mut ws).await, "o");
     ws.send(WsMessage::text(r#"["x"]"#)).await.expect("send");
@@ -1695,39 +1691,27 @@ async fn closing_the_sink_ends_a_websocket_session() {
 /// not dropped: on WebSocket the handler decides how long a write may wait.
 #[tokio::test]
 async fn a_steady_slow_reader_of_a_large_frame_gets_all_of_it() {
-    #[derive(Clone)]
-    struct BigOnce {
-        size: usize,
-        result: mpsc::UnboundedSender<Result<(), String>>,
-    }
-
-    impl SessionHandler for BigOnce {
-        fn start(
-            &self,
-            mut inbound: BoxStream<'static, std::io::Result<bytes::Bytes>>,
-            mut outbound: Outbound,
-        ) -> BoxFuture<'static, ()> {
-            let this = self.clone();
-            async move {
-                let sent = outbound
-                    .send(SockJsSend::Message("x".repeat(this.size)))
-                    .await
-                    .map_err(|e| e.to_string());
-                let _ = this.result.send(sent);
-                while inbound.next().await.is_some() {}
-            }
-            .boxed()
-        }
-    }
-
     let size = 4 * 1024 * 1024;
     let (tx, mut sent) = mpsc::unbounded_channel();
+    // Sends one large message, reports how that went, then reads on until inbound ends.
+    let big_once = FromFn(move |mut inbound: Inbound, mut outbound: Outbound| {
+        let result = tx.clone();
+        async move {
+            let sent = outbound
+                .send(SockJsSend::Message("x".repeat(size)))
+                .await
+                .map_err(|e| e.to_string());
+            let _ = result.send(sent);
+            while inbound.next().await.is_some() {}
+        }
+        .boxed()
+    });
     let addr = serve(
         SockJsConfig {
             disconnect_delay: Duration::from_millis(300),
             ..config()
         },
-        BigOnce { size, result: tx },
+        big_once,
     )
     .await;
     // A small receive buffer and a pause after every read: the frame takes seconds to arrive.

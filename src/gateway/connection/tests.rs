@@ -280,3 +280,32 @@ async fn a_blocked_write_leaves_shared_deliveries_in_their_ring() {
     );
     drop(membership);
 }
+
+/// Sessions with heart-beats a second or more apart are due on a common grid (one wake-up for
+/// the sessions due in a tick); faster heart-beats keep exact deadlines.
+#[test]
+fn slow_heart_beats_fall_due_on_a_shared_grid() {
+    use super::driver::{DEADLINE_GRID, coarse, on_grid};
+    use crate::stomp::HeartBeat;
+
+    let beats = |send_ms, expect_ms| HeartBeat { send_ms, expect_ms };
+    assert!(coarse(beats(0, 0)));
+    assert!(coarse(beats(10_000, 10_000)));
+    assert!(coarse(beats(1_000, 0)));
+    assert!(!coarse(beats(1, 1)));
+    assert!(!coarse(beats(10_000, 500)));
+
+    let start = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut due = Vec::new();
+    for offset_ms in [0, 1, 37, 99, 100, 101, 250] {
+        let deadline = start + Duration::from_millis(offset_ms);
+        let rounded = on_grid(deadline);
+        assert!(rounded >= deadline, "never earlier");
+        assert!(rounded - deadline < DEADLINE_GRID, "less than a tick later");
+        assert_eq!(on_grid(rounded), rounded, "a grid point stays");
+        due.push(rounded);
+    }
+    // Seven deadlines over 250 ms fall due at no more than four ticks.
+    due.dedup();
+    assert!(due.len() <= 4, "{due:?}");
+}
