@@ -1659,7 +1659,7 @@ async fn stalled_websocket_reader_holds_the_handler_back() {
         steady = if now == last { steady + 1 } else { 0 };
         last = now;
     }
-    assert!(last > 4, "the socket buffers took some");
+    assert!(last > 0, "the socket took some");
     // Socket buffers are a few MiB; a queue would have taken everything.
     assert!(last * 64 * 1024 < 64 << 20, "{last} messages taken");
     drop(ws);
